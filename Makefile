@@ -1,0 +1,39 @@
+# ticketsync task runner: CI calls these targets too (.ci/run).
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: help venv demo test lint emulator clean
+
+help:
+	@echo "make demo      run the whole sync end to end on the embedded defaults (SQLite + local emulator)"
+	@echo "make test      install and run every test (PostgreSQL at 127.0.0.1:5432 is needed)"
+	@echo "make lint      ruff and mypy"
+	@echo "make emulator  run the ServiceNow emulator in the foreground on 127.0.0.1:8765"
+
+# The virtual environment, rebuilt when a requirements file changes. Exact pins, full lock in constraints.txt.
+$(STAMP): requirements.txt requirements-dev.txt constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements-dev.txt -c constraints.txt
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) scripts/demo.py
+
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check plugins dags tests scripts
+	$(VENV)/bin/mypy
+
+emulator: $(STAMP)
+	PYTHONPATH=plugins $(PY) -m ticketsync.emulator --port 8765
+
+clean:
+	rm -rf .demo .artifacts .pytest_cache .mypy_cache .ruff_cache

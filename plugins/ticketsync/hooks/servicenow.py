@@ -1,0 +1,364 @@
+"""ServiceNowHook: transport to the Table API on top of the HTTP provider's ``HttpHook``.
+
+The hook owns the session (one pooled keep-alive ``requests.Session``), auth, TLS verification, timeouts and the
+Table API calls, and turns every answer into either a parsed result or a typed error. It holds no business rules:
+whether an error is retried, and how, is the load operator's decision.
+
+Connection (``servicenow_default``, conn_type ``http``): host (``<instance>.service-now.com``), schema (``https``;
+``http`` only for a loopback emulator or with ``allow_insecure_http``), port, login, password. Extras are read by
+name only, never forwarded as headers: ``timeout`` (seconds, or ``[connect, read]``), ``verify`` (true/false or a
+CA bundle path), ``cert`` (client certificate path for mutual TLS), ``allow_insecure_http``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlparse
+
+import requests
+from airflow.providers.http.hooks.http import HttpHook
+from requests.adapters import HTTPAdapter
+
+TABLE_NAME = re.compile(r"[a-z0-9_]{1,80}")
+DEFAULT_TIMEOUT = (10.0, 60.0)
+LOOKUP_PAGE = 1000
+
+
+class ServiceNowError(Exception):
+    """Base of every error the hook raises; ``status`` is the HTTP status when there was an answer."""
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class ServiceNowAuthError(ServiceNowError):
+    """401: the credentials are wrong or missing. Retrying cannot help."""
+
+
+class ServiceNowRequestError(ServiceNowError):
+    """A definitive refusal of one request (400, 403, 404, …): ServiceNow's ``error.message`` and ``detail``."""
+
+    def __init__(self, status: int, message: str, detail: str | None) -> None:
+        text = f"{status} {message}" + (f": {detail}" if detail else "")
+        super().__init__(text, status=status)
+        self.error_message = message
+        self.detail = detail
+
+
+class ServiceNowTransientError(ServiceNowError):
+    """The outcome is unknown or temporary (5xx, timeout, cut connection, non-JSON 200): retry later.
+
+    After a transient error on a write, the record may or may not exist: look it up before writing again.
+    """
+
+
+class ServiceNowRateLimited(ServiceNowTransientError):
+    """429: the instance refused the request before doing anything. ``retry_after`` is in seconds, if given."""
+
+    def __init__(self, message: str, *, retry_after: float | None, rule: str | None) -> None:
+        super().__init__(message, status=429)
+        self.retry_after = retry_after
+        self.rule = rule
+
+
+@dataclass(frozen=True)
+class CreatedRecord:
+    sys_id: str
+    number: str | None
+
+
+@dataclass(frozen=True)
+class ExistingRecord:
+    sys_id: str
+    number: str | None
+    correlation_id: str
+    created_on: str
+
+
+def _as_bool(value: Any, *, default: bool) -> bool:
+    if value is None:
+        return default
+    if isinstance(value, bool):
+        return value
+    return str(value).strip().lower() in ("1", "true", "yes", "on")
+
+
+def _timeout(value: Any) -> float | tuple[float, float]:
+    if value is None or value == "":
+        return DEFAULT_TIMEOUT
+    if isinstance(value, list | tuple) and len(value) == 2:
+        return (float(value[0]), float(value[1]))
+    return float(value)
+
+
+def _is_loopback(host: str | None) -> bool:
+    if not host:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _retry_after(response: requests.Response) -> float | None:
+    value = response.headers.get("Retry-After")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None
+
+
+def _error_fields(response: requests.Response) -> tuple[str, str | None]:
+    """ServiceNow's ``{"error": {"message", "detail"}}``, or the start of whatever else came back."""
+    try:
+        payload = response.json()
+        error = payload.get("error") or {}
+        message = str(error.get("message") or response.reason or "error")
+        detail = error.get("detail")
+        return message, (str(detail) if detail else None)
+    except (ValueError, AttributeError):
+        text = " ".join(response.text.split())[:200]
+        return (response.reason or "error"), (text or None)
+
+
+def _json_result(response: requests.Response) -> Any:
+    """The ``result`` of a 2xx answer; an answer that is not a JSON object with ``result`` is not trusted."""
+    content_type = response.headers.get("Content-Type", "")
+    if "json" not in content_type.lower():
+        raise ServiceNowTransientError(
+            f"{response.status_code} answer with Content-Type {content_type or 'none'!r} instead of JSON "
+            "(a hibernating instance or a proxy page?)",
+            status=response.status_code,
+        )
+    try:
+        payload = response.json()
+    except ValueError as exc:
+        raise ServiceNowTransientError(
+            f"{response.status_code} answer with a malformed JSON body ({exc})", status=response.status_code
+        ) from exc
+    if not isinstance(payload, dict) or "result" not in payload:
+        raise ServiceNowTransientError(
+            f"{response.status_code} answer without a 'result' member", status=response.status_code
+        )
+    return payload["result"]
+
+
+class ServiceNowHook(HttpHook):
+    """Table API calls over one pooled keep-alive session.
+
+    :param servicenow_conn_id: the Airflow connection (conn_type ``http``).
+    :param pool_size: keep-alive connections kept open; match it to the requests you keep in flight.
+    """
+
+    conn_name_attr = "servicenow_conn_id"
+    default_conn_name = "servicenow_default"
+    conn_type = "http"
+    hook_name = "ServiceNow Table API"
+
+    def __init__(self, servicenow_conn_id: str = default_conn_name, *, pool_size: int = 8) -> None:
+        adapter = HTTPAdapter(pool_connections=1, pool_maxsize=max(1, pool_size), max_retries=0)
+        super().__init__(method="GET", http_conn_id=servicenow_conn_id, adapter=adapter)
+        self.servicenow_conn_id = servicenow_conn_id
+        self._session: requests.Session | None = None
+        self._timeout: float | tuple[float, float] = DEFAULT_TIMEOUT
+        self._allow_insecure_http = False
+
+    # ----------------------------------------------------------------------------------------------------------
+    # session
+    # ----------------------------------------------------------------------------------------------------------
+
+    def get_conn(
+        self, headers: dict[Any, Any] | None = None, extra_options: dict[str, Any] | None = None
+    ) -> requests.Session:
+        """The hook's one session, built on first use and reused by every call (and every thread)."""
+        if self._session is None:
+            session = super().get_conn(headers=headers, extra_options=extra_options)
+            session.headers.update({"Accept": "application/json", "Content-Type": "application/json"})
+            self._check_transport()
+            self._session = session
+        return self._session
+
+    def _configure_session_from_extra(
+        self, session: requests.Session, connection: Any, extra_options: dict[str, Any]
+    ) -> requests.Session:
+        """Read the extras we know by name; unlike ``HttpHook``, never turn the other extras into headers."""
+        extra = dict(connection.extra_dejson)
+        extra.update(extra_options or {})
+        verify = extra.get("verify", extra.get("verify_ssl"))
+        if isinstance(verify, str) and verify.strip().lower() not in ("true", "false", "1", "0", "yes", "no"):
+            session.verify = verify  # a CA bundle path
+        else:
+            session.verify = _as_bool(verify, default=True)
+        if extra.get("cert"):
+            session.cert = str(extra["cert"])
+        session.trust_env = _as_bool(extra.get("trust_env"), default=True)
+        self._timeout = _timeout(extra.get("timeout"))
+        self._allow_insecure_http = _as_bool(extra.get("allow_insecure_http"), default=False)
+        return session
+
+    def _check_transport(self) -> None:
+        parsed = urlparse(self.base_url)
+        if parsed.scheme == "https":
+            return
+        if parsed.scheme == "http" and (_is_loopback(parsed.hostname) or self._allow_insecure_http):
+            return
+        raise ValueError(
+            f"connection {self.servicenow_conn_id!r} points at {parsed.scheme}://{parsed.hostname}: "
+            "ServiceNow credentials must travel over HTTPS. Set the connection's schema to 'https' "
+            "(plain http is accepted only for a loopback emulator, or with the extra allow_insecure_http=true)"
+        )
+
+    def close(self) -> None:
+        if self._session is not None:
+            self._session.close()
+            self._session = None
+
+    # ----------------------------------------------------------------------------------------------------------
+    # one request
+    # ----------------------------------------------------------------------------------------------------------
+
+    def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict[str, str] | None = None,
+        body: dict[str, Any] | None = None,
+    ) -> requests.Response:
+        session = self.get_conn()
+        url = self.url_from_endpoint(path)
+        data = json.dumps(body, ensure_ascii=False).encode("utf-8") if body is not None else None
+        try:
+            response = session.request(method, url, params=params, data=data, timeout=self._timeout)
+        except requests.Timeout as exc:
+            raise ServiceNowTransientError(f"{method} timed out ({type(exc).__name__})") from exc
+        except requests.ConnectionError as exc:
+            raise ServiceNowTransientError(f"{method} connection failed ({_short(exc)})") from exc
+        self._raise_for_status(response)
+        return response
+
+    def _raise_for_status(self, response: requests.Response) -> None:
+        status = response.status_code
+        if status < 400:
+            return
+        message, detail = _error_fields(response)
+        if status == 401:
+            raise ServiceNowAuthError(
+                f"401 {message}: ServiceNow refused the credentials of connection {self.servicenow_conn_id!r}; "
+                "check its login and password (the task is not retried for this)",
+                status=401,
+            )
+        if status == 429:
+            raise ServiceNowRateLimited(
+                f"429 {message}" + (f": {detail}" if detail else ""),
+                retry_after=_retry_after(response),
+                rule=response.headers.get("X-RateLimit-Rule"),
+            )
+        if status >= 500 or status == 408:
+            raise ServiceNowTransientError(f"{status} {message}" + (f": {detail}" if detail else ""), status=status)
+        raise ServiceNowRequestError(status, message, detail)
+
+    # ----------------------------------------------------------------------------------------------------------
+    # Table API
+    # ----------------------------------------------------------------------------------------------------------
+
+    @staticmethod
+    def table_path(table: str) -> str:
+        if not TABLE_NAME.fullmatch(table):
+            raise ValueError(f"invalid ServiceNow table name {table!r}")
+        return f"/api/now/table/{table}"
+
+    def create_record(self, table: str, body: dict[str, str]) -> CreatedRecord:
+        """``POST /api/now/table/{table}``; a 2xx without a sys_id is treated as unknown, not as success."""
+        params = {"sysparm_fields": "sys_id,number", "sysparm_exclude_reference_link": "true"}
+        response = self._send("POST", self.table_path(table), params=params, body=body)
+        result = _json_result(response)
+        sys_id = result.get("sys_id") if isinstance(result, dict) else None
+        if not isinstance(sys_id, str) or not sys_id:
+            raise ServiceNowTransientError(
+                f"{response.status_code} answer without a sys_id: the record may or may not exist",
+                status=response.status_code,
+            )
+        number = result.get("number")
+        return CreatedRecord(sys_id=sys_id, number=str(number) if number else None)
+
+    def list_records(
+        self,
+        table: str,
+        *,
+        query: str,
+        fields: Sequence[str],
+        limit: int = LOOKUP_PAGE,
+        offset: int = 0,
+    ) -> list[dict[str, Any]]:
+        params = {
+            "sysparm_query": query,
+            "sysparm_fields": ",".join(fields),
+            "sysparm_limit": str(limit),
+            "sysparm_offset": str(offset),
+            "sysparm_exclude_reference_link": "true",
+        }
+        result = _json_result(self._send("GET", self.table_path(table), params=params))
+        if not isinstance(result, list):
+            raise ServiceNowTransientError("list answer whose 'result' is not a list", status=200)
+        return [record for record in result if isinstance(record, dict)]
+
+    def find_by_correlation(self, table: str, correlation_ids: Iterable[str]) -> dict[str, list[ExistingRecord]]:
+        """Every record of ``table`` whose ``correlation_id`` is one of the given ids, oldest first, in one
+        ``correlation_idIN…`` query (paged if more records than a page come back)."""
+        ids = sorted(set(correlation_ids))
+        found: dict[str, list[ExistingRecord]] = {}
+        if not ids:
+            return found
+        query = f"correlation_idIN{','.join(ids)}^ORDERBYsys_created_on"
+        fields = ("sys_id", "number", "correlation_id", "sys_created_on")
+        offset = 0
+        while True:
+            page = self.list_records(table, query=query, fields=fields, limit=LOOKUP_PAGE, offset=offset)
+            for record in page:
+                correlation = str(record.get("correlation_id") or "")
+                if correlation in ids and record.get("sys_id"):
+                    found.setdefault(correlation, []).append(
+                        ExistingRecord(
+                            sys_id=str(record["sys_id"]),
+                            number=str(record.get("number") or "") or None,
+                            correlation_id=correlation,
+                            created_on=str(record.get("sys_created_on") or ""),
+                        )
+                    )
+            if len(page) < LOOKUP_PAGE:
+                return found
+            offset += LOOKUP_PAGE
+
+    def get_record(self, table: str, sys_id: str, fields: Sequence[str] = ()) -> dict[str, Any]:
+        params = {"sysparm_exclude_reference_link": "true"}
+        if fields:
+            params["sysparm_fields"] = ",".join(fields)
+        result = _json_result(self._send("GET", f"{self.table_path(table)}/{sys_id}", params=params))
+        if not isinstance(result, dict):
+            raise ServiceNowTransientError("record answer whose 'result' is not an object", status=200)
+        return result
+
+    def test_connection(self) -> tuple[bool, str]:
+        """Airflow's "Test connection": one cheap authenticated read of the loan service case table."""
+        try:
+            self.list_records("sn_bom_loan_service", query="", fields=("sys_id",), limit=1)
+        except ServiceNowError as exc:
+            return False, str(exc)
+        return True, "Connection successfully tested"
+
+
+def _short(exc: BaseException) -> str:
+    """A one-line cause without the URL's query string (which may hold ids) or anything secret."""
+    text = str(exc).split("(Caused by")[-1] if "(Caused by" in str(exc) else str(exc)
+    return " ".join(text.split())[:200]

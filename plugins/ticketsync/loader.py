@@ -1,0 +1,326 @@
+"""The load: claimed rows become ServiceNow records, exactly once, and every outcome is written back.
+
+For each chunk of rows the token holds (lease renewed as it is read):
+
+1. transform each row (pure); a row that fails is written back ``rejected`` and never sent;
+2. look every correlation id of the chunk up in one ``correlation_idIN…`` query, and adopt a record that already
+   exists (a retry, a rerun, a POST whose answer was lost) instead of creating another;
+3. POST the rest, up to ``max_in_flight`` at once, paced by the shared :class:`~ticketsync.throttle.Throttle`;
+4. write outcomes back in small batches as they arrive, so a crash loses at most the rows in flight, and those are
+   found again by step 2 of the next attempt.
+
+A 429 is retried in place (nothing was done). Any other transient failure (5xx, timeout, cut connection, a 200
+that is not JSON, a 201 without sys_id) may have created the record, so the row goes to a retry round that starts
+with the look-up again. Rows still failing after the rounds stay ``pending`` with the error and their attempt
+count; once a row has used ``max_attempts`` it becomes ``failed``, but only after a look-up confirmed that no
+record exists.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import asdict, dataclass
+from typing import Protocol
+
+from ticketsync.hooks.servicenow import (
+    CreatedRecord,
+    ExistingRecord,
+    ServiceNowAuthError,
+    ServiceNowRateLimited,
+    ServiceNowRequestError,
+    ServiceNowTransientError,
+)
+from ticketsync.models import PreparedCase, Rejection, SourceRow, SyncAction, SyncStatus
+from ticketsync.source import Outcome, SourceTable
+from ticketsync.throttle import Throttle, backoff_delay
+from ticketsync.transform import prepare
+
+log = logging.getLogger(__name__)
+
+
+class TableClient(Protocol):
+    """What the loader needs from the hook (the real one is :class:`~ticketsync.hooks.servicenow.ServiceNowHook`)."""
+
+    def create_record(self, table: str, body: dict[str, str]) -> CreatedRecord: ...
+    def find_by_correlation(self, table: str, correlation_ids: Sequence[str]) -> dict[str, list[ExistingRecord]]: ...
+
+
+class ServiceNowUnavailable(Exception):
+    """The instance could not be reached for a look-up after the bounded retries; the task should be retried."""
+
+
+@dataclass(frozen=True)
+class LoadSettings:
+    chunk_size: int = 100
+    max_in_flight: int = 8
+    max_attempts: int = 5
+    retry_rounds: int = 3
+    lease_seconds: float = 900.0
+    rate_limit: float | None = None
+    backoff_base: float = 1.0
+    backoff_cap: float = 30.0
+    max_rate_limited_waits: int = 30
+    flush_every: int = 50
+    flush_interval: float = 0.5
+
+    def __post_init__(self) -> None:
+        for name in ("chunk_size", "max_in_flight", "max_attempts"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+
+
+@dataclass
+class LoadCounts:
+    """Per-outcome tallies of one load; what goes to XCom."""
+
+    taken: int = 0
+    created: int = 0
+    adopted: int = 0
+    rejected: int = 0
+    failed: int = 0
+    retried: int = 0
+    still_pending: int = 0
+    posts: int = 0
+    lookups: int = 0
+    rate_limited: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class _Posted:
+    """What a worker thread reports back for one POST."""
+
+    case: PreparedCase
+    row: SourceRow
+    record: CreatedRecord | None = None
+    error: ServiceNowRequestError | ServiceNowTransientError | None = None
+
+
+class CaseLoader:
+    """One load of one claim token. Not thread-safe itself: only its worker pool runs in parallel."""
+
+    def __init__(
+        self,
+        client: TableClient,
+        source: SourceTable,
+        token: str,
+        settings: LoadSettings,
+        *,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.client = client
+        self.source = source
+        self.token = token
+        self.settings = settings
+        self.counts = LoadCounts()
+        self.throttle = Throttle(settings.max_in_flight, rate_per_second=settings.rate_limit)
+        self._sleep = sleep
+        self._buffer: list[Outcome] = []
+        self._last_flush = time.monotonic()
+        self._in_flight: dict[Future[_Posted], PreparedCase] = {}
+        self._retry_ids: list[int] = []
+        self._auth_error: ServiceNowAuthError | None = None
+
+    # ----------------------------------------------------------------------------------------------------------
+    # the run
+    # ----------------------------------------------------------------------------------------------------------
+
+    def run(self) -> LoadCounts:
+        pool = ThreadPoolExecutor(max_workers=self.settings.max_in_flight, thread_name_prefix="servicenow-post")
+        try:
+            self._first_pass(pool)
+            self._retry_rounds(pool)
+        finally:
+            self._drain(cancel=True)
+            pool.shutdown(wait=True)
+            self._flush()
+            self.source.release(self.token)
+            self.counts.rate_limited = self.throttle.rate_limited_count
+        if self._auth_error is not None:
+            raise self._auth_error
+        self.counts.still_pending = len(self._retry_ids)
+        return self.counts
+
+    def _first_pass(self, pool: ThreadPoolExecutor) -> None:
+        after = 0
+        while self._auth_error is None:
+            # Keep one chunk queued behind the one being sent, so the pool never waits for the look-up.
+            self._wait_until(max_queued=self.settings.chunk_size)
+            rows = self.source.take_chunk(
+                self.token, after=after, size=self.settings.chunk_size, lease_seconds=self.settings.lease_seconds
+            )
+            if not rows:
+                return
+            after = rows[-1].id
+            self.counts.taken += len(rows)
+            self._submit_chunk(pool, rows)
+
+    def _retry_rounds(self, pool: ThreadPoolExecutor) -> None:
+        for round_number in range(1, self.settings.retry_rounds + 1):
+            self._drain(cancel=False)
+            if not self._retry_ids or self._auth_error is not None:
+                return
+            delay = backoff_delay(round_number, base=self.settings.backoff_base, cap=self.settings.backoff_cap)
+            log.info("retry round %d for %d rows in %.1f s", round_number, len(self._retry_ids), delay)
+            self._flush()
+            self._sleep(delay)
+            ids, self._retry_ids = self._retry_ids, []
+            self.counts.retried += len(ids)
+            for start in range(0, len(ids), self.settings.chunk_size):
+                part = ids[start : start + self.settings.chunk_size]
+                rows = self.source.take_rows(self.token, part, lease_seconds=self.settings.lease_seconds)
+                self._submit_chunk(pool, rows)
+                self._wait_until(max_queued=self.settings.chunk_size)
+        self._drain(cancel=False)
+
+    # ----------------------------------------------------------------------------------------------------------
+    # one chunk: transform, look up, adopt or send
+    # ----------------------------------------------------------------------------------------------------------
+
+    def _submit_chunk(self, pool: ThreadPoolExecutor, rows: list[SourceRow]) -> None:
+        by_table: dict[str, list[tuple[PreparedCase, SourceRow]]] = {}
+        for row in rows:
+            prepared = prepare(row)
+            if isinstance(prepared, Rejection):
+                self._record(Outcome(row.id, SyncStatus.REJECTED, error=prepared.reason))
+                self.counts.rejected += 1
+            else:
+                by_table.setdefault(prepared.table, []).append((prepared, row))
+        for table, cases in by_table.items():
+            existing = self._lookup(table, [case.correlation_id for case, _ in cases])
+            for case, row in cases:
+                self._adopt_or_send(pool, case, row, existing.get(case.correlation_id))
+
+    def _adopt_or_send(
+        self, pool: ThreadPoolExecutor, case: PreparedCase, row: SourceRow, found: list[ExistingRecord] | None
+    ) -> None:
+        if found:
+            self._record(_adopted(row, found))
+            self.counts.adopted += 1
+        elif row.attempts >= self.settings.max_attempts:
+            error = f"gave up after {row.attempts} attempts (no record found); last error: {row.error or 'unknown'}"
+            self._record(Outcome(row.id, SyncStatus.FAILED, error=error[:4000]))
+            self.counts.failed += 1
+        else:
+            future = pool.submit(self._post, case, row)
+            self._in_flight[future] = case
+
+    def _lookup(self, table: str, correlation_ids: list[str]) -> dict[str, list[ExistingRecord]]:
+        """One batched look-up, retried with backoff; after that the instance counts as unavailable."""
+        failures, last_error = 0, ""
+        for _ in range(self.settings.max_rate_limited_waits + self.settings.retry_rounds + 1):
+            try:
+                with self.throttle.slot():
+                    self.counts.lookups += 1
+                    found = self.client.find_by_correlation(table, correlation_ids)
+                self.throttle.succeeded()
+                return found
+            except ServiceNowRateLimited as exc:
+                self.throttle.rate_limited(exc.retry_after)
+            except ServiceNowTransientError as exc:
+                failures, last_error = failures + 1, str(exc)
+                if failures > self.settings.retry_rounds:
+                    break
+                self._sleep(backoff_delay(failures, base=self.settings.backoff_base, cap=self.settings.backoff_cap))
+        raise ServiceNowUnavailable(
+            f"could not look up existing records in {table} after {failures} failures: {last_error}"
+        )
+
+    def _post(self, case: PreparedCase, row: SourceRow) -> _Posted:
+        """Runs on a worker thread: one POST, repeated only after a 429 (which did nothing)."""
+        for _ in range(self.settings.max_rate_limited_waits):
+            try:
+                with self.throttle.slot():
+                    record = self.client.create_record(case.table, case.body.to_json())
+                self.throttle.succeeded()
+                return _Posted(case, row, record=record)
+            except ServiceNowRateLimited as exc:
+                self.throttle.rate_limited(exc.retry_after)
+                last: ServiceNowTransientError = exc
+            except (ServiceNowRequestError, ServiceNowTransientError) as exc:
+                return _Posted(case, row, error=exc)
+        return _Posted(case, row, error=last)
+
+    # ----------------------------------------------------------------------------------------------------------
+    # results and write-back
+    # ----------------------------------------------------------------------------------------------------------
+
+    def _wait_until(self, *, max_queued: int) -> None:
+        """Harvest finished POSTs until at most ``max_queued`` are still queued or running."""
+        while len(self._in_flight) > max_queued:
+            done, _ = wait(list(self._in_flight), timeout=self.settings.flush_interval, return_when=FIRST_COMPLETED)
+            for future in done:
+                self._harvest(future)
+            self._flush_if_due()
+
+    def _drain(self, *, cancel: bool) -> None:
+        if cancel and self._auth_error is not None:
+            for future in self._in_flight:
+                future.cancel()
+        while self._in_flight:
+            done, _ = wait(list(self._in_flight), timeout=self.settings.flush_interval, return_when=FIRST_COMPLETED)
+            for future in done:
+                self._harvest(future)
+            self._flush_if_due()
+
+    def _harvest(self, future: Future[_Posted]) -> None:
+        self._in_flight.pop(future)
+        if future.cancelled():
+            return
+        try:
+            posted = future.result()
+        except ServiceNowAuthError as exc:
+            self._auth_error = exc
+            return
+        self.counts.posts += 1
+        self._record(self._outcome(posted))
+
+    def _outcome(self, posted: _Posted) -> Outcome:
+        row, error = posted.row, posted.error
+        if posted.record is not None:
+            self.counts.created += 1
+            return Outcome(
+                row.id, SyncStatus.CREATED, sys_id=posted.record.sys_id, number=posted.record.number,
+                attempts_made=1, http_status=201, action=SyncAction.CREATED,
+            )
+        if isinstance(error, ServiceNowRequestError):
+            self.counts.failed += 1
+            return Outcome(row.id, SyncStatus.FAILED, error=str(error)[:4000], attempts_made=1, http_status=error.status)
+        self._retry_ids.append(row.id)
+        attempt = row.attempts + 1
+        text = f"attempt {attempt}: {error} (will retry)"
+        return Outcome(row.id, SyncStatus.PENDING, error=text[:4000], attempts_made=1,
+                       http_status=error.status if error else None)
+
+    def _record(self, outcome: Outcome) -> None:
+        self._buffer.append(outcome)
+        self._flush_if_due()
+
+    def _flush_if_due(self) -> None:
+        overdue = time.monotonic() - self._last_flush >= self.settings.flush_interval
+        if len(self._buffer) >= self.settings.flush_every or (self._buffer and overdue):
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._buffer:
+            self.source.write_outcomes(self.token, self._buffer)
+            self._buffer = []
+        self._last_flush = time.monotonic()
+
+
+def _adopted(row: SourceRow, found: list[ExistingRecord]) -> Outcome:
+    """Adopt the oldest record with this correlation id; name any others, which a person must resolve."""
+    oldest = found[0]
+    note = None
+    if len(found) > 1:
+        others = ", ".join(record.number or record.sys_id for record in found[1:])
+        note = f"{len(found)} records share correlation_id {oldest.correlation_id}; adopted the oldest, also: {others}"
+    return Outcome(
+        row.id, SyncStatus.CREATED, sys_id=oldest.sys_id, number=oldest.number, error=note,
+        http_status=200, action=SyncAction.ADOPTED,
+    )

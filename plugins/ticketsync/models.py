@@ -1,0 +1,315 @@
+"""Pydantic models: the source row as read, the validated request, the Table API body, and outcomes.
+
+Three shapes, one direction:
+
+* :class:`SourceRow` holds a ``ticket_requests`` row exactly as the database returned it. Every producer column is
+  untrusted, so its values are typed ``Any``: a number or a blob in a text column must reach validation and be
+  rejected there with a reason, not crash the reader.
+* :class:`ValidatedRequest` is the same request after validation, still named in the source's terms, so a
+  validation error names the column the bank's team has to fix (``notes``, not ``work_notes``).
+* :class:`CaseBody` is the JSON body of ``POST /api/now/table/{table}``, named in ServiceNow's terms. It forbids
+  extra fields, so no ``sys_`` field can ever be sent.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass, field
+from enum import StrEnum
+from collections.abc import Callable
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, PlainValidator
+
+DEFAULT_TARGET_TABLE = "sn_bom_loan_service"
+
+SYS_ID_PATTERN = re.compile(r"[0-9a-f]{32}")
+# Correlation ids are looked up with an encoded query (`correlation_idINa,b,c`); ServiceNow has no escape for `,`
+# or `^` there, so the id alphabet is restricted to characters that can never change the query's meaning.
+REQUEST_ID_PATTERN = re.compile(r"[A-Za-z0-9._:/#@+\-]+")
+MAX_CORRELATION = 100
+MAX_SHORT_DESCRIPTION = 160
+MAX_JOURNAL = 4000
+CONTACT_TYPES = ("chat", "email", "phone", "social", "web")
+CATEGORY_LABELS = {"question": "0", "issue": "1", "feature": "2"}
+_ALLOWED_CONTROLS = {"\t", "\n", "\r"}
+
+
+class SyncStatus(StrEnum):
+    """The public lifecycle of a source row: ``pending`` until it ends in one of the three final states."""
+
+    PENDING = "pending"
+    CREATED = "created"
+    REJECTED = "rejected"
+    FAILED = "failed"
+
+
+class SyncAction(StrEnum):
+    """How a ``created`` row got its record: posted by us now, or found by correlation id and adopted."""
+
+    CREATED = "created"
+    ADOPTED = "adopted"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Field rules. Each raises ValueError with the sentence the user sees after "<column>: ".
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _preview(value: str, limit: int = 40) -> str:
+    shown = value if len(value) <= limit else value[:limit] + "…"
+    return repr(shown)
+
+
+def _blank_to_none(value: Any) -> Any:
+    """Empty or whitespace-only text means "not given"."""
+    if isinstance(value, str) and not value.strip():
+        return None
+    return value
+
+
+def _clean_text(value: str) -> str:
+    """Refuse text that ServiceNow or a JSON reader downstream would mangle: control characters, lone surrogates."""
+    for position, char in enumerate(value):
+        if unicodedata.category(char) == "Cc" and char not in _ALLOWED_CONTROLS:
+            raise ValueError(f"contains control character U+{ord(char):04X} at position {position}")
+        if unicodedata.category(char) == "Cs":
+            raise ValueError(f"contains an unpaired surrogate U+{ord(char):04X} at position {position}")
+    return value
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"must be text, got {type(value).__name__}")
+    return _clean_text(value)
+
+
+def _max_length(limit: int) -> Callable[[str], str]:
+    def check(value: str) -> str:
+        if len(value) > limit:
+            raise ValueError(f"is {len(value)} characters long, at most {limit} allowed")
+        return value
+
+    return check
+
+
+def _sys_id(value: str) -> str:
+    candidate = value.strip().lower()
+    if not SYS_ID_PATTERN.fullmatch(candidate):
+        raise ValueError(f"must be a 32-character hexadecimal sys_id, got {_preview(value)}")
+    return candidate
+
+
+def _request_id(value: str) -> str:
+    if value != value.strip():
+        raise ValueError("must not start or end with whitespace")
+    if not REQUEST_ID_PATTERN.fullmatch(value):
+        raise ValueError(f"may only contain letters, digits and . _ : / # @ + -, got {_preview(value)}")
+    return value
+
+
+def _contact_type(value: str) -> str:
+    candidate = value.strip().lower()
+    if candidate not in CONTACT_TYPES:
+        raise ValueError(f"must be one of {', '.join(CONTACT_TYPES)}, got {_preview(value)}")
+    return candidate
+
+
+def _category(value: Any) -> str:
+    """Accept the choice value (0/1/2, as text or integer) or its label (Question/Issue/Feature)."""
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise ValueError(f"must be text or a whole number, got {type(value).__name__}")
+    candidate = str(value).strip().lower()
+    if candidate in CATEGORY_LABELS.values():
+        return candidate
+    if candidate in CATEGORY_LABELS:
+        return CATEGORY_LABELS[candidate]
+    raise ValueError(f"must be 0/1/2 or Question/Issue/Feature, got {_preview(str(value))}")
+
+
+def _strip_not_blank(value: str) -> str:
+    return value.strip()
+
+
+def _rule(*steps: Callable[[Any], Any], required: bool = False) -> PlainValidator:
+    """One validator per column, so each broken column yields exactly one readable message.
+
+    Blank text counts as missing; a missing optional value stays ``None``; the steps run in order on the rest.
+    """
+
+    def validate(value: Any) -> Any:
+        value = _blank_to_none(value)
+        if value is None:
+            if required:
+                raise ValueError("is required and must not be blank")
+            return None
+        for step in steps:
+            value = step(value)
+        return value
+
+    return PlainValidator(validate)
+
+
+SysId = Annotated[str | None, _rule(_text, _sys_id)]
+RequestId = Annotated[str, _rule(_text, _request_id, _max_length(MAX_CORRELATION), required=True)]
+ContactType = Annotated[str | None, _rule(_text, _contact_type)]
+Category = Annotated[str | None, _rule(_category)]
+ShortDescription = Annotated[
+    str, _rule(_text, _strip_not_blank, _max_length(MAX_SHORT_DESCRIPTION), required=True)
+]
+Correlation = Annotated[str | None, _rule(_text, _max_length(MAX_CORRELATION))]
+Journal = Annotated[str | None, _rule(_text, _max_length(MAX_JOURNAL))]
+TableName = Annotated[str | None, _rule(_text)]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The rows
+# --------------------------------------------------------------------------------------------------------------
+
+PRODUCER_COLUMNS: tuple[str, ...] = (
+    "request_id",
+    "source_system",
+    "target_table",
+    "consumer",
+    "sold_product",
+    "assignment_group",
+    "contact_type",
+    "product",
+    "service_definition",
+    "category",
+    "short_description",
+    "notes",
+)
+
+
+class SourceRow(BaseModel):
+    """A ``ticket_requests`` row as read from the source database; nothing about its values is trusted yet."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: int
+    request_id: Any = None
+    source_system: Any = None
+    target_table: Any = None
+    consumer: Any = None
+    sold_product: Any = None
+    assignment_group: Any = None
+    contact_type: Any = None
+    product: Any = None
+    service_definition: Any = None
+    category: Any = None
+    short_description: Any = None
+    notes: Any = None
+    attempts: int = 0
+    error: str | None = None
+
+    @property
+    def label(self) -> str:
+        """How logs and messages name the row: its database id and, if readable, its request id."""
+        if isinstance(self.request_id, str) and self.request_id:
+            return f"row {self.id} (request_id {self.request_id[:100]!r})"
+        return f"row {self.id}"
+
+
+class ValidatedRequest(BaseModel):
+    """A request that passed every rule, still in the source's column names."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    request_id: RequestId
+    source_system: Correlation = None
+    target_table: TableName = None
+    consumer: SysId = None
+    sold_product: SysId = None
+    assignment_group: SysId = None
+    contact_type: ContactType = None
+    product: SysId = None
+    service_definition: SysId = None
+    category: Category = None
+    short_description: ShortDescription
+    notes: Journal = None
+
+
+class CaseBody(BaseModel):
+    """The JSON body of ``POST /api/now/table/{table}`` for an FSO case table.
+
+    Every value is a string, as the Table API expects. ``extra="forbid"`` means no field outside this list can be
+    built, and none of these starts with ``sys_``.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    correlation_id: RequestId
+    correlation_display: Correlation = None
+    short_description: ShortDescription
+    consumer: SysId = None
+    sold_product: SysId = None
+    assignment_group: SysId = None
+    contact_type: ContactType = None
+    product: SysId = None
+    service_definition: SysId = None
+    category: Category = None
+    work_notes: Journal = None
+
+    def to_json(self) -> dict[str, str]:
+        """The body as sent: unset fields are left out so the instance's defaults apply."""
+        return {key: value for key, value in self.model_dump(exclude_none=True).items()}
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    """What ticketsync knows about one ServiceNow target table.
+
+    Another FSO case table (``sn_bom_credit_card_service``, ``sn_bom_payment_inquiry``…) is one more entry in
+    :data:`TARGETS`, with its own required columns, once its field list has been checked against the instance.
+    """
+
+    table: str
+    required: tuple[str, ...]
+    body_model: type[CaseBody] = CaseBody
+
+
+TARGETS: dict[str, TargetSpec] = {
+    "sn_bom_loan_service": TargetSpec(
+        table="sn_bom_loan_service",
+        # A loan service case is about one consumer's loan account: without both, an agent cannot act on it.
+        required=("consumer", "sold_product", "short_description"),
+    ),
+}
+
+
+@dataclass(frozen=True)
+class FieldError:
+    """One broken rule on one source column."""
+
+    column: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.column}: {self.message}"
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """A row that failed validation: it is never sent, and every broken rule is named."""
+
+    row_id: int
+    errors: tuple[FieldError, ...] = field(default_factory=tuple)
+
+    @property
+    def reason(self) -> str:
+        return "; ".join(str(error) for error in self.errors)
+
+
+@dataclass(frozen=True)
+class PreparedCase:
+    """A row ready to send: its database id, the table, and the body."""
+
+    row_id: int
+    table: str
+    body: CaseBody
+
+    @property
+    def correlation_id(self) -> str:
+        return self.body.correlation_id

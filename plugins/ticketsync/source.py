@@ -1,0 +1,384 @@
+"""The source table ``ticket_requests``: schema, claiming, reading in chunks, and writing outcomes back.
+
+One class, two dialects (PostgreSQL in production, SQLite as the embedded default). Every statement uses bound
+parameters; the table name comes from configuration and is checked to be a plain identifier.
+
+Claiming is a lease: a run stamps rows with its ``claim_token`` and a ``lease_expires_at``. A row is free to claim
+when it is ``pending`` and unclaimed or its lease has run out. On PostgreSQL the claim uses ``FOR UPDATE SKIP
+LOCKED`` so concurrent claimers never block on, or take, each other's rows; on SQLite ``BEGIN IMMEDIATE``
+serialises writers. Before a row is sent its lease is renewed in the same statement that reads it, and only rows
+whose claim is still held come back, so a row whose lease ran out and was taken by another run is never sent twice
+at once.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from enum import StrEnum
+from importlib import resources
+from typing import Any, Protocol
+
+from ticketsync.models import PRODUCER_COLUMNS, SourceRow, SyncStatus
+
+IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+ROW_COLUMNS: tuple[str, ...] = ("id", *PRODUCER_COLUMNS, "attempts", "error")
+
+
+class Dialect(StrEnum):
+    POSTGRES = "postgres"
+    SQLITE = "sqlite"
+
+
+class DBAPIConnection(Protocol):
+    def cursor(self) -> Any: ...
+    def commit(self) -> None: ...
+    def rollback(self) -> None: ...
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What happened to one row in this attempt; the load operator decides it, the source writes it."""
+
+    row_id: int
+    status: SyncStatus
+    sys_id: str | None = None
+    number: str | None = None
+    error: str | None = None
+    attempts_made: int = 0
+    http_status: int | None = None
+    action: str | None = None
+
+
+@dataclass(frozen=True)
+class _Sql:
+    now: str
+    lease_until: str  # takes one parameter: the lease in seconds
+    skip_locked: str
+    begin: str | None
+
+
+_SQL = {
+    Dialect.POSTGRES: _Sql(
+        now="now()",
+        lease_until="now() + ? * interval '1 second'",
+        skip_locked="FOR UPDATE SKIP LOCKED",
+        begin=None,
+    ),
+    Dialect.SQLITE: _Sql(
+        now="strftime('%Y-%m-%dT%H:%M:%fZ', 'now')",
+        lease_until="strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '+' || ? || ' seconds')",
+        skip_locked="",
+        begin="BEGIN IMMEDIATE",
+    ),
+}
+
+
+def validate_identifier(name: str) -> str:
+    """Table names come from configuration; refuse anything that is not a plain SQL identifier."""
+    if not IDENTIFIER.fullmatch(name):
+        raise ValueError(f"invalid table name {name!r}: use letters, digits and underscores only")
+    return name
+
+
+def _placeholders(count: int) -> str:
+    return ", ".join("?" for _ in range(count))
+
+
+class SourceTable:
+    """Access to the ``ticket_requests`` table through one DB-API connection, opened on first use."""
+
+    def __init__(
+        self,
+        connect: Callable[[], DBAPIConnection],
+        dialect: Dialect,
+        table: str = "ticket_requests",
+    ) -> None:
+        self._connect = connect
+        self.dialect = Dialect(dialect)
+        self.table = validate_identifier(table)
+        self._sql = _SQL[self.dialect]
+        self._conn: DBAPIConnection | None = None
+
+    # ----------------------------------------------------------------------------------------------------------
+    # connection and transactions
+    # ----------------------------------------------------------------------------------------------------------
+
+    @classmethod
+    def from_conn_id(cls, conn_id: str, table: str = "ticket_requests") -> SourceTable:
+        """Build from an Airflow connection: ``postgres`` (production) or ``sqlite`` (the embedded default)."""
+        from airflow.sdk import BaseHook
+
+        conn_type = BaseHook.get_connection(conn_id).conn_type
+        if conn_type in ("postgres", "postgresql"):
+            from airflow.providers.postgres.hooks.postgres import PostgresHook
+
+            return cls(PostgresHook(postgres_conn_id=conn_id).get_conn, Dialect.POSTGRES, table)
+        if conn_type == "sqlite":
+            from airflow.providers.sqlite.hooks.sqlite import SqliteHook
+
+            return cls(SqliteHook(sqlite_conn_id=conn_id).get_conn, Dialect.SQLITE, table)
+        raise ValueError(f"connection {conn_id!r} has conn_type {conn_type!r}; ticketsync supports postgres and sqlite")
+
+    @property
+    def conn(self) -> DBAPIConnection:
+        if self._conn is None:
+            conn = self._connect()
+            if isinstance(conn, sqlite3.Connection):
+                conn.isolation_level = None  # we issue BEGIN ourselves
+                conn.execute("PRAGMA busy_timeout = 30000")
+            self._conn = conn
+        return self._conn
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def __enter__(self) -> SourceTable:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _q(self, sql: str) -> str:
+        """Statements are written with ``?``; psycopg wants ``%s``."""
+        return sql.replace("?", "%s") if self.dialect is Dialect.POSTGRES else sql
+
+    @contextmanager
+    def _transaction(self) -> Iterator[Any]:
+        conn = self.conn
+        cursor = conn.cursor()
+        try:
+            if self._sql.begin:
+                cursor.execute(self._sql.begin)
+            yield cursor
+            if self._sql.begin:
+                cursor.execute("COMMIT")
+            else:
+                conn.commit()
+        except BaseException:
+            conn.rollback()
+            raise
+        finally:
+            cursor.close()
+
+    # ----------------------------------------------------------------------------------------------------------
+    # schema
+    # ----------------------------------------------------------------------------------------------------------
+
+    def schema_sql(self) -> str:
+        name = "ticket_requests.postgresql.sql" if self.dialect is Dialect.POSTGRES else "ticket_requests.sqlite.sql"
+        text = resources.files("ticketsync.sql").joinpath(name).read_text(encoding="utf-8")
+        return text.replace("ticket_requests", self.table)
+
+    def ensure_schema(self) -> None:
+        """Create the table and its indexes if missing; safe to run on every DAG run."""
+        statements = [s.strip() for s in _strip_comments(self.schema_sql()).split(";") if s.strip()]
+        if self.dialect is Dialect.SQLITE:
+            self.conn.cursor().execute("PRAGMA journal_mode = WAL")
+        with self._transaction() as cursor:
+            for statement in statements:
+                cursor.execute(statement)
+
+    def insert_requests(self, requests: Iterable[dict[str, Any]]) -> int:
+        """Insert producer rows (what a bank's system does); used by the demo, the tests and the benchmark."""
+        columns = ", ".join(PRODUCER_COLUMNS)
+        statement = self._q(f"INSERT INTO {self.table} ({columns}) VALUES ({_placeholders(len(PRODUCER_COLUMNS))})")
+        params = [
+            tuple(request.get(c, "sn_bom_loan_service" if c == "target_table" else None) for c in PRODUCER_COLUMNS)
+            for request in requests
+        ]
+        if not params:
+            return 0
+        with self._transaction() as cursor:
+            cursor.executemany(statement, params)
+        return len(params)
+
+    # ----------------------------------------------------------------------------------------------------------
+    # claiming and reading
+    # ----------------------------------------------------------------------------------------------------------
+
+    def claim(self, token: str, *, limit: int, chunk_size: int, lease_seconds: float) -> int:
+        """Stamp up to ``limit`` claimable pending rows with ``token``, one committed chunk at a time.
+
+        Rows this token already holds are claimed again (their lease renewed), so a retried extract is idempotent.
+        Returns how many rows the token holds from this call.
+        """
+        claimed, after = 0, 0
+        while claimed < limit:
+            ids = self._claim_chunk(token, after, min(chunk_size, limit - claimed), lease_seconds)
+            if not ids:
+                break
+            claimed += len(ids)
+            after = max(ids)
+        return claimed
+
+    def _claim_chunk(self, token: str, after: int, size: int, lease_seconds: float) -> list[int]:
+        sql = self._sql
+        # The pick is a CTE so PostgreSQL evaluates it exactly once (a LIMIT … SKIP LOCKED sub-select inside
+        # `IN (…)` may be re-run by the planner and update more rows than asked).
+        statement = f"""
+            WITH picked AS (
+                SELECT id FROM {self.table}
+                 WHERE status = 'pending' AND id > ?
+                   AND (claim_token IS NULL OR claim_token = ?
+                        OR lease_expires_at IS NULL OR lease_expires_at <= {sql.now})
+                 ORDER BY id LIMIT ? {sql.skip_locked})
+            UPDATE {self.table}
+               SET claim_token = ?, lease_expires_at = {sql.lease_until}, updated_at = {sql.now}
+             WHERE id IN (SELECT id FROM picked)
+            RETURNING id"""
+        with self._transaction() as cursor:
+            cursor.execute(self._q(statement), (after, token, size, token, _lease(lease_seconds, self.dialect)))
+            return [int(row[0]) for row in cursor.fetchall()]
+
+    def iter_claimed(self, token: str, *, chunk_size: int) -> Iterator[list[SourceRow]]:
+        """Stream the token's pending rows in id order, one chunk in memory at a time (read only)."""
+        after = 0
+        columns = ", ".join(ROW_COLUMNS)
+        statement = self._q(
+            f"SELECT {columns} FROM {self.table} WHERE claim_token = ? AND status = 'pending' AND id > ? "
+            "ORDER BY id LIMIT ?"
+        )
+        while True:
+            with self._transaction() as cursor:
+                cursor.execute(statement, (token, after, chunk_size))
+                rows = [_row(values) for values in cursor.fetchall()]
+            if not rows:
+                return
+            yield rows
+            after = rows[-1].id
+
+    def take_chunk(self, token: str, *, after: int, size: int, lease_seconds: float) -> list[SourceRow]:
+        """Renew the lease on the next ``size`` pending rows the token still holds and return them, in id order.
+
+        This is the guard before sending: a row whose claim was lost is not returned, so it is not sent.
+        """
+        sql = self._sql
+        columns = ", ".join(ROW_COLUMNS)
+        statement = f"""
+            WITH picked AS (
+                SELECT id FROM {self.table}
+                 WHERE claim_token = ? AND status = 'pending' AND id > ?
+                 ORDER BY id LIMIT ? {sql.skip_locked})
+            UPDATE {self.table}
+               SET lease_expires_at = {sql.lease_until}, updated_at = {sql.now}
+             WHERE id IN (SELECT id FROM picked) AND claim_token = ? AND status = 'pending'
+            RETURNING {columns}"""
+        with self._transaction() as cursor:
+            cursor.execute(self._q(statement), (token, after, size, _lease(lease_seconds, self.dialect), token))
+            rows = [_row(values) for values in cursor.fetchall()]
+        return sorted(rows, key=lambda row: row.id)
+
+    def take_rows(self, token: str, ids: Sequence[int], *, lease_seconds: float) -> list[SourceRow]:
+        """Like :meth:`take_chunk`, for the given rows (a retry round): renew and return those still held."""
+        if not ids:
+            return []
+        sql = self._sql
+        columns = ", ".join(ROW_COLUMNS)
+        statement = f"""
+            UPDATE {self.table}
+               SET lease_expires_at = {sql.lease_until}, updated_at = {sql.now}
+             WHERE claim_token = ? AND status = 'pending' AND id IN ({_placeholders(len(ids))})
+            RETURNING {columns}"""
+        with self._transaction() as cursor:
+            cursor.execute(self._q(statement), (_lease(lease_seconds, self.dialect), token, *ids))
+            rows = [_row(values) for values in cursor.fetchall()]
+        return sorted(rows, key=lambda row: row.id)
+
+    def release(self, token: str) -> int:
+        """End the lease on every row the token still holds pending, so the next run need not wait for it."""
+        now = self._sql.now
+        statement = self._q(
+            f"UPDATE {self.table} SET lease_expires_at = {now} WHERE claim_token = ? AND status = 'pending'"
+        )
+        with self._transaction() as cursor:
+            cursor.execute(statement, (token,))
+            return int(cursor.rowcount or 0)
+
+    # ----------------------------------------------------------------------------------------------------------
+    # writing back
+    # ----------------------------------------------------------------------------------------------------------
+
+    def write_outcomes(self, token: str, outcomes: Iterable[Outcome]) -> int:
+        """Write each outcome to its row in one transaction, only where the token still holds a pending row.
+
+        A final status ends the lease; a row left ``pending`` (transient failure) has its lease released at once,
+        so the next attempt (a task retry or the next run) may take it.
+        """
+        now = self._sql.now
+        statement = self._q(f"""
+            UPDATE {self.table}
+               SET status = ?, sys_id = COALESCE(?, sys_id), number = COALESCE(?, number), error = ?,
+                   attempts = attempts + ?, last_http_status = COALESCE(?, last_http_status),
+                   sync_action = COALESCE(?, sync_action), synced_at = {now}, updated_at = {now},
+                   lease_expires_at = {now}
+             WHERE id = ? AND claim_token = ? AND status = 'pending'""")
+        params = [
+            (
+                str(o.status), o.sys_id, o.number, o.error, o.attempts_made, o.http_status, o.action,
+                o.row_id, token,
+            )
+            for o in outcomes
+        ]
+        if not params:
+            return 0
+        with self._transaction() as cursor:
+            cursor.executemany(statement, params)
+            return len(params)
+
+    # ----------------------------------------------------------------------------------------------------------
+    # reporting
+    # ----------------------------------------------------------------------------------------------------------
+
+    def token_summary(self, token: str) -> dict[str, int]:
+        """Counts of the rows this token touched, by status, with ``created`` split into created/adopted."""
+        statement = self._q(
+            f"SELECT status, sync_action, COUNT(*) FROM {self.table} WHERE claim_token = ? "
+            "GROUP BY status, sync_action"
+        )
+        counts: dict[str, int] = {}
+        with self._transaction() as cursor:
+            cursor.execute(statement, (token,))
+            for status, action, count in cursor.fetchall():
+                key = f"created_{action}" if status == SyncStatus.CREATED and action else str(status)
+                counts[key] = counts.get(key, 0) + int(count)
+        return counts
+
+    def first_errors(self, token: str, statuses: Sequence[str], limit: int = 5) -> list[tuple[str, str, str]]:
+        """(request_id, status, error) of the first rows in the given statuses, for summaries and alerts."""
+        statement = self._q(
+            f"SELECT request_id, status, error FROM {self.table} WHERE claim_token = ? "
+            f"AND status IN ({_placeholders(len(statuses))}) AND error IS NOT NULL ORDER BY id LIMIT ?"
+        )
+        with self._transaction() as cursor:
+            cursor.execute(statement, (token, *statuses, limit))
+            return [(str(r[0]), str(r[1]), str(r[2])) for r in cursor.fetchall()]
+
+    def backlog(self) -> dict[str, int]:
+        """The whole table by status: what is still pending after this run, and everything else."""
+        statement = f"SELECT status, COUNT(*) FROM {self.table} GROUP BY status"
+        with self._transaction() as cursor:
+            cursor.execute(statement)
+            return {str(status): int(count) for status, count in cursor.fetchall()}
+
+
+def _row(values: Sequence[Any]) -> SourceRow:
+    data = dict(zip(ROW_COLUMNS, values, strict=True))
+    if isinstance(data.get("notes"), memoryview):
+        data["notes"] = bytes(data["notes"])
+    return SourceRow.model_validate(data)
+
+
+def _lease(seconds: float, dialect: Dialect) -> Any:
+    return f"{float(seconds):.3f}" if dialect is Dialect.SQLITE else float(seconds)
+
+
+def _strip_comments(script: str) -> str:
+    """Drop ``--`` comment lines (the shipped schema has no ``--`` inside string literals)."""
+    return "\n".join(line.split("--", 1)[0] for line in script.splitlines())

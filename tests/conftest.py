@@ -1,0 +1,76 @@
+"""Shared fixtures: a throw-away PostgreSQL database, source tables on both dialects, and the emulator."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from ticketsync.emulator import EmulatorConfig, RunningEmulator, start_emulator
+from ticketsync.source import Dialect, SourceTable
+
+PG_ADMIN_DSN = os.environ.get("TICKETSYNC_TEST_PG_DSN", "host=127.0.0.1 port=5432 user=postgres dbname=postgres")
+REQUIRE_POSTGRES = os.environ.get("TICKETSYNC_REQUIRE_POSTGRES") == "1" or os.environ.get("CI") == "true"
+
+
+@pytest.fixture(scope="session")
+def pg_database() -> Iterator[dict[str, Any]]:
+    """A fresh PostgreSQL database for this test session, dropped at the end. In CI it must exist: no skip."""
+    try:
+        admin = psycopg.connect(PG_ADMIN_DSN, autocommit=True, connect_timeout=5)
+    except psycopg.OperationalError as exc:
+        if REQUIRE_POSTGRES:
+            pytest.fail(f"PostgreSQL is required here but unreachable: {exc}")
+        pytest.skip(f"PostgreSQL unreachable: {exc}")
+    name = f"ticketsync_test_{uuid.uuid4().hex[:10]}"
+    admin.execute(f'CREATE DATABASE "{name}"')
+    params = psycopg.conninfo.conninfo_to_dict(PG_ADMIN_DSN)
+    params["dbname"] = name
+    try:
+        yield params
+    finally:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
+
+
+def pg_connector(params: dict[str, Any]) -> Callable[[], psycopg.Connection[Any]]:
+    return lambda: psycopg.connect(**params)
+
+
+def airflow_conn_json(params: dict[str, Any]) -> str:
+    """The ``ticket_source`` connection as Airflow reads it from ``AIRFLOW_CONN_TICKET_SOURCE``."""
+    import json
+
+    return json.dumps({
+        "conn_type": "postgres",
+        "host": params.get("host", "127.0.0.1"),
+        "port": int(params.get("port", 5432)),
+        "login": params.get("user", "postgres"),
+        "schema": params["dbname"],
+    })
+
+
+@pytest.fixture(params=[Dialect.SQLITE, Dialect.POSTGRES], ids=["sqlite", "postgres"])
+def source(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SourceTable]:
+    """A fresh, empty ``ticket_requests`` table on each dialect (its own table name on PostgreSQL)."""
+    if request.param is Dialect.SQLITE:
+        path = tmp_path / "source.db"
+        table = SourceTable(lambda: sqlite3.connect(path), Dialect.SQLITE)
+    else:
+        params = request.getfixturevalue("pg_database")
+        table = SourceTable(pg_connector(params), Dialect.POSTGRES, table=f"tr_{uuid.uuid4().hex[:8]}")
+    table.ensure_schema()
+    yield table
+    table.close()
+
+
+@pytest.fixture
+def emulator() -> Iterator[RunningEmulator]:
+    with start_emulator(EmulatorConfig(user="admin", password="s3cret-emulator")) as running:
+        yield running
