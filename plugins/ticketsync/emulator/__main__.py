@@ -1,0 +1,132 @@
+"""`python -m ticketsync.emulator`: run the emulator until SIGTERM or SIGINT."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import threading
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from types import FrameType
+
+from ticketsync.emulator.faults import FaultConfig, FaultConfigError
+from ticketsync.emulator.server import EmulatorConfig, start_emulator
+from ticketsync.emulator.store import DEFAULT_TABLES
+
+PASSWORD_ENV = "TICKETSYNC_EMULATOR_PASSWORD"  # noqa: S105 - the name of a variable, not a secret
+
+# flag -> FaultConfig field, for the flags that take a rate between 0 and 1
+_RATE_FLAGS: dict[str, str] = {
+    "--error-500": "error_500",
+    "--error-502": "error_502",
+    "--error-503": "error_503",
+    "--error-504": "error_504",
+    "--html-200": "html_200",
+    "--cut-before-commit": "cut_before_commit",
+    "--cut-after-commit": "cut_after_commit",
+    "--slow-after-commit": "slow_after_commit",
+    "--malformed-json": "malformed_json",
+    "--missing-sys-id": "missing_sys_id",
+}
+# flag -> (FaultConfig field, help) for the other numeric fault settings
+_NUMBER_FLAGS: dict[str, tuple[str, str]] = {
+    "--latency-ms": ("latency_ms", "added latency of every API request, in ms"),
+    "--latency-jitter-ms": ("latency_jitter_ms", "latency varies uniformly by up to this many ms either way"),
+    "--rate-limit": ("rate_limit_per_second", "requests per second of the shared token bucket (0: off)"),
+    "--rate-limit-burst": ("rate_limit_burst", "token bucket size (0: the rate)"),
+    "--slow-after-commit-ms": ("slow_after_commit_ms", "how long a slow_after_commit answer waits, in ms"),
+}
+
+
+def _rate(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a rate between 0 and 1")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m ticketsync.emulator",
+        description="A local ServiceNow Table API emulator with injectable faults.",
+        epilog=f"The password is best given in the environment variable {PASSWORD_ENV}; it wins over --password.",
+    )
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    parser.add_argument("--port-file", type=Path, help="write the port to this file once listening")
+    parser.add_argument("--user", default="admin")
+    parser.add_argument("--password", help=f"used when ${PASSWORD_ENV} is unset (default: 'admin')")
+    parser.add_argument("--tables", help=f"comma-separated tables to serve (default: {','.join(DEFAULT_TABLES)})")
+    parser.add_argument("--tls-cert", help="PEM certificate: serve HTTPS when given with --tls-key")
+    parser.add_argument("--tls-key", help="PEM private key")
+    parser.add_argument("--verbose", action="store_true", help="log every request to stderr")
+    faults = parser.add_argument_group("faults")
+    for flag, (name, help_text) in _NUMBER_FLAGS.items():
+        faults.add_argument(flag, dest=name, type=float, default=0.0, metavar="N", help=help_text)
+    faults.add_argument("--concurrency-limit", type=int, default=0, help="429 beyond this many requests at once")
+    for flag, name in _RATE_FLAGS.items():
+        faults.add_argument(flag, dest=name, type=_rate, default=0.0, metavar="RATE")
+    faults.add_argument("--fault-methods", default="GET,POST,PATCH,PUT,DELETE", help="methods random faults hit")
+    faults.add_argument("--seed", type=int, help="seed of the random fault draws")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> EmulatorConfig:
+    """The emulator configuration a command line asks for (raises FaultConfigError on bad fault settings)."""
+    fault_fields = [*_RATE_FLAGS.values(), *(name for name, _ in _NUMBER_FLAGS.values()), "concurrency_limit", "seed"]
+    faults = FaultConfig().with_changes(
+        {**{name: getattr(args, name) for name in fault_fields}, "methods": args.fault_methods}
+    )
+    tables = tuple(name.strip() for name in (args.tables or "").split(",") if name.strip()) or DEFAULT_TABLES
+    return EmulatorConfig(
+        host=args.host,
+        port=args.port,
+        user=args.user,
+        password=environ.get(PASSWORD_ENV) or args.password or "admin",
+        faults=faults,
+        tables=tables,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        verbose=args.verbose,
+    )
+
+
+def _write_port_file(path: Path, port: int) -> None:
+    """Write atomically, so that a poller never reads a half-written port."""
+    partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    partial.write_text(f"{port}\n", encoding="ascii")
+    partial.replace(path)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        config = config_from_args(args, os.environ)
+    except FaultConfigError as exc:
+        parser.error(str(exc))
+    stop = threading.Event()
+
+    def request_stop(_signum: int, _frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    emulator = start_emulator(config)
+    try:
+        if args.port_file is not None:
+            _write_port_file(args.port_file, emulator.port)
+        print(f"ServiceNow emulator listening on {emulator.url}", flush=True)
+        if config.verbose:
+            print(f"faults: {config.faults.to_dict()}", file=sys.stderr, flush=True)
+        while not stop.wait(1.0):
+            continue
+    finally:
+        emulator.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,88 @@
+"""Admin endpoints under `/_emulator/` (no auth): health, stats, faults, reset, raw records."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from ticketsync.emulator.faults import FaultConfig, FaultConfigError
+from ticketsync.emulator.replies import Reply, error_reply
+from ticketsync.emulator.store import Store
+
+PREFIX = "/_emulator/"
+
+
+class AdminTarget(Protocol):
+    """What the admin endpoints act on (the running server)."""
+
+    @property
+    def store(self) -> Store: ...
+
+    @property
+    def fault_config(self) -> FaultConfig: ...
+
+    def update_faults(self, changes: dict[str, Any]) -> FaultConfig: ...
+
+    def stats_snapshot(self) -> dict[str, Any]: ...
+
+    def reset(self, *, reset_faults: bool = False) -> None: ...
+
+
+def _json_object(raw: bytes) -> dict[str, Any] | Reply:
+    if not raw.strip():
+        return {}
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        return error_reply(400, "Invalid JSON body")
+    if not isinstance(data, dict):
+        return error_reply(400, "The body must be a JSON object")
+    return data
+
+
+def _put_faults(target: AdminTarget, body: bytes) -> Reply:
+    changes = _json_object(body)
+    if isinstance(changes, Reply):
+        return changes
+    try:
+        config = target.update_faults(changes)
+    except FaultConfigError as exc:
+        return error_reply(400, "Invalid fault configuration", str(exc))
+    return Reply(200, config.to_dict())
+
+
+def _reset(target: AdminTarget, body: bytes) -> Reply:
+    options = _json_object(body)
+    if isinstance(options, Reply):
+        return options
+    target.reset(reset_faults=options.get("reset_faults") is True)
+    return Reply(200, {"status": "reset", "faults": target.fault_config.to_dict()})
+
+
+def _records(target: AdminTarget, table: str) -> Reply:
+    if not target.store.has_table(table):
+        return error_reply(404, f"Invalid table {table}")
+    records = target.store.records(table)
+    return Reply(200, {"result": records, "count": len(records)})
+
+
+_ROUTES: dict[tuple[str, str], Callable[[AdminTarget, bytes], Reply]] = {
+    ("GET", "health"): lambda _target, _body: Reply(200, {"status": "ok"}),
+    ("GET", "stats"): lambda target, _body: Reply(200, target.stats_snapshot()),
+    ("GET", "faults"): lambda target, _body: Reply(200, target.fault_config.to_dict()),
+    ("PUT", "faults"): _put_faults,
+    ("PATCH", "faults"): _put_faults,
+    ("POST", "reset"): _reset,
+}
+
+
+def handle(target: AdminTarget, method: str, path: str, body: bytes) -> Reply:
+    """Answer one admin request."""
+    route = path.removeprefix(PREFIX).rstrip("/")
+    if method == "GET" and route.startswith("records/"):
+        return _records(target, route.removeprefix("records/"))
+    handler = _ROUTES.get((method, route))
+    if handler is None:
+        return error_reply(404, "Unknown emulator endpoint", f"{method} {path}")
+    return handler(target, body)

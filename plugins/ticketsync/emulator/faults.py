@@ -1,0 +1,239 @@
+"""Fault configuration and the machinery that injects faults: random draws, a token bucket, a concurrency gate."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+# Random faults, in the order their rates are stacked on the unit interval.
+PRE_COMMIT_FAULTS: tuple[str, ...] = (
+    "error_500",
+    "error_502",
+    "error_503",
+    "error_504",
+    "html_200",
+    "cut_before_commit",
+)
+POST_COMMIT_FAULTS: tuple[str, ...] = (
+    "cut_after_commit",
+    "slow_after_commit",
+    "malformed_json",
+    "missing_sys_id",
+)
+RANDOM_FAULTS: tuple[str, ...] = PRE_COMMIT_FAULTS + POST_COMMIT_FAULTS
+# Deterministic faults, counted in the stats next to the random ones.
+OTHER_FAULTS: tuple[str, ...] = ("fail_auth", "rate_limit", "concurrency_limit")
+ALL_METHODS: tuple[str, ...] = ("GET", "POST", "PATCH", "PUT", "DELETE")
+
+_FLOAT_FIELDS = frozenset(
+    {"latency_ms", "latency_jitter_ms", "rate_limit_per_second", "rate_limit_burst", "slow_after_commit_ms"}
+)
+_EPSILON = 1e-9
+
+
+class FaultConfigError(ValueError):
+    """A fault configuration that cannot be applied (unknown field, wrong type, rate out of range)."""
+
+
+@dataclass(frozen=True)
+class FaultConfig:
+    """What the emulator does wrong, and how often. Rates are probabilities between 0 and 1."""
+
+    latency_ms: float = 0
+    latency_jitter_ms: float = 0
+    concurrency_limit: int = 0
+    rate_limit_per_second: float = 0
+    rate_limit_burst: float = 0
+    error_500: float = 0
+    error_502: float = 0
+    error_503: float = 0
+    error_504: float = 0
+    html_200: float = 0
+    cut_before_commit: float = 0
+    cut_after_commit: float = 0
+    slow_after_commit: float = 0
+    slow_after_commit_ms: float = 0
+    malformed_json: float = 0
+    missing_sys_id: float = 0
+    fail_auth: bool = False
+    methods: tuple[str, ...] = ALL_METHODS
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "methods", tuple(method.upper() for method in self.methods))
+        for name in RANDOM_FAULTS:
+            rate = getattr(self, name)
+            if not 0 <= rate <= 1:
+                raise FaultConfigError(f"{name} must be a rate between 0 and 1, got {rate}")
+        if self.total_fault_rate() > 1 + _EPSILON:
+            raise FaultConfigError(f"the random fault rates add up to {self.total_fault_rate():g}, more than 1")
+        for name in _FLOAT_FIELDS:
+            if getattr(self, name) < 0:
+                raise FaultConfigError(f"{name} must not be negative")
+        if self.concurrency_limit < 0:
+            raise FaultConfigError("concurrency_limit must not be negative")
+        unknown = set(self.methods) - set(ALL_METHODS)
+        if unknown:
+            raise FaultConfigError(f"unknown methods in methods: {sorted(unknown)}")
+
+    def total_fault_rate(self) -> float:
+        """The probability that a request draws one of the random faults."""
+        return sum(float(getattr(self, name)) for name in RANDOM_FAULTS)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready view."""
+        data = dataclasses.asdict(self)
+        data["methods"] = list(self.methods)
+        return data
+
+    def with_changes(self, changes: Mapping[str, Any]) -> FaultConfig:
+        """A copy with some fields replaced; values from JSON are checked and coerced to the field's type."""
+        known = {field.name for field in dataclasses.fields(self)}
+        unknown = sorted(set(changes) - known)
+        if unknown:
+            raise FaultConfigError(f"unknown fault fields: {', '.join(unknown)}")
+        coerced = {name: _coerce(name, value) for name, value in changes.items()}
+        return dataclasses.replace(self, **coerced)
+
+
+def _coerce(name: str, value: Any) -> Any:
+    if name == "methods":
+        return _coerce_methods(value)
+    if name == "fail_auth":
+        if not isinstance(value, bool):
+            raise FaultConfigError("fail_auth must be a boolean")
+        return value
+    if name == "seed":
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise FaultConfigError("seed must be an integer or null")
+        return value
+    if name == "concurrency_limit":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise FaultConfigError("concurrency_limit must be an integer")
+        return value
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise FaultConfigError(f"{name} must be a number")
+    return float(value)
+
+
+def _coerce_methods(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [part for part in value.split(",") if part.strip()]
+    if not isinstance(value, list | tuple) or not all(isinstance(item, str) for item in value):
+        raise FaultConfigError("methods must be a list of HTTP method names")
+    return tuple(item.strip().upper() for item in value)
+
+
+class TokenBucket:
+    """A token bucket shared by all clients: `rate` tokens a second, at most `burst` stored."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._tokens = 0.0
+        self._stamp = time.monotonic()
+        self._full = True
+
+    def reset(self) -> None:
+        with self._lock:
+            self._full = True
+
+    def take(self, rate: float, burst: float) -> float:
+        """Take one token. Returns 0 when granted, else the seconds until a token is available."""
+        size = max(burst if burst > 0 else rate, 1.0)
+        with self._lock:
+            now = time.monotonic()
+            if self._full:
+                self._tokens, self._full = size, False
+            else:
+                self._tokens = min(size, self._tokens + (now - self._stamp) * rate)
+            self._stamp = now
+            if self._tokens >= 1:
+                self._tokens -= 1
+                return 0.0
+            return (1 - self._tokens) / rate
+
+
+class ConcurrencyGate:
+    """Admits at most `limit` requests at once; the rest are turned away at once, not queued."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._active = 0
+
+    def try_enter(self, limit: int) -> bool:
+        with self._lock:
+            if limit > 0 and self._active >= limit:
+                return False
+            self._active += 1
+            return True
+
+    def leave(self) -> None:
+        with self._lock:
+            self._active -= 1
+
+
+class FaultInjector:
+    """Holds the live fault configuration and decides, request by request, what goes wrong."""
+
+    def __init__(self, config: FaultConfig) -> None:
+        self._config = config
+        self._rng = random.Random(config.seed)
+        self._lock = threading.Lock()
+        self.bucket = TokenBucket()
+        self.gate = ConcurrencyGate()
+
+    @property
+    def config(self) -> FaultConfig:
+        return self._config
+
+    def update(self, changes: Mapping[str, Any]) -> FaultConfig:
+        """Replace some fields of the configuration; a new seed reseeds the random source."""
+        with self._lock:
+            new = self._config.with_changes(changes)
+            if "seed" in changes:
+                self._rng.seed(new.seed)
+            if {"rate_limit_per_second", "rate_limit_burst"} & set(changes):
+                self.bucket.reset()
+            self._config = new
+            return new
+
+    def replace(self, config: FaultConfig) -> None:
+        with self._lock:
+            self._config = config
+            self._rng.seed(config.seed)
+            self.bucket.reset()
+
+    def draw(self, method: str) -> str | None:
+        """At most one random fault for this request: one uniform draw against the cumulative rates."""
+        config = self._config
+        if method not in config.methods or config.total_fault_rate() <= 0:
+            return None
+        with self._lock:
+            point = self._rng.random()
+        cumulative = 0.0
+        for name in RANDOM_FAULTS:
+            cumulative += float(getattr(config, name))
+            if point < cumulative:
+                return name
+        return None
+
+    def latency_seconds(self) -> float:
+        config = self._config
+        if config.latency_ms <= 0 and config.latency_jitter_ms <= 0:
+            return 0.0
+        with self._lock:
+            jitter = self._rng.uniform(-config.latency_jitter_ms, config.latency_jitter_ms)
+        return max(0.0, config.latency_ms + jitter) / 1000
+
+    def rate_limit_wait(self) -> float:
+        """0 when the request may go on, else the seconds until the bucket has a token again."""
+        config = self._config
+        if config.rate_limit_per_second <= 0:
+            return 0.0
+        return self.bucket.take(config.rate_limit_per_second, config.rate_limit_burst)

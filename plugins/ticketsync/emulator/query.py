@@ -1,0 +1,164 @@
+"""Encoded queries (`sysparm_query`): parsing into conditions, and matching rows against them.
+
+A query is a list of parts joined by `^NQ` (OR-ed); a part is a list of groups joined by `^` (AND-ed); a group is a
+list of conditions joined by `^OR`. A term that cannot be parsed, or that names a field the table does not have, is
+dropped silently, as ServiceNow does; a query with nothing left in it matches every record.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+Row = Sequence[str]
+
+# Longest first where one operator is a prefix of another.
+OPERATORS: tuple[str, ...] = (
+    "ISNOTEMPTY",
+    "ISEMPTY",
+    "NOT IN",
+    "NOT LIKE",
+    "STARTSWITH",
+    "ENDSWITH",
+    "LIKE",
+    "IN",
+    "!=",
+    "<=",
+    ">=",
+    "=",
+    "<",
+    ">",
+)
+INDEXABLE_OPERATORS = frozenset({"=", "IN"})
+_LIST_OPERATORS = frozenset({"IN", "NOT IN"})
+_UNARY_OPERATORS = frozenset({"ISEMPTY", "ISNOTEMPTY"})
+_FIELD = re.compile(r"[a-z_][a-z0-9_]*")
+_ESCAPED_CARET = "\x00"
+
+
+def _as_number(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def _compare(value: str, wanted: str) -> int:
+    """-1, 0 or 1; numerically when both sides are numbers, else as strings."""
+    left, right = _as_number(value), _as_number(wanted)
+    if left is not None and right is not None:
+        return (left > right) - (left < right)
+    return (value > wanted) - (value < wanted)
+
+
+@dataclass(frozen=True)
+class Condition:
+    """One `field<op>value` term, bound to the position of its field in a row."""
+
+    name: str
+    position: int
+    operator: str
+    value: str
+    values: frozenset[str] = field(default_factory=frozenset)
+
+    @property
+    def indexable(self) -> bool:
+        return self.operator in INDEXABLE_OPERATORS
+
+    def accepted_values(self) -> frozenset[str]:
+        """The exact values an indexable condition accepts."""
+        return self.values if self.operator == "IN" else frozenset((self.value,))
+
+    def test(self, row: Row) -> bool:
+        return _TESTS[self.operator](row[self.position], self)
+
+
+_TESTS: dict[str, Callable[[str, Condition], bool]] = {
+    "=": lambda value, cond: value == cond.value,
+    "!=": lambda value, cond: value != cond.value,
+    "IN": lambda value, cond: value in cond.values,
+    "NOT IN": lambda value, cond: value not in cond.values,
+    "STARTSWITH": lambda value, cond: value.lower().startswith(cond.value.lower()),
+    "ENDSWITH": lambda value, cond: value.lower().endswith(cond.value.lower()),
+    "LIKE": lambda value, cond: cond.value.lower() in value.lower(),
+    "NOT LIKE": lambda value, cond: cond.value.lower() not in value.lower(),
+    "ISEMPTY": lambda value, _cond: value == "",
+    "ISNOTEMPTY": lambda value, _cond: value != "",
+    "<": lambda value, cond: _compare(value, cond.value) < 0,
+    "<=": lambda value, cond: _compare(value, cond.value) <= 0,
+    ">": lambda value, cond: _compare(value, cond.value) > 0,
+    ">=": lambda value, cond: _compare(value, cond.value) >= 0,
+}
+
+Group = tuple[Condition, ...]
+Part = tuple[Group, ...]
+
+
+@dataclass(frozen=True)
+class EncodedQuery:
+    """A parsed `sysparm_query`: OR-ed parts of AND-ed groups of OR-ed conditions, plus the sort order."""
+
+    parts: tuple[Part, ...] = ()
+    order: tuple[tuple[int, bool], ...] = ()  # (field position, descending)
+
+    @property
+    def matches_all(self) -> bool:
+        return not self.parts
+
+    def matches(self, row: Row) -> bool:
+        return self.matches_all or any(_part_matches(part, row) for part in self.parts)
+
+
+def _part_matches(part: Part, row: Row) -> bool:
+    return all(any(cond.test(row) for cond in group) for group in part)
+
+
+def parse_condition(term: str, positions: Mapping[str, int]) -> Condition | None:
+    """`field<op>value` bound to `positions`, or None when the term is not valid for this table."""
+    match = _FIELD.match(term)
+    if match is None or match.group() not in positions:
+        return None
+    name, rest = match.group(), term[match.end() :]
+    operator = next((op for op in OPERATORS if rest.startswith(op)), None)
+    if operator is None:
+        return None
+    value = rest[len(operator) :]
+    if operator in _UNARY_OPERATORS and value:
+        return None
+    values = frozenset(value.split(",")) if operator in _LIST_OPERATORS else frozenset()
+    return Condition(name, positions[name], operator, value, values)
+
+
+def _parse_order(term: str, positions: Mapping[str, int]) -> tuple[int, bool] | None:
+    descending = term.startswith("ORDERBYDESC")
+    name = term[len("ORDERBYDESC") :] if descending else term[len("ORDERBY") :]
+    position = positions.get(name)
+    return None if position is None else (position, descending)
+
+
+def _parse_part(chunk: str, positions: Mapping[str, int], order: list[tuple[int, bool]]) -> Part:
+    groups: list[list[Condition]] = []
+    for raw in chunk.split("^"):
+        term = raw.replace(_ESCAPED_CARET, "^")
+        if term.startswith("ORDERBY"):
+            sort_key = _parse_order(term, positions)
+            if sort_key is not None:
+                order.append(sort_key)
+            continue
+        is_or = term.startswith("OR")
+        condition = parse_condition(term[2:] if is_or else term, positions)
+        if condition is None:
+            continue
+        if is_or and groups:
+            groups[-1].append(condition)
+        else:
+            groups.append([condition])
+    return tuple(tuple(group) for group in groups)
+
+
+def parse_query(text: str, positions: Mapping[str, int]) -> EncodedQuery:
+    """Parse an encoded query against a table's field positions, dropping what does not apply."""
+    order: list[tuple[int, bool]] = []
+    parts = [_parse_part(chunk, positions, order) for chunk in text.replace("^^", _ESCAPED_CARET).split("^NQ")]
+    return EncodedQuery(tuple(part for part in parts if part), tuple(order))

@@ -1,0 +1,409 @@
+"""The HTTP side: a threading HTTP/1.1 keep-alive server for the Table API and the admin endpoints."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import socket
+import socketserver
+import ssl
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from email.utils import formatdate
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import TracebackType
+from typing import Any, Self
+from urllib.parse import parse_qsl
+
+from ticketsync.emulator import admin, table_api
+from ticketsync.emulator.faults import PRE_COMMIT_FAULTS, FaultConfig, FaultInjector
+from ticketsync.emulator.replies import (
+    Reply,
+    concurrency_exceeded,
+    error_reply,
+    pre_commit_fault,
+    rate_limited,
+    unauthorized,
+)
+from ticketsync.emulator.stats import Stats
+from ticketsync.emulator.store import DEFAULT_TABLES, Store
+
+_QUIET_ERRORS = (ConnectionError, TimeoutError, ssl.SSLError)
+
+
+@dataclass(frozen=True)
+class EmulatorConfig:
+    """Where the emulator listens, whom it lets in, which tables it serves and which faults it injects."""
+
+    host: str = "127.0.0.1"
+    port: int = 0
+    user: str = "admin"
+    password: str = field(default="admin", repr=False)
+    faults: FaultConfig = field(default_factory=FaultConfig)
+    tables: tuple[str, ...] = DEFAULT_TABLES
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    verbose: bool = False
+
+    @property
+    def tls(self) -> bool:
+        return bool(self.tls_cert and self.tls_key)
+
+
+class _HttpDate:
+    """The Date header, formatted once a second."""
+
+    def __init__(self) -> None:
+        self._cached: tuple[int, str] = (0, "")
+
+    def now(self) -> str:
+        second = int(time.time())
+        cached = self._cached
+        if cached[0] != second:
+            cached = (second, formatdate(second, usegmt=True))
+            self._cached = cached
+        return cached[1]
+
+
+_DATE = _HttpDate()
+
+
+class EmulatorServer(ThreadingHTTPServer):
+    """Serves one emulated instance: its store, live fault configuration and counters."""
+
+    daemon_threads = True
+    request_queue_size = 512
+    allow_reuse_address = True
+
+    def __init__(self, config: EmulatorConfig) -> None:
+        self.config = config
+        self._store = Store(config.tables)
+        self.faults = FaultInjector(config.faults)
+        self.stats = Stats()
+        self._connections: set[socket.socket] = set()
+        self._connections_lock = threading.Lock()
+        if ":" in config.host:
+            self.address_family = socket.AF_INET6
+        super().__init__((config.host, config.port), EmulatorHandler)
+        if config.tls:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(str(config.tls_cert), str(config.tls_key))
+            self.socket = context.wrap_socket(self.socket, server_side=True, do_handshake_on_connect=False)
+
+    def server_bind(self) -> None:
+        """Bind without HTTPServer's reverse DNS lookup of the host (slow where DNS is not configured)."""
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = str(self.server_address[0]), int(self.server_address[1])
+
+    @property
+    def port(self) -> int:
+        return int(self.server_address[1])
+
+    @property
+    def url(self) -> str:
+        host = self.config.host
+        if host in {"", "0.0.0.0"}:  # noqa: S104 - a bind-all address; the URL points at loopback
+            host = "127.0.0.1"
+        elif host == "::":
+            host = "::1"
+        if ":" in host:
+            host = f"[{host}]"
+        return f"{'https' if self.config.tls else 'http'}://{host}:{self.port}"
+
+    # AdminTarget
+    @property
+    def store(self) -> Store:
+        return self._store
+
+    @property
+    def fault_config(self) -> FaultConfig:
+        return self.faults.config
+
+    def update_faults(self, changes: dict[str, Any]) -> FaultConfig:
+        return self.faults.update(changes)
+
+    def stats_snapshot(self) -> dict[str, Any]:
+        return {**self.stats.snapshot(), "records": self._store.counts()}
+
+    def reset(self, *, reset_faults: bool = False) -> None:
+        self._store.clear()
+        self.stats.reset()
+        if reset_faults:
+            self.faults.replace(self.config.faults)
+        else:
+            self.faults.bucket.reset()
+
+    # connection bookkeeping, so that stop() also ends idle keep-alive connections
+    def track(self, connection: socket.socket) -> None:
+        with self._connections_lock:
+            self._connections.add(connection)
+
+    def untrack(self, connection: socket.socket) -> None:
+        with self._connections_lock:
+            self._connections.discard(connection)
+
+    def close_connections(self) -> None:
+        with self._connections_lock:
+            connections = list(self._connections)
+        for connection in connections:
+            try:
+                connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                continue
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """Clients that hang up or time out are normal here; only real errors get a traceback."""
+        if isinstance(sys.exception(), _QUIET_ERRORS) and not self.config.verbose:
+            return
+        super().handle_error(request, client_address)
+
+
+class EmulatorHandler(BaseHTTPRequestHandler):
+    """One connection: any number of keep-alive requests, each answered with a single write."""
+
+    protocol_version = "HTTP/1.1"
+    server_version = "ServiceNow"
+    sys_version = ""
+    timeout = 300  # an idle keep-alive connection is closed after this many seconds
+    server: EmulatorServer
+
+    def setup(self) -> None:
+        self.request.settimeout(self.timeout)
+        if isinstance(self.request, ssl.SSLSocket):
+            self.request.do_handshake()
+        self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        super().setup()
+        self.server.track(self.request)
+
+    def finish(self) -> None:
+        self.server.untrack(self.request)
+        super().finish()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        if self.server.config.verbose:
+            super().log_message(format, *args)
+
+    def do_GET(self) -> None:
+        self._dispatch("GET")
+
+    def do_POST(self) -> None:
+        self._dispatch("POST")
+
+    def do_PATCH(self) -> None:
+        self._dispatch("PATCH")
+
+    def do_PUT(self) -> None:
+        self._dispatch("PUT")
+
+    def do_DELETE(self) -> None:
+        self._dispatch("DELETE")
+
+    def _dispatch(self, method: str) -> None:
+        path = self.path.partition("?")[0]
+        if path.startswith("/api/"):
+            self._api(method)
+            return
+        body = self._read_body()
+        if body is None:
+            reply = error_reply(400, "Bad request framing")
+        elif path.startswith(admin.PREFIX):
+            reply = admin.handle(self.server, method, path, body)
+        else:
+            reply = error_reply(404, "Not Found", f"No resource at {path}")
+        self._send(reply)
+
+    def _api(self, method: str) -> None:
+        stats = self.server.stats
+        stats.begin(method)
+        reply: Reply | None = None
+        try:
+            reply = self._api_reply(method)
+        finally:  # counted before the client can see the answer, so stats read right after it are exact
+            stats.end(None if reply is None else reply.status)
+        if reply is None:
+            self.close_connection = True
+        else:
+            self._send(reply)
+
+    def _api_reply(self, method: str) -> Reply | None:
+        body = self._read_body()
+        if body is None:
+            return error_reply(400, "Bad request framing")
+        user = self._authenticate()
+        if user is None:
+            return unauthorized()
+        injector = self.server.faults
+        wait = injector.rate_limit_wait()
+        if wait > 0:
+            self.server.stats.fault("rate_limit")
+            return rate_limited(wait, injector.config.rate_limit_per_second)
+        if not injector.gate.try_enter(injector.config.concurrency_limit):
+            self.server.stats.fault("concurrency_limit")
+            return concurrency_exceeded()
+        try:
+            return self._admitted(method, body, user)
+        finally:
+            injector.gate.leave()
+
+    def _admitted(self, method: str, body: bytes, user: str) -> Reply | None:
+        injector = self.server.faults
+        delay = injector.latency_seconds()
+        if delay > 0:
+            time.sleep(delay)
+        kind = injector.draw(method)
+        if kind is not None:
+            self.server.stats.fault(kind)
+        if kind in PRE_COMMIT_FAULTS:
+            return pre_commit_fault(kind)
+        path, _, query = self.path.partition("?")
+        request = table_api.ApiRequest(method, path, dict(parse_qsl(query)), body, self._base_url(), user)
+        reply = table_api.handle(self.server.store, request)
+        return reply if kind is None else self._after_commit(kind, reply)
+
+    def _after_commit(self, kind: str, reply: Reply) -> Reply | None:
+        if kind == "cut_after_commit":
+            return None
+        if kind == "slow_after_commit":
+            time.sleep(self.server.faults.config.slow_after_commit_ms / 1000)
+            return reply
+        if kind == "malformed_json":
+            return reply.truncated()
+        return reply.without_sys_id()
+
+    def _authenticate(self) -> str | None:
+        """The user name when the Basic credentials are right (and fail_auth is off), else None."""
+        if self.server.faults.config.fail_auth:
+            self.server.stats.fault("fail_auth")
+            return None
+        scheme, _, encoded = self.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "basic":
+            return None
+        try:
+            decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            return None
+        user, _, password = decoded.partition(":")
+        config = self.server.config
+        user_ok = hmac.compare_digest(user.encode(), config.user.encode())
+        password_ok = hmac.compare_digest(password.encode(), config.password.encode())
+        return user if user_ok and password_ok else None
+
+    def _read_body(self) -> bytes | None:
+        """The request body (Content-Length or chunked), or None when its framing is broken."""
+        try:
+            if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+                return self._read_chunked()
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            self.close_connection = True
+            return None
+        return self.rfile.read(length) if length > 0 else b""
+
+    def _read_chunked(self) -> bytes:
+        chunks: list[bytes] = []
+        while True:
+            size = int(self.rfile.readline(65537).split(b";")[0].strip() or b"0", 16)
+            if size == 0:
+                break
+            chunks.append(self.rfile.read(size))
+            self.rfile.readline()
+        while self.rfile.readline(65537).strip():
+            continue  # trailer fields
+        return b"".join(chunks)
+
+    def _base_url(self) -> str:
+        host = self.headers.get("Host")
+        if not host:
+            return self.server.url
+        return f"{'https' if self.server.config.tls else 'http'}://{host}"
+
+    def _send(self, reply: Reply) -> None:
+        """Status line, headers and body in one write: no Nagle stalls, always framed for keep-alive."""
+        body, content_type = reply.encode()
+        phrase = self.responses.get(reply.status, ("",))[0]
+        lines = [f"HTTP/1.1 {reply.status} {phrase}", f"Date: {_DATE.now()}", f"Server: {self.server_version}"]
+        if reply.status != 204:
+            lines += [f"Content-Type: {content_type}", f"Content-Length: {len(body)}"]
+        lines += [f"{name}: {value}" for name, value in reply.headers.items()]
+        if self.close_connection:
+            lines.append("Connection: close")
+        elif self.request_version == "HTTP/1.0":
+            lines.append("Connection: keep-alive")
+        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1", "replace")
+        self.wfile.write(head + body)
+        if self.server.config.verbose:
+            self.log_request(reply.status)
+
+
+class RunningEmulator:
+    """A started emulator: its address, its store, run-time fault control, counters; a context manager."""
+
+    def __init__(self, server: EmulatorServer, thread: threading.Thread) -> None:
+        self._server = server
+        self._thread = thread
+        self._stopped = False
+
+    @property
+    def url(self) -> str:
+        return self._server.url
+
+    @property
+    def host(self) -> str:
+        return self.url.rpartition("://")[2].rpartition(":")[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return self._server.port
+
+    @property
+    def store(self) -> Store:
+        return self._server.store
+
+    @property
+    def config(self) -> EmulatorConfig:
+        return self._server.config
+
+    @property
+    def faults(self) -> FaultConfig:
+        return self._server.fault_config
+
+    def set_faults(self, **changes: Any) -> FaultConfig:
+        """Replace fields of the fault configuration at run time; returns the new configuration."""
+        return self._server.update_faults(changes)
+
+    def stats(self) -> dict[str, Any]:
+        return self._server.stats_snapshot()
+
+    def reset(self, *, reset_faults: bool = False) -> None:
+        """Clear records and counters; faults stay unless reset_faults (back to the start configuration)."""
+        self._server.reset(reset_faults=reset_faults)
+
+    def stop(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        self._server.shutdown()
+        self._server.server_close()
+        self._server.close_connections()
+        self._thread.join(timeout=5)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+def start_emulator(config: EmulatorConfig | None = None) -> RunningEmulator:
+    """Start an emulator on a background thread; it accepts connections when this returns."""
+    server = EmulatorServer(config or EmulatorConfig())
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.1}, name="servicenow-emulator", daemon=True
+    )
+    thread.start()
+    return RunningEmulator(server, thread)

@@ -1,0 +1,217 @@
+"""Injected faults, over real HTTP: each kind, what is committed, rate limits, the concurrency cap."""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import requests
+
+from ticketsync.emulator import FaultConfig, FaultConfigError, RunningEmulator
+
+from .support import LOAN, PASSWORD, USER, assert_envelope, query
+
+pytestmark = pytest.mark.integration
+
+
+def committed(emulator: RunningEmulator) -> int:
+    count: int = emulator.stats()["records"][LOAN]
+    return count
+
+
+def test_error_500_answers_the_json_envelope_and_commits_nothing(
+    emulator: RunningEmulator, session: requests.Session, table_url: str
+) -> None:
+    emulator.set_faults(error_500=1.0)
+
+    response = session.post(table_url, json={"correlation_id": "REQ-1"})
+
+    assert_envelope(response, 500, "Transaction cancelled: maximum execution time exceeded")
+    assert committed(emulator) == 0
+    assert emulator.stats()["faults"]["error_500"] == 1
+
+
+@pytest.mark.parametrize("status", [502, 503, 504])
+def test_gateway_errors_answer_html_and_commit_nothing(
+    emulator: RunningEmulator, session: requests.Session, table_url: str, status: int
+) -> None:
+    emulator.set_faults(**{f"error_{status}": 1.0})
+
+    response = session.post(table_url, json={"correlation_id": "REQ-1"})
+
+    assert response.status_code == status
+    assert response.headers["Content-Type"].startswith("text/html")
+    assert committed(emulator) == 0
+
+
+def test_html_200_is_a_hibernating_page_and_commits_nothing(
+    emulator: RunningEmulator, session: requests.Session, table_url: str
+) -> None:
+    emulator.set_faults(html_200=1.0)
+
+    response = session.post(table_url, json={"correlation_id": "REQ-1"})
+
+    assert response.status_code == 200
+    assert response.headers["Content-Type"].startswith("text/html")
+    assert "Hibernating" in response.text
+    assert committed(emulator) == 0
+
+
+def test_cut_before_commit_drops_the_connection_and_commits_nothing(
+    emulator: RunningEmulator, session: requests.Session, table_url: str
+) -> None:
+    emulator.set_faults(cut_before_commit=1.0)
+
+    with pytest.raises(requests.ConnectionError):
+        session.post(table_url, json={"correlation_id": "REQ-1"})
+
+    assert committed(emulator) == 0
+    assert emulator.stats()["no_response"] == 1
+
+
+def test_cut_after_commit_drops_the_connection_but_the_record_exists(
+    emulator: RunningEmulator, session: requests.Session, table_url: str
+) -> None:
+    emulator.set_faults(cut_after_commit=1.0)
+
+    with pytest.raises(requests.ConnectionError):
+        session.post(table_url, json={"correlation_id": "REQ-ambiguous"})
+
+    emulator.set_faults(cut_after_commit=0.0)
+    assert [r["correlation_id"] for r in query(session, table_url, "correlation_id=REQ-ambiguous")] == ["REQ-ambiguous"]
+
+
+def test_slow_after_commit_commits_then_answers_late(
+    emulator: RunningEmulator, session: requests.Session, table_url: str
+) -> None:
+    emulator.set_faults(slow_after_commit=1.0, slow_after_commit_ms=300)
+
+    with pytest.raises(requests.Timeout):
+        session.post(table_url, json={"correlation_id": "REQ-slow"}, timeout=0.1)
+    started = time.monotonic()
+    response = session.post(table_url, json={"correlation_id": "REQ-slow-2"})
+
+    assert response.status_code == 201
+    assert time.monotonic() - started >= 0.3
+    assert committed(emulator) == 2
+
+
+def test_malformed_json_commits_and_answers_a_truncated_body(
+    emulator: RunningEmulator, session: requests.Session, table_url: str
+) -> None:
+    emulator.set_faults(malformed_json=1.0)
+
+    response = session.post(table_url, json={"correlation_id": "REQ-1"})
+
+    assert response.status_code == 201
+    assert response.headers["Content-Type"].startswith("application/json")
+    with pytest.raises(requests.JSONDecodeError):
+        response.json()
+    assert committed(emulator) == 1
+
+
+def test_missing_sys_id_commits_and_answers_without_sys_id(
+    emulator: RunningEmulator, session: requests.Session, table_url: str
+) -> None:
+    emulator.set_faults(missing_sys_id=1.0)
+
+    response = session.post(table_url, json={"correlation_id": "REQ-1"})
+
+    assert response.status_code == 201
+    result = response.json()["result"]
+    assert "sys_id" not in result
+    assert result["correlation_id"] == "REQ-1"
+    assert committed(emulator) == 1
+
+
+def test_random_faults_only_hit_the_configured_methods(
+    emulator: RunningEmulator, session: requests.Session, table_url: str
+) -> None:
+    emulator.set_faults(error_503=1.0, methods=("POST",))
+
+    assert session.get(table_url).status_code == 200
+    assert session.post(table_url, json={}).status_code == 503
+
+
+def test_fail_auth_rejects_good_credentials(
+    emulator: RunningEmulator, session: requests.Session, table_url: str
+) -> None:
+    emulator.set_faults(fail_auth=True)
+
+    assert_envelope(session.get(table_url), 401, "User Not Authenticated")
+
+
+def test_rate_limit_answers_429_with_retry_after_and_rate_limit_headers(
+    emulator: RunningEmulator, session: requests.Session, table_url: str
+) -> None:
+    emulator.set_faults(rate_limit_per_second=0.5, rate_limit_burst=2)
+
+    statuses = [session.get(table_url).status_code for _ in range(3)]
+    response = session.post(table_url, json={"correlation_id": "REQ-throttled"})
+
+    assert statuses == [200, 200, 429]
+    assert_envelope(response, 429, "Rate limit exceeded")
+    assert int(response.headers["Retry-After"]) >= 1
+    assert response.headers["X-RateLimit-Limit"] == "1800"
+    assert int(response.headers["X-RateLimit-Reset"]) >= int(time.time())
+    assert response.headers["X-RateLimit-Rule"]
+    assert committed(emulator) == 0
+    assert emulator.stats()["throttled"] == 2
+
+
+def test_concurrency_limit_turns_away_excess_requests_without_rate_limit_headers(
+    emulator: RunningEmulator, table_url: str
+) -> None:
+    emulator.set_faults(concurrency_limit=2, latency_ms=400)
+
+    def call(_: int) -> requests.Response:
+        return requests.get(table_url, auth=(USER, PASSWORD), timeout=10)
+
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        responses = list(pool.map(call, range(6)))
+
+    statuses = sorted(response.status_code for response in responses)
+    assert statuses.count(200) >= 2
+    assert statuses.count(429) >= 1
+    rejected = next(response for response in responses if response.status_code == 429)
+    assert_envelope(rejected, 429, "Maximum number of concurrent requests exceeded")
+    assert "Retry-After" not in rejected.headers
+    assert "X-RateLimit-Limit" not in rejected.headers
+    stats = emulator.stats()
+    assert stats["faults"]["concurrency_limit"] == statuses.count(429)
+    assert stats["max_in_flight"] >= 3
+
+
+def test_latency_delays_every_api_request(emulator: RunningEmulator, session: requests.Session, table_url: str) -> None:
+    emulator.set_faults(latency_ms=150)
+
+    started = time.monotonic()
+    session.get(table_url)
+
+    assert time.monotonic() - started >= 0.15
+
+
+def test_a_seed_makes_the_fault_draws_repeatable(
+    emulator: RunningEmulator, session: requests.Session, table_url: str
+) -> None:
+    def run() -> list[int]:
+        emulator.set_faults(error_500=0.5, seed=1234)
+        return [session.get(table_url).status_code for _ in range(20)]
+
+    first, second = run(), run()
+
+    assert first == second
+    assert {200, 500} == set(first)
+
+
+def test_invalid_fault_settings_are_refused(emulator: RunningEmulator) -> None:
+    with pytest.raises(FaultConfigError, match="unknown fault fields"):
+        emulator.set_faults(no_such_fault=1.0)
+    with pytest.raises(FaultConfigError, match="between 0 and 1"):
+        emulator.set_faults(error_500=1.5)
+    with pytest.raises(FaultConfigError, match="more than 1"):
+        emulator.set_faults(error_500=0.6, error_503=0.6)
+    with pytest.raises(FaultConfigError, match="unknown methods"):
+        FaultConfig(methods=("FETCH",))
+    assert emulator.faults == FaultConfig()
