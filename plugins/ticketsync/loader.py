@@ -221,7 +221,7 @@ class CaseLoader:
                 self.throttle.succeeded()
                 return found
             except ServiceNowRateLimited as exc:
-                self.throttle.rate_limited(exc.retry_after)
+                self.throttle.rate_limited(exc.retry_after, exc.limit_per_hour)
             except ServiceNowTransientError as exc:
                 failures, last_error = failures + 1, str(exc)
                 if failures > self.settings.retry_rounds:
@@ -240,7 +240,7 @@ class CaseLoader:
                 self.throttle.succeeded()
                 return _Posted(case, row, record=record)
             except ServiceNowRateLimited as exc:
-                self.throttle.rate_limited(exc.retry_after)
+                self.throttle.rate_limited(exc.retry_after, exc.limit_per_hour)
                 last: ServiceNowTransientError = exc
             except (ServiceNowRequestError, ServiceNowTransientError) as exc:
                 return _Posted(case, row, error=exc)

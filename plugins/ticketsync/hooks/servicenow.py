@@ -61,10 +61,13 @@ class ServiceNowTransientError(ServiceNowError):
 class ServiceNowRateLimited(ServiceNowTransientError):
     """429: the instance refused the request before doing anything. ``retry_after`` is in seconds, if given."""
 
-    def __init__(self, message: str, *, retry_after: float | None, rule: str | None) -> None:
+    def __init__(
+        self, message: str, *, retry_after: float | None, rule: str | None, limit_per_hour: float | None = None
+    ) -> None:
         super().__init__(message, status=429)
         self.retry_after = retry_after
         self.rule = rule
+        self.limit_per_hour = limit_per_hour
 
 
 @dataclass(frozen=True)
@@ -108,8 +111,8 @@ def _is_loopback(host: str | None) -> bool:
         return False
 
 
-def _retry_after(response: requests.Response) -> float | None:
-    value = response.headers.get("Retry-After")
+def _retry_after(response: requests.Response, header: str = "Retry-After") -> float | None:
+    value = response.headers.get(header)
     if value is None:
         return None
     try:
@@ -263,6 +266,7 @@ class ServiceNowHook(HttpHook):
                 f"429 {message}" + (f": {detail}" if detail else ""),
                 retry_after=_retry_after(response),
                 rule=response.headers.get("X-RateLimit-Rule"),
+                limit_per_hour=_retry_after(response, "X-RateLimit-Limit"),
             )
         if status >= 500 or status == 408:
             raise ServiceNowTransientError(f"{status} {message}" + (f": {detail}" if detail else ""), status=status)
@@ -317,6 +321,7 @@ class ServiceNowHook(HttpHook):
         """Every record of ``table`` whose ``correlation_id`` is one of the given ids, oldest first, in one
         ``correlation_idIN…`` query (paged if more records than a page come back)."""
         ids = sorted(set(correlation_ids))
+        wanted = set(ids)
         found: dict[str, list[ExistingRecord]] = {}
         if not ids:
             return found
@@ -326,16 +331,8 @@ class ServiceNowHook(HttpHook):
         while True:
             page = self.list_records(table, query=query, fields=fields, limit=LOOKUP_PAGE, offset=offset)
             for record in page:
-                correlation = str(record.get("correlation_id") or "")
-                if correlation in ids and record.get("sys_id"):
-                    found.setdefault(correlation, []).append(
-                        ExistingRecord(
-                            sys_id=str(record["sys_id"]),
-                            number=str(record.get("number") or "") or None,
-                            correlation_id=correlation,
-                            created_on=str(record.get("sys_created_on") or ""),
-                        )
-                    )
+                existing = _existing_record(record, wanted)
+                found.setdefault(existing.correlation_id, []).append(existing)
             if len(page) < LOOKUP_PAGE:
                 return found
             offset += LOOKUP_PAGE
@@ -356,6 +353,29 @@ class ServiceNowHook(HttpHook):
         except ServiceNowError as exc:
             return False, str(exc)
         return True, "Connection successfully tested"
+
+
+def _existing_record(record: dict[str, Any], wanted: set[str]) -> ExistingRecord:
+    """One record of a look-up answer. Idempotency rests on this answer, so anything odd in it is an error:
+    a record without sys_id means the answer is damaged, and a correlation id we did not ask for means the
+    instance dropped the query term (it does that silently for an unknown field), so "not found" proves nothing."""
+    sys_id = record.get("sys_id")
+    correlation = record.get("correlation_id")
+    if not isinstance(sys_id, str) or not sys_id:
+        raise ServiceNowTransientError("look-up answer holds a record without sys_id; not trusted", status=200)
+    if correlation not in wanted:
+        raise ServiceNowRequestError(
+            200,
+            "look-up answer holds records that do not match the query",
+            "the instance ignored 'correlation_idIN…' (does the table have a correlation_id field the "
+            "integration user can read?); without it ticketsync cannot prevent duplicates",
+        )
+    return ExistingRecord(
+        sys_id=sys_id,
+        number=str(record.get("number") or "") or None,
+        correlation_id=str(correlation),
+        created_on=str(record.get("sys_created_on") or ""),
+    )
 
 
 def _short(exc: BaseException) -> str:

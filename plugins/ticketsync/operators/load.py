@@ -7,7 +7,7 @@ from typing import Any
 from airflow.sdk import Context
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
-from ticketsync.hooks.servicenow import ServiceNowAuthError, ServiceNowHook
+from ticketsync.hooks.servicenow import ServiceNowAuthError, ServiceNowHook, ServiceNowRequestError
 from ticketsync.loader import CaseLoader, LoadSettings, ServiceNowUnavailable
 from ticketsync.operators.base import SourceTaskOperator, claim_token
 
@@ -18,7 +18,7 @@ class ServiceNowLoadOperator(SourceTaskOperator):
     Built on :class:`~ticketsync.hooks.servicenow.ServiceNowHook` rather than ``HttpOperator``: one task sends
     thousands of requests over one pooled session, and owns the look-up-before-create that makes it idempotent.
 
-    * 401 fails the task at once (:class:`AirflowFailException`: wrong credentials must not burn retries);
+    * 401, or a refused look-up (read ACL, unknown table), fails the task at once (:class:`AirflowFailException`: wrong credentials must not burn retries);
     * an instance that cannot be reached for a look-up, or rows still failing transiently after the in-task retry
       rounds, fail the task normally, so Airflow retries it; the retry takes the same rows, looks them up first, and
       never creates a second record;
@@ -79,6 +79,10 @@ class ServiceNowLoadOperator(SourceTaskOperator):
                 counts = CaseLoader(hook, source, token, settings).run()
         except ServiceNowAuthError as exc:
             raise AirflowFailException(str(exc)) from exc
+        except ServiceNowRequestError as exc:
+            # Only a look-up raises this out of the loader (a refused POST fails its row, not the task): without
+            # a trustworthy look-up nothing can be created safely, and retrying will not change the answer.
+            raise AirflowFailException(f"the idempotency look-up was refused: {exc}") from exc
         except ServiceNowUnavailable as exc:
             raise AirflowException(f"ServiceNow unavailable; the task will be retried: {exc}") from exc
         finally:
