@@ -242,7 +242,10 @@ class ServiceNowHook(HttpHook):
         url = self.url_from_endpoint(path)
         data = json.dumps(body, ensure_ascii=False).encode("utf-8") if body is not None else None
         try:
-            response = session.request(method, url, params=params, data=data, timeout=self._timeout)
+            # verify and cert are passed per request: requests lets REQUESTS_CA_BUNDLE override a session's verify.
+            response = session.request(
+                method, url, params=params, data=data, timeout=self._timeout, verify=session.verify, cert=session.cert
+            )
         except requests.Timeout as exc:
             raise ServiceNowTransientError(f"{method} timed out ({type(exc).__name__})") from exc
         except requests.ConnectionError as exc:
