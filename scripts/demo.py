@@ -33,7 +33,8 @@ def seed(path: Path) -> None:
 
 def print_outcome(path: Path, emulator: EmulatorProcess) -> None:
     conn = sqlite3.connect(path)
-    rows = conn.execute("SELECT request_id, status, sync_action, number, error, attempts FROM ticket_requests").fetchall()
+    query = "SELECT request_id, status, sync_action, number, error, attempts FROM ticket_requests"
+    rows = conn.execute(query).fetchall()
     by_status = Counter((status, action) for _, status, action, *_ in rows)
     print("\nOutcome per status (source table .demo/source.db):")
     print(f"  {'status':<10} {'how':<9} rows")

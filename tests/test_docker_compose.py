@@ -138,7 +138,7 @@ def test_interpolate_follows_compose() -> None:
     assert interpolate('${CONN:-{"a": 1}}', {"CONN": '{"b": 2}'}) == '{"b": 2}}'
     with pytest.raises(KeyError):
         interpolate("${REQUIRED}", {})
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="unsupported interpolation"):
         interpolate("$UNBRACED", {})
 
 
@@ -194,8 +194,10 @@ def test_celery_executor_with_redis_broker_and_postgres_backends(
 
     metadata = urlsplit(env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"])
     backend = urlsplit(env["AIRFLOW__CELERY__RESULT_BACKEND"])
-    assert metadata.scheme.startswith("postgresql") and metadata.hostname == "postgres"
-    assert backend.scheme.startswith("db+postgresql") and backend.hostname == "postgres"
+    assert metadata.scheme.startswith("postgresql")
+    assert metadata.hostname == "postgres"
+    assert backend.scheme.startswith("db+postgresql")
+    assert backend.hostname == "postgres"
     postgres_env = environment(services["postgres"])
     for url in (metadata, backend):
         assert url.username == postgres_env["POSTGRES_USER"]
@@ -267,7 +269,8 @@ def test_connections_parse_as_json_and_name_a_service(
 ) -> None:
     conn = connection(services[name], variable)
     assert conn["conn_type"] == conn_type
-    assert conn["host"] == host and host in services
+    assert conn["host"] == host
+    assert host in services
     assert conn["port"] == port
 
 
@@ -352,7 +355,7 @@ def test_emulator_runs_the_package_emulator_in_the_same_image(
     emulator = services["servicenow-emulator"]
     command = argv(emulator.get("entrypoint")) + argv(emulator["command"])
     assert command[:3] == ["python", "-m", "ticketsync.emulator"]
-    assert command[command.index("--host") + 1] == "0.0.0.0"
+    assert command[command.index("--host") + 1] == "0.0.0.0"  # noqa: S104 - inside its container
     assert emulator.get("image") == services["airflow-worker"].get("image")
     assert ("./plugins", "/opt/airflow/plugins") in mounts(emulator)
 
@@ -386,7 +389,8 @@ def test_source_db_is_initialised_with_the_shipped_schema(
     assert SOURCE_SCHEMA.resolve() in {(REPO / s).resolve() for s, _ in init}
 
     data = [s for s, t in mounts(source_db) if t == "/var/lib/postgresql/data"]
-    assert len(data) == 1 and is_named_volume(data[0])
+    assert len(data) == 1
+    assert is_named_volume(data[0])
     assert data[0] not in {s for s, _ in mounts(services["postgres"])}, (
         "shares Airflow's volume"
     )
@@ -471,14 +475,18 @@ def test_dockerfile_builds_on_the_pinned_airflow(services: dict[str, Any]) -> No
         (REPO / "requirements.txt").read_text(),
         re.MULTILINE,
     )
-    assert base and pin
+    assert base
+    assert pin
     assert base["version"] == pin["version"]
 
     install = re.search(
         r"^RUN pip install .*?(?<!\\)$", dockerfile, re.MULTILINE | re.DOTALL
     )
-    assert install and "-r " in install[0] and "requirements.txt" in install[0]
-    assert "-c " in install[0] and "constraints.txt" in install[0]
+    assert install
+    assert "-r " in install[0]
+    assert "requirements.txt" in install[0]
+    assert "-c " in install[0]
+    assert "constraints.txt" in install[0]
     assert re.search(
         r"^ENV PYTHONPATH=\"?/opt/airflow/plugins\b", dockerfile, re.MULTILINE
     )

@@ -61,7 +61,8 @@ def test_take_chunk_walks_the_claim_in_id_order(source: SourceTable) -> None:
     third = source.take_chunk("run-a", after=second[-1].id, size=3, lease_seconds=60)
     assert [ids_of(first), ids_of(second), ids_of(third)] == [[1, 2, 3], [4, 5, 6], [7]]
     assert first[0].request_id == "REQ-0000001"
-    assert first[0].consumer and len(first[0].consumer) == 32
+    assert first[0].consumer
+    assert len(first[0].consumer) == 32
 
 
 def test_write_back_ends_the_row_and_only_where_the_claim_is_held(source: SourceTable) -> None:
@@ -117,9 +118,9 @@ def test_concurrent_claimers_never_share_a_row(source: SourceTable) -> None:
         thread.join()
     assert sum(claimed.values()) == 600
     seen: set[int] = set()
-    for token in claimed:
+    for token, count in claimed.items():
         rows = [row.id for chunk in source.iter_claimed(token, chunk_size=100) for row in chunk]
-        assert len(rows) == claimed[token]
+        assert len(rows) == count
         assert not seen & set(rows)
         seen |= set(rows)
     assert len(seen) == 600

@@ -290,7 +290,9 @@ class CaseLoader:
             )
         if isinstance(error, ServiceNowRequestError):
             self.counts.failed += 1
-            return Outcome(row.id, SyncStatus.FAILED, error=str(error)[:4000], attempts_made=1, http_status=error.status)
+            return Outcome(
+                row.id, SyncStatus.FAILED, error=str(error)[:4000], attempts_made=1, http_status=error.status
+            )
         self._retry_ids.append(row.id)
         attempt = row.attempts + 1
         text = f"attempt {attempt}: {error} (will retry)"

@@ -117,11 +117,12 @@ class SourceTable:
         if conn_type in ("postgres", "postgresql"):
             from airflow.providers.postgres.hooks.postgres import PostgresHook
 
-            return cls(PostgresHook(postgres_conn_id=conn_id).get_conn, Dialect.POSTGRES, table)
+            connect: Callable[[], Any] = PostgresHook(postgres_conn_id=conn_id).get_conn
+            return cls(connect, Dialect.POSTGRES, table)
         if conn_type == "sqlite":
             from airflow.providers.sqlite.hooks.sqlite import SqliteHook
 
-            return cls(SqliteHook(sqlite_conn_id=conn_id).get_conn, Dialect.SQLITE, table)
+            return cls(SqliteHook(sqlite_conn_id=conn_id).get_conn, Dialect.SQLITE, table)  # type: ignore[no-untyped-call]
         raise ValueError(f"connection {conn_id!r} has conn_type {conn_type!r}; ticketsync supports postgres and sqlite")
 
     @property

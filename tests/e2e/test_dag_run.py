@@ -88,7 +88,8 @@ def check_exactly_once(source: SourceTable, emulator: EmulatorProcess, requests:
         assert (record["correlation_id"], record["number"]) == (request_id, row["number"])
     for request_id in invalid_ids:
         assert state[request_id]["status"] == "rejected"
-        assert state[request_id]["error"] and ": " in state[request_id]["error"]
+        assert state[request_id]["error"]
+        assert ": " in state[request_id]["error"]
         assert request_id not in per_correlation, f"rejected row {request_id} was sent"
     assert set(per_correlation) == valid_ids
     return dict(Counter(

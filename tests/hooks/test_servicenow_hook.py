@@ -79,7 +79,7 @@ def test_duplicates_come_back_oldest_first(hook: ServiceNowHook) -> None:
 
 def test_401_is_an_auth_error(hook: ServiceNowHook, emulator: RunningEmulator) -> None:
     emulator.set_faults(fail_auth=True)
-    with pytest.raises(ServiceNowAuthError, match="401 User Not Authenticated.*servicenow_test"):
+    with pytest.raises(ServiceNowAuthError, match=r"401 User Not Authenticated.*servicenow_test"):
         hook.create_record(TABLE, BODY)
 
 

@@ -18,7 +18,8 @@ class ServiceNowLoadOperator(SourceTaskOperator):
     Built on :class:`~ticketsync.hooks.servicenow.ServiceNowHook` rather than ``HttpOperator``: one task sends
     thousands of requests over one pooled session, and owns the look-up-before-create that makes it idempotent.
 
-    * 401, or a refused look-up (read ACL, unknown table), fails the task at once (:class:`AirflowFailException`: wrong credentials must not burn retries);
+    * 401, or a refused look-up (read ACL, unknown table), fails the task at once (:class:`AirflowFailException`:
+      wrong credentials must not burn retries);
     * an instance that cannot be reached for a look-up, or rows still failing transiently after the in-task retry
       rounds, fail the task normally, so Airflow retries it; the retry takes the same rows, looks them up first, and
       never creates a second record;
