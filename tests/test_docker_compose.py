@@ -291,6 +291,23 @@ def test_servicenow_default_matches_the_emulator(services: dict[str, Any]) -> No
     assert conn["schema"] == "http"
     assert conn["port"] == int(command[command.index("--port") + 1])
     assert conn["password"] == environment(emulator)["TICKETSYNC_EMULATOR_PASSWORD"]
+    # Plain http to a non-loopback host is refused by the hook unless the connection allows it explicitly.
+    assert conn["extra"]["allow_insecure_http"] == "true"
+
+
+def test_the_hook_accepts_the_connections_compose_builds(
+    services: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ticketsync.hooks.servicenow import ServiceNowHook
+
+    real = load_compose({"SERVICENOW_SCHEME": "https", "SERVICENOW_HOST": "acme.service-now.com",
+                         "SERVICENOW_PORT": "443", "SERVICENOW_ALLOW_INSECURE_HTTP": "false"})
+    for name, worker in (("emulator", services["airflow-worker"]), ("real", real["services"]["airflow-worker"])):
+        raw = environment(worker)["AIRFLOW_CONN_SERVICENOW_DEFAULT"]
+        monkeypatch.setenv(f"AIRFLOW_CONN_SN_COMPOSE_{name.upper()}", raw)
+        hook = ServiceNowHook(f"sn_compose_{name}")
+        hook.get_conn()
+        assert hook.base_url in {"http://servicenow-emulator:8765", "https://acme.service-now.com:443"}
 
 
 def test_servicenow_default_can_point_at_a_real_instance() -> None:
@@ -300,6 +317,7 @@ def test_servicenow_default_can_point_at_a_real_instance() -> None:
         "SERVICENOW_PORT": "443",
         "SERVICENOW_USER": "integration",
         "SERVICENOW_PASSWORD": "p{a}ss",
+        "SERVICENOW_ALLOW_INSECURE_HTTP": "false",
     }
     worker = load_compose(env)["services"]["airflow-worker"]
     conn = connection(worker, "AIRFLOW_CONN_SERVICENOW_DEFAULT")
@@ -310,6 +328,7 @@ def test_servicenow_default_can_point_at_a_real_instance() -> None:
         "port": 443,
         "login": "integration",
         "password": "p{a}ss",
+        "extra": {"allow_insecure_http": "false", "timeout": 30},
     }
 
 
