@@ -194,11 +194,7 @@ class SourceTable:
             tuple(request.get(c, "sn_bom_loan_service" if c == "target_table" else None) for c in PRODUCER_COLUMNS)
             for request in requests
         ]
-        if not params:
-            return 0
-        with self._transaction() as cursor:
-            cursor.executemany(statement, params)
-        return len(params)
+        return self._execute_many(statement, params)
 
     # ----------------------------------------------------------------------------------------------------------
     # claiming and reading
@@ -327,11 +323,15 @@ class SourceTable:
             )
             for o in outcomes
         ]
+        return self._execute_many(statement, params)
+
+    def _execute_many(self, statement: str, params: list[tuple[Any, ...]]) -> int:
+        """One statement over many parameter rows, in one transaction; returns the number of rows given."""
         if not params:
             return 0
         with self._transaction() as cursor:
             cursor.executemany(statement, params)
-            return len(params)
+        return len(params)
 
     # ----------------------------------------------------------------------------------------------------------
     # reporting
