@@ -215,3 +215,22 @@ def test_in_flight_requests_stay_under_the_cap(
     emulator.set_faults(latency_ms=15)
     load(source, hook, "run-1", LoadSettings(chunk_size=20, max_in_flight=5))
     assert 3 <= emulator.stats()["max_in_flight"] <= 5
+
+
+def test_a_refused_row_is_failed_with_servicenow_message_and_the_others_go_on(
+    source: SourceTable, hook: ServiceNowHook, emulator: RunningEmulator
+) -> None:
+    source.insert_requests(sample_requests(60))
+    emulator.set_faults(error_403=0.2, methods=("POST",), seed=5)
+    counts = load(source, hook, "run-1")
+    assert counts["failed"] > 0
+    assert counts["created"] + counts["failed"] == 60
+    assert counts["still_pending"] == 0
+    failed = [row for row in rows_by_request(source).values() if row[0] == "failed"]
+    assert len(failed) == counts["failed"] == emulator.stats()["faults"]["error_403"]
+    for _, sys_id, _, error, attempts, _ in failed:
+        assert sys_id is None
+        assert attempts == 1
+        assert error == ("403 Operation Failed: Data Policy Exception: The following fields are mandatory: "
+                         "Assignment group")
+    assert_exactly_once(source, emulator, counts["created"])

@@ -19,6 +19,7 @@ PASSWORD_ENV = "TICKETSYNC_EMULATOR_PASSWORD"  # noqa: S105 - the name of a vari
 
 # flag -> FaultConfig field, for the flags that take a rate between 0 and 1
 _RATE_FLAGS: dict[str, str] = {
+    "--error-403": "error_403",
     "--error-500": "error_500",
     "--error-502": "error_502",
     "--error-503": "error_503",

@@ -13,6 +13,7 @@ from typing import Any
 
 # Random faults, in the order their rates are stacked on the unit interval.
 PRE_COMMIT_FAULTS: tuple[str, ...] = (
+    "error_403",
     "error_500",
     "error_502",
     "error_503",
@@ -50,6 +51,7 @@ class FaultConfig:
     concurrency_limit: int = 0
     rate_limit_per_second: float = 0
     rate_limit_burst: float = 0
+    error_403: float = 0
     error_500: float = 0
     error_502: float = 0
     error_503: float = 0

@@ -123,6 +123,11 @@ def server_error() -> Reply:
 
 def pre_commit_fault(kind: str) -> Reply | None:
     """The answer of a fault that strikes before anything is written; None means: cut the connection."""
+    if kind == "error_403":
+        # What a data policy or a business rule that aborts the insert answers: definitive, nothing written.
+        return error_reply(
+            403, "Operation Failed", "Data Policy Exception: The following fields are mandatory: Assignment group"
+        )
     if kind == "error_500":
         return server_error()
     if kind == "html_200":
