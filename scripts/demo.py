@@ -7,6 +7,7 @@ prints the outcome per status, and stops what it started. Everything lives under
 
 from __future__ import annotations
 
+import re
 import shutil
 import sqlite3
 import sys
@@ -54,6 +55,13 @@ def print_outcome(path: Path, emulator: EmulatorProcess) -> None:
           f"{stats['requests_total']} API requests, faults injected: {injected}")
 
 
+def _strip_log_decoration(line: str) -> str:
+    """Airflow's log lines carry a timestamp and level in front and `[logger] loc=…` behind; keep the message."""
+    if line[:4].isdigit() and "] " in line:
+        line = line.split("] ", 1)[1]
+    return re.sub(r"\s+\[[\w.]+\]\s+loc=\S+.*$", "", line).rstrip()
+
+
 def main() -> int:
     work = REPO / ".demo"
     shutil.rmtree(work / "logs", ignore_errors=True)
@@ -81,7 +89,7 @@ def main() -> int:
             for line in log.read_text(errors="replace").splitlines():
                 if "ticket sync" in line or line.startswith(("outcome", "-", "claimed", "created", "adopted",
                                                              "rejected", "failed", "still", "table now")):
-                    print("   ", line.split("] ")[-1] if "] " in line else line)
+                    print("   ", _strip_log_decoration(line))
         print_outcome(source_db, emulator)
     print("\nEmulator stopped. Run 2 found nothing pending: every request was synced once, or rejected with a reason.")
     return 0 if all(code == 0 for code in codes) else 1
