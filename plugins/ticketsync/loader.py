@@ -67,7 +67,7 @@ class LoadSettings:
     flush_interval: float = 0.5
 
     def __post_init__(self) -> None:
-        for name in ("chunk_size", "max_in_flight", "max_attempts"):
+        for name in ("chunk_size", "max_in_flight", "max_attempts", "max_rate_limited_waits"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
 
