@@ -262,11 +262,7 @@ class CaseLoader:
         if cancel and self._auth_error is not None:
             for future in self._in_flight:
                 future.cancel()
-        while self._in_flight:
-            done, _ = wait(list(self._in_flight), timeout=self.settings.flush_interval, return_when=FIRST_COMPLETED)
-            for future in done:
-                self._harvest(future)
-            self._flush_if_due()
+        self._wait_until(max_queued=0)
 
     def _harvest(self, future: Future[_Posted]) -> None:
         self._in_flight.pop(future)
