@@ -7,6 +7,8 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import DAG, Param
 
+from ticketsync.alerts import TicketSyncFailureNotifier
+from ticketsync.assets import servicenow_asset, source_asset
 from ticketsync.operators.extract import ClaimRequestsOperator
 from ticketsync.operators.load import ServiceNowLoadOperator
 from ticketsync.operators.report import SyncReportOperator
@@ -27,6 +29,12 @@ ServiceNow (connection `servicenow_default`), or are rejected with a reason nami
 
 Clearing and rerunning any task is safe: rows are claimed under this run's token, every create is preceded by a
 look-up on `correlation_id`, and outcomes are written back as they arrive. See the README for the status lifecycle.
+
+**Manual runs** (Trigger with parameters): `dry_run` validates and looks up the rows a run would take and reports
+what it would create, adopt or reject, writing nothing anywhere; `request_ids` replays chosen rows (also `rejected`
+or `failed` ones whose data was fixed): they are reset to pending for this run, their previous state kept in
+`ticket_requests_replays`, and looked up before any create. Alerts and lineage are configured by Airflow
+Variables and Connections (README: Alerting, Lineage).
 """
 
 # Seconds between task retries; tests and the demo shorten it. Read from the environment: no I/O at parse time.
@@ -48,26 +56,51 @@ with DAG(
         "retry_delay": RETRY_DELAY,
         "retry_exponential_backoff": True,
         "max_retry_delay": timedelta(minutes=10),
+        "on_failure_callback": TicketSyncFailureNotifier(),
     },
     params={
-        "limit": Param(10_000, type="integer", minimum=1, description="Most rows one run claims"),
-        "max_in_flight": Param(8, type="integer", minimum=1, maximum=64, description="Requests in flight at once"),
-        "chunk_size": Param(100, type="integer", minimum=1, maximum=1000, description="Rows per look-up query"),
-        "max_attempts": Param(5, type="integer", minimum=1, description="POST attempts before a row is failed"),
-        "lease_seconds": Param(900, type="integer", minimum=10, description="How long a claim holds a row"),
+        "dry_run": Param(
+            False, type="boolean", title="Dry run",
+            description="Validate and look up the rows this run would take, and report what it would create, adopt "
+            "or reject. Writes nothing: no claim in the source table, no POST to ServiceNow.",
+        ),
+        "request_ids": Param(
+            [], type="array", items={"type": "string"}, title="Replay these request_ids",
+            description="One request_id per line. Empty: take pending rows as usual. Set: take exactly these rows, "
+            "whatever their status (e.g. rejected or failed rows whose data was fixed); each is reset to pending "
+            "with its previous state kept in ticket_requests_replays, and looked up before any create, so a row "
+            "that already has a case adopts it. limit does not apply.",
+        ),
+        "limit": Param(10_000, type="integer", minimum=1, title="Row limit", description="Most rows one run claims"),
+        "max_in_flight": Param(
+            8, type="integer", minimum=1, maximum=64, title="In-flight cap",
+            description="Most requests to ServiceNow in flight at once",
+        ),
+        "chunk_size": Param(
+            100, type="integer", minimum=1, maximum=1000, title="Chunk size", description="Rows per look-up query"
+        ),
+        "max_attempts": Param(
+            5, type="integer", minimum=1, title="Attempts per row", description="POST attempts before a row is failed"
+        ),
+        "lease_seconds": Param(
+            900, type="integer", minimum=10, title="Lease (seconds)", description="How long a claim holds a row"
+        ),
     },
 ) as dag:
     extract = ClaimRequestsOperator(
-        task_id="extract", limit="{{ params.limit }}", lease_seconds="{{ params.lease_seconds }}"
+        task_id="extract", limit="{{ params.limit }}", lease_seconds="{{ params.lease_seconds }}",
+        is_dry_run="{{ params.dry_run }}", request_ids="{{ params.request_ids }}",
     )
-    transform = ValidateRequestsOperator(task_id="transform")
+    transform = ValidateRequestsOperator(task_id="transform", is_dry_run="{{ params.dry_run }}")
     load = ServiceNowLoadOperator(
         task_id="load",
         chunk_size="{{ params.chunk_size }}",
         max_in_flight="{{ params.max_in_flight }}",
         max_attempts="{{ params.max_attempts }}",
         lease_seconds="{{ params.lease_seconds }}",
+        is_dry_run="{{ params.dry_run }}", limit="{{ params.limit }}", request_ids="{{ params.request_ids }}",
+        inlets=[source_asset()], outlets=[servicenow_asset()],
     )
-    report = SyncReportOperator(task_id="report", load_task_id="load")
+    report = SyncReportOperator(task_id="report", load_task_id="load", is_dry_run="{{ params.dry_run }}")
 
     extract >> transform >> load >> report

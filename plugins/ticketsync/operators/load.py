@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from airflow.sdk import Context
@@ -10,9 +11,10 @@ from airflow.sdk.exceptions import AirflowException, AirflowFailException
 from ticketsync.hooks.servicenow import ServiceNowAuthError, ServiceNowHook, ServiceNowRequestError
 from ticketsync.loader import CaseLoader, LoadSettings, ServiceNowUnavailable
 from ticketsync.operators.base import SourceTaskOperator, claim_token
+from ticketsync.operators.runinfo import LoadRunInfoMixin, as_bool, as_list
 
 
-class ServiceNowLoadOperator(SourceTaskOperator):
+class ServiceNowLoadOperator(LoadRunInfoMixin, SourceTaskOperator):
     """Create one ServiceNow record per claimed, valid row of this run, or adopt the one that already exists.
 
     Built on :class:`~ticketsync.hooks.servicenow.ServiceNowHook` rather than ``HttpOperator``: one task sends
@@ -23,7 +25,9 @@ class ServiceNowLoadOperator(SourceTaskOperator):
     * an instance that cannot be reached for a look-up, or rows still failing transiently after the in-task retry
       rounds, fail the task normally, so Airflow retries it; the retry takes the same rows, looks them up first, and
       never creates a second record;
-    * returns the per-outcome counts (XCom carries counts, never bodies).
+    * returns the per-outcome counts (XCom carries counts, never bodies);
+    * ``is_dry_run``: looks the rows a run would take up (GET only) and returns the plan; writes nothing;
+    * reports OpenLineage facets and the "ServiceNow records" extra link (:class:`LoadRunInfoMixin`).
     """
 
     template_fields = (
@@ -34,6 +38,9 @@ class ServiceNowLoadOperator(SourceTaskOperator):
         "max_attempts",
         "lease_seconds",
         "rate_limit",
+        "is_dry_run",
+        "limit",
+        "request_ids",
     )
     ui_color = "#e6f5e6"
 
@@ -48,6 +55,9 @@ class ServiceNowLoadOperator(SourceTaskOperator):
         rate_limit: float | str | None = None,
         retry_rounds: int = 3,
         backoff_base: float = 1.0,
+        is_dry_run: bool | str = False,
+        limit: int | str = 10_000,
+        request_ids: list[str] | str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -59,6 +69,9 @@ class ServiceNowLoadOperator(SourceTaskOperator):
         self.rate_limit = rate_limit
         self.retry_rounds = retry_rounds
         self.backoff_base = backoff_base
+        self.is_dry_run = is_dry_run
+        self.limit = limit  # read by a dry run only: a real load takes what extract claimed
+        self.request_ids = request_ids
 
     def settings(self) -> LoadSettings:
         return LoadSettings(
@@ -71,13 +84,17 @@ class ServiceNowLoadOperator(SourceTaskOperator):
             backoff_base=self.backoff_base,
         )
 
-    def execute(self, context: Context) -> dict[str, int]:
+    def execute(self, context: Context) -> dict[str, Any]:
+        if as_bool(self.is_dry_run):
+            return self.dry_run_load(context, as_list(self.request_ids))
         settings = self.settings()
         token = claim_token(context)
         hook = ServiceNowHook(self.servicenow_conn_id, pool_size=settings.max_in_flight)
+        started, loader = datetime.now(UTC), None
         try:
             with self.open_source() as source:
-                counts = CaseLoader(hook, source, token, settings).run()
+                loader = CaseLoader(hook, source, token, settings)
+                counts = loader.run()
         except ServiceNowAuthError as exc:
             raise AirflowFailException(str(exc)) from exc
         except ServiceNowRequestError as exc:
@@ -87,6 +104,7 @@ class ServiceNowLoadOperator(SourceTaskOperator):
         except ServiceNowUnavailable as exc:
             raise AirflowException(f"ServiceNow unavailable; the task will be retried: {exc}") from exc
         finally:
+            self.remember_load(context, hook, loader.counts.as_dict() if loader else None, started)
             hook.close()
         self.log.info("load of %s: %s", token, counts.as_dict())
         if counts.still_pending:
