@@ -1,0 +1,344 @@
+"""End to end in a real browser: the Airflow UI of the `make ui` stack, driven by headless Chromium (Playwright).
+
+Log in, find the DAG, trigger it from the form with parameters and see it succeed; stop the emulator, trigger again,
+see the load fail and the alert reach a webhook receiver; start the emulator again on the same port, clear the load
+from the UI and see the run succeed with no duplicate. Each step leaves a screenshot in ``.artifacts/ui/``.
+
+Chromium is Debian's (``/usr/bin/chromium``, installed by ``.ci/run`` and ``make test``), never a downloaded build.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from playwright.sync_api import BrowserContext, Locator, Page, expect, sync_playwright
+
+from ticketsync.local import DAG_ID, REPO
+from ticketsync.standalone import ADMIN_USER, LocalStack
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+CHROMIUM = Path(os.environ.get("TICKETSYNC_CHROMIUM", "/usr/bin/chromium"))
+# The machine has no network: nothing that phones home, no QUIC, no first-run or sync machinery.
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+ARTIFACTS = REPO / ".artifacts" / "ui"
+TABLE = "sn_bom_loan_service"
+FIRST_BATCH = 30
+LIMIT = 20
+MAX_IN_FLIGHT = 4
+PARAM_KEYS = {"Row limit": "limit", "In-flight cap": "max_in_flight"}  # form titles -> DAG params
+
+
+class WebhookReceiver:
+    """A Slack/Teams-style incoming webhook on loopback that keeps every JSON body POSTed to it."""
+
+    def __init__(self) -> None:
+        received: list[dict[str, Any]] = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                received.append({"path": self.path, "content_type": self.headers.get("Content-Type"),
+                                 "json": json.loads(body)})
+                self.send_response(200)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.received = received
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def connection(self) -> str:
+        return json.dumps({"conn_type": "http", "host": "127.0.0.1", "port": self.port, "schema": "http",
+                           "extra": {"endpoint": "/hooks/ticketsync"}})
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture(scope="module")
+def webhook() -> Iterator[WebhookReceiver]:
+    receiver = WebhookReceiver()
+    yield receiver
+    receiver.close()
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory, webhook: WebhookReceiver) -> Iterator[LocalStack]:
+    if not CHROMIUM.exists():
+        message = f"{CHROMIUM} is missing: `apt-get install -y chromium` (.ci/run and `make test` do it)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    shutil.rmtree(ARTIFACTS, ignore_errors=True)
+    ARTIFACTS.mkdir(parents=True)
+    stack = LocalStack(
+        home=tmp_path_factory.mktemp("ui") / "airflow", rows=0,
+        connections={"ticketsync_alert_webhook": webhook.connection()},
+        # Task retries 1 s, then 2 s apart: the load fails for good within a minute of ServiceNow going away.
+        extra_env={"TICKETSYNC_RETRY_DELAY_SECONDS": "1"},
+    )
+    started = time.monotonic()
+    try:
+        stack.start()
+        print(f"stack ready in {time.monotonic() - started:.0f} s at {stack.url}")
+        yield stack
+    finally:
+        stack.stop()
+        # The component and task logs go with the screenshots: what CI keeps when this test fails.
+        shutil.copytree(stack.work / "logs", ARTIFACTS / "logs" / "components", dirs_exist_ok=True)
+        if (stack.home / "logs").exists():
+            shutil.copytree(stack.home / "logs", ARTIFACTS / "logs" / "tasks", dirs_exist_ok=True)
+
+
+@pytest.fixture(scope="module")
+def browser(stack: LocalStack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrowserContext]:
+    with sync_playwright() as playwright:
+        context = playwright.chromium.launch_persistent_context(
+            str(tmp_path_factory.mktemp("chromium-profile")),  # a fresh user-data dir
+            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS,
+            viewport={"width": 1400, "height": 900}, base_url=stack.url,
+        )
+        context.set_default_timeout(30_000)
+        yield context
+        context.close()
+
+
+@pytest.fixture(scope="module")
+def page(browser: BrowserContext) -> Iterator[Page]:
+    page = browser.pages[0] if browser.pages else browser.new_page()
+    yield page
+    page.close()
+
+
+# --- steps -----------------------------------------------------------------------------------------------------
+
+
+def shot(page: Page, name: str, target: Page | Locator | None = None) -> None:
+    (target or page).screenshot(path=ARTIFACTS / f"{name}.png")
+
+
+def log_in(page: Page, stack: LocalStack) -> None:
+    page.goto("/")
+    expect(page).to_have_url(re.compile(r"/auth/login"))
+    page.get_by_label("Username").fill(ADMIN_USER)
+    page.get_by_label("Password").fill(stack.password())
+    shot(page, "01-login")
+    page.get_by_role("button", name="Sign in").click()
+    expect(page).not_to_have_url(re.compile(r"/auth/"))
+
+
+def find_dag(page: Page) -> None:
+    page.get_by_role("link", name="Dags").first.click()
+    page.get_by_placeholder("Search Dags").fill("servicenow")
+    link = page.get_by_role("link", name=DAG_ID, exact=True)
+    expect(link).to_be_visible()
+    expect(page.get_by_text("1 Dag", exact=True)).to_be_visible()
+    shot(page, "02-dag-found")
+    link.click()
+    expect(page).to_have_url(re.compile(rf"/dags/{DAG_ID}/?$"))
+
+
+def trigger(page: Page, run_id: str, params: dict[str, int], screenshot: str) -> None:
+    """Open the trigger form on the DAG page, set the given params (by their form titles) and the run id, submit."""
+    page.goto(f"/dags/{DAG_ID}")
+    page.get_by_role("button", name="Trigger").first.click()
+    form = page.get_by_role("dialog")
+    expect(form.get_by_text(f"Trigger Dag - {DAG_ID}")).to_be_visible()
+    for title, value in params.items():
+        field = form.get_by_label(title)  # the label also holds the "required" star
+        field.fill(str(value))
+        expect(field).to_have_value(str(value))
+    if params:
+        shot(page, f"{screenshot}-params", form)
+    form.get_by_role("button", name="Advanced Options").click()
+    form.get_by_label("Run ID").fill(run_id)
+    for name, value in params.items():  # what the form will send, in its configuration JSON
+        expect(form.get_by_text(re.compile(rf'"{PARAM_KEYS[name]}"\s*:\s*{value}\b')).first).to_be_visible()
+    shot(page, screenshot, form)
+    form.get_by_role("button", name="Trigger", exact=True).click()
+    expect(page).to_have_url(re.compile(rf"/runs/{run_id}$"))
+
+
+def wait_for(what: str, probe: Callable[[], Any], timeout: float) -> Any:
+    """Poll ``probe`` until it returns something truthy; fail naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = probe()
+        if value:
+            return value
+        time.sleep(1)
+    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def run_state(stack: LocalStack, run_id: str) -> str:
+    return str(stack.api("GET", f"/api/v2/dags/{DAG_ID}/dagRuns/{run_id}").json()["state"])
+
+
+def task_state(stack: LocalStack, run_id: str, task_id: str) -> str:
+    path = f"/api/v2/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/{task_id}"
+    return str(stack.api("GET", path).json()["state"])
+
+
+def wait_run_finished(stack: LocalStack, run_id: str, timeout: float = 180) -> str:
+    """The scheduler picks runs up in its own time: poll the API (cheap), then look at the UI."""
+    return str(wait_for(f"run {run_id} to finish", lambda: (
+        state if (state := run_state(stack, run_id)) in ("success", "failed") else None
+    ), timeout))
+
+
+def task_row(page: Page, task_id: str) -> Locator:
+    return page.get_by_role("row").filter(has=page.get_by_role("link", name=task_id, exact=True))
+
+
+def expect_run_page(page: Page, run_id: str, states: dict[str, str], screenshot: str) -> None:
+    page.goto(f"/dags/{DAG_ID}/runs/{run_id}")
+    for task_id, state in states.items():
+        expect(task_row(page, task_id)).to_contain_text(state, timeout=30_000)
+    shot(page, screenshot)
+
+
+def expect_task_log(page: Page, path: str, text: str, screenshot: str) -> None:
+    page.goto(path)
+    expect(page.get_by_text(text).first).to_be_visible(timeout=30_000)
+    shot(page, screenshot)
+
+
+def clear_task(page: Page, run_id: str, task_id: str, downstream: list[str]) -> None:
+    page.goto(f"/dags/{DAG_ID}/runs/{run_id}/tasks/{task_id}")
+    page.get_by_role("button", name="Press shift+c to clear").click()
+    dialog = page.get_by_role("dialog")
+    expect(dialog.get_by_text(f"Clear Task Instance: {task_id}")).to_be_visible()
+    expect(dialog.get_by_text(f"Affected Tasks: {1 + len(downstream)}")).to_be_visible()
+    for affected in (task_id, *downstream):
+        expect(dialog.get_by_role("row").filter(has_text=affected)).to_contain_text("Failed")
+    shot(page, "08-clear-dialog")
+    dialog.get_by_role("button", name="Confirm").click()
+    expect(dialog).to_be_hidden()
+
+
+def one_record_each(stack: LocalStack) -> Counter[str]:
+    per_correlation = Counter(record["correlation_id"] for record in stack.emulator.records(TABLE))
+    assert [key for key, n in per_correlation.items() if n > 1] == [], "two records share a correlation_id"
+    return per_correlation
+
+
+# --- the test ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(540)
+def test_trigger_fail_alert_clear_and_succeed_in_the_airflow_ui(
+    stack: LocalStack, page: Page, webhook: WebhookReceiver
+) -> None:
+    requests = stack.seed(FIRST_BATCH, prefix="UI")
+    started = time.monotonic()
+    try:
+        _story(stack, page, webhook, [r["request_id"] for r in requests])
+    except BaseException:
+        page.screenshot(path=ARTIFACTS / "zz-at-failure.png")
+        raise
+    finally:
+        print(f"browser steps took {time.monotonic() - started:.0f} s; screenshots in {ARTIFACTS}")
+
+
+class Clock:
+    """Prints how long each step took (the figures in the report come from this output)."""
+
+    def __init__(self) -> None:
+        self.start = self.last = time.monotonic()
+
+    def __call__(self, step: str) -> None:
+        now = time.monotonic()
+        print(f"[{now - self.start:6.1f} s] +{now - self.last:5.1f} s  {step}")
+        self.last = now
+
+
+def _story(stack: LocalStack, page: Page, webhook: WebhookReceiver, request_ids: list[str]) -> None:
+    tag = uuid.uuid4().hex[:6]
+    done = Clock()
+    ok_run, failing_run = f"ui_limit_{tag}", f"ui_servicenow_down_{tag}"
+
+    # 1. Log in, find the DAG, trigger it with a row limit and an in-flight cap from the form; it succeeds.
+    log_in(page, stack)
+    find_dag(page)
+    done("logged in, found the DAG")
+    trigger(page, ok_run, {"Row limit": LIMIT, "In-flight cap": MAX_IN_FLIGHT}, "03-trigger-form")
+    done("triggered with limit and max_in_flight from the form")
+    assert wait_run_finished(stack, ok_run) == "success"
+    done("run succeeded")
+    expect_run_page(page, ok_run, dict.fromkeys(("extract", "transform", "load", "report"), "Success"),
+                    "04-run-succeeded")
+    expect_task_log(page, f"/dags/{DAG_ID}/runs/{ok_run}/tasks/load", f"'created': {LIMIT}", "05-load-log")
+    conf = stack.api("GET", f"/api/v2/dags/{DAG_ID}/dagRuns/{ok_run}").json()["conf"]
+    assert (conf["limit"], conf["max_in_flight"]) == (LIMIT, MAX_IN_FLIGHT), conf
+    statuses = Counter(row["status"] for row in stack.source_rows().values())
+    assert statuses == {"created": LIMIT, "pending": FIRST_BATCH - LIMIT}, statuses
+    assert sum(one_record_each(stack).values()) == LIMIT
+    left = {request_id for request_id, row in stack.source_rows().items() if row["status"] == "pending"}
+    done("success seen in the UI and checked")
+
+    # 2. ServiceNow goes away; the next run's load fails after its retries, and the alert arrives.
+    stack.emulator.stop()
+    trigger(page, failing_run, {}, "06-trigger-while-servicenow-down")
+    done("emulator stopped, triggered again")
+    assert wait_run_finished(stack, failing_run, timeout=240) == "failed"
+    done("run failed after the load's retries")
+    assert task_state(stack, failing_run, "load") == "failed"
+    expect_run_page(page, failing_run, {"extract": "Success", "transform": "Success", "load": "Failed",
+                                        "report": "Failed"}, "07-load-failed")
+    alerts = wait_for("the failure alert at the webhook", lambda: list(webhook.received), timeout=60)
+    done("failure seen in the UI; alert received")
+    (ARTIFACTS / "alerts.json").write_text(json.dumps(alerts, indent=2))
+    alert = alerts[0]
+    assert alert["path"] == "/hooks/ticketsync"
+    assert alert["content_type"].startswith("application/json")
+    fields = alert["json"]["ticketsync"]
+    assert (fields["kind"], fields["dag_id"], fields["task_id"], fields["run_id"]) == (
+        "task_failed", DAG_ID, "load", failing_run)
+    assert fields["run_url"] == f"{stack.url}/dags/{DAG_ID}/runs/{failing_run}"
+    text = alert["json"]["text"]
+    for part in ("load failed", failing_run, "ServiceNow unavailable"):
+        assert part in text, text
+    assert f"still pending {FIRST_BATCH - LIMIT}" in text, text
+    # the alert's link opens the failed try's log in the UI
+    assert fields["task_url"].startswith(f"{stack.url}/dags/{DAG_ID}/runs/{failing_run}/tasks/load")
+    expect_task_log(page, fields["task_url"].removeprefix(stack.url), "ServiceNow unavailable",
+                    "07b-alert-link-load-log")
+    done("alert checked, its link followed")
+
+    # 3. ServiceNow is back on the same port; clear the failed load (and the report after it) from the UI.
+    stack.emulator.start()
+    clear_task(page, failing_run, "load", downstream=["report"])
+    done("emulator started again, load cleared from the UI")
+    assert wait_run_finished(stack, failing_run) == "success"
+    done("cleared run succeeded")
+    expect_run_page(page, failing_run, dict.fromkeys(("extract", "transform", "load", "report"), "Success"),
+                    "09-cleared-run-succeeded")
+
+    # No duplicate, nothing lost: every row created once; the restarted emulator got exactly one POST per row left.
+    rows = stack.source_rows()
+    assert {rows[request_id]["status"] for request_id in request_ids} == {"created"}
+    assert set(one_record_each(stack)) == left  # the emulator restarted empty: it holds the second run's cases
+    assert stack.emulator.stats()["by_method"].get("POST", 0) == FIRST_BATCH - LIMIT
+    assert len(webhook.received) == 1, [a["json"]["ticketsync"]["kind"] for a in webhook.received]
+    done("success seen in the UI; no duplicate, nothing lost, one alert")
