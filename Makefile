@@ -4,11 +4,14 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+CHROMIUM := /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: help venv demo test lint emulator clean
+.PHONY: help venv demo ui browser test lint emulator clean
 
 help:
 	@echo "make demo      run the whole sync end to end on the embedded defaults (SQLite + local emulator)"
+	@echo "make ui        the Airflow UI on 127.0.0.1 with the DAG, the emulator and sample requests (UI_ARGS=--help)"
 	@echo "make test      install and run every test (PostgreSQL at 127.0.0.1:5432 is needed)"
 	@echo "make lint      ruff and mypy"
 	@echo "make emulator  run the ServiceNow emulator in the foreground on 127.0.0.1:8765"
@@ -25,7 +28,17 @@ venv: $(STAMP)
 demo: $(STAMP)
 	PYTHONPATH=plugins $(PY) scripts/demo.py
 
-test: $(STAMP)
+# Debian's Chromium for the browser test (tests/ui): Playwright drives it and never downloads a browser of its own.
+$(CHROMIUM):
+	$(SUDO) apt-get update
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y chromium
+
+browser: $(CHROMIUM)
+
+ui: $(STAMP)
+	PYTHONPATH=plugins $(PY) scripts/ui.py $(UI_ARGS)
+
+test: $(STAMP) $(CHROMIUM)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
@@ -36,4 +49,4 @@ emulator: $(STAMP)
 	PYTHONPATH=plugins $(PY) -m ticketsync.emulator --port 8765
 
 clean:
-	rm -rf .demo .artifacts .pytest_cache .mypy_cache .ruff_cache
+	rm -rf .demo .airflow .artifacts .pytest_cache .mypy_cache .ruff_cache

@@ -10,6 +10,7 @@ import argparse
 import signal
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from types import FrameType
 
@@ -34,6 +35,10 @@ def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
 
 def banner(stack: LocalStack) -> str:
     home = stack.home.relative_to(REPO) if stack.home.is_relative_to(REPO) else stack.home
+    statuses = Counter(row["status"] for row in stack.source_rows().values())
+    rows = ", ".join(f"{count} {status}" for status, count in sorted(statuses.items())) or "empty"
+    if stack.invalid_every and statuses.get("pending"):
+        rows += f"; every {stack.invalid_every}th sample breaks a rule, so the first run rejects some"
     schedule = "on (every 5 minutes)" if stack.schedule else "off: trigger runs from the UI (▶ Trigger)"
     return "\n".join([
         "",
@@ -42,8 +47,7 @@ def banner(stack: LocalStack) -> str:
         f"                (cat {home}/{stack.password_file.name})",
         f"ServiceNow      emulator on {stack.emulator.url} (records: {stack.emulator.url}/_emulator/records/"
         "sn_bom_loan_service)",
-        f"source          SQLite {stack.source_path} ({stack.rows} sample requests, "
-        f"{stack.rows // stack.invalid_every if stack.invalid_every else 0} invalid)",
+        f"source          SQLite {stack.source_path} ({rows})",
         f"schedule        {schedule}",
         f"logs            {stack.work / 'logs'} (components), {stack.home / 'logs'} (tasks)",
         "",

@@ -17,6 +17,7 @@ connections reach Airflow as ``AIRFLOW_CONN_*`` variables (:meth:`ticketsync.loc
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -242,26 +243,20 @@ class LocalStack:
 
         descendants: list[psutil.Process] = []
         for process in self.processes.values():
-            try:
+            with contextlib.suppress(psutil.NoSuchProcess):
                 descendants += psutil.Process(process.pid).children(recursive=True)
-            except psutil.NoSuchProcess:
-                pass
         _signal_groups(self.processes.values(), signal.SIGTERM)
         deadline = time.monotonic() + timeout
         for process in self.processes.values():
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                pass
         _signal_groups(self.processes.values(), signal.SIGKILL)
         for process in self.processes.values():
             process.wait()
         _, alive = psutil.wait_procs(descendants, timeout=5)
         for leftover in alive:
-            try:
+            with contextlib.suppress(psutil.NoSuchProcess):
                 leftover.kill()
-            except psutil.NoSuchProcess:
-                pass
         self.processes.clear()
         (self.work / "pids.json").unlink(missing_ok=True)
         self.emulator.stop()
@@ -299,7 +294,5 @@ class LocalStack:
 def _signal_groups(processes: Iterable[subprocess.Popen[bytes]], sig: signal.Signals) -> None:
     for process in processes:
         if process.poll() is None or sig == signal.SIGKILL:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, sig)
-            except ProcessLookupError:
-                pass
