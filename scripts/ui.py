@@ -60,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     stack = LocalStack(home=args.home, api_port=args.port, rows=args.rows, invalid_every=args.invalid_every,
                        schedule=args.schedule)
     signal.signal(signal.SIGTERM, _raise_interrupt)
+    signal.signal(signal.SIGINT, _raise_interrupt)  # also when started with SIGINT ignored (a background job)
     print(f"Starting Airflow (api-server, scheduler, dag-processor, triggerer) in {stack.home}; "
           "the first start takes a minute…", flush=True)
     started = time.monotonic()

@@ -261,6 +261,17 @@ class LocalStack:
         (self.work / "pids.json").unlink(missing_ok=True)
         self.emulator.stop()
 
+    def leftovers(self) -> list[int]:
+        """Processes still running with this stack's ``AIRFLOW_HOME`` (after :meth:`stop`, there must be none)."""
+        import psutil
+
+        found = []
+        for process in psutil.process_iter():
+            with contextlib.suppress(psutil.Error):
+                if process.environ().get("AIRFLOW_HOME") == str(self.home):
+                    found.append(process.pid)
+        return found
+
     def _write_pids(self) -> None:
         import psutil
 
