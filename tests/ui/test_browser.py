@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 from playwright.sync_api import BrowserContext, Locator, Page, expect, sync_playwright
+from playwright.sync_api import Error as PlaywrightError
 
 from ticketsync.local import DAG_ID, REPO
 from ticketsync.standalone import ADMIN_USER, LocalStack
@@ -41,6 +42,7 @@ LIMIT = 20
 MAX_IN_FLIGHT = 4
 # How long a page may take to show what it should: generous, the machine may be busy with other work.
 UI_TIMEOUT_MS = 90_000
+FORM_TIMEOUT_MS = 20_000  # the trigger form is already on screen: a field that does not answer is gone
 PARAM_KEYS = {"Row limit": "limit", "In-flight cap": "max_in_flight"}  # form titles -> DAG params
 
 
@@ -163,27 +165,41 @@ def find_dag(page: Page) -> None:
     shot(page, "02-dag-found")
     link.click()
     expect(page).to_have_url(re.compile(rf"/dags/{DAG_ID}/?$"))
+    expect(page.get_by_text("Latest Dag Version")).to_be_visible()  # the DAG's header has loaded
 
 
 def trigger(page: Page, run_id: str, params: dict[str, int], screenshot: str) -> None:
     """Open the trigger form from the DAG header (on any page of the DAG), set the given params by their form titles
     and the run id, check the configuration JSON the form will send, submit; the UI opens the new run."""
-    page.get_by_role("button", name="Trigger Dag", exact=True).click()
-    form = page.get_by_role("dialog")
-    expect(form.get_by_text(f"Trigger Dag - {DAG_ID}")).to_be_visible()
-    for title, value in params.items():
-        field = form.get_by_label(title)  # the label also holds the "required" star
-        field.fill(str(value))
-        expect(field).to_have_value(str(value))
-    if params:
-        shot(page, f"{screenshot}-params", form)
-    form.get_by_role("button", name="Advanced Options").click()
-    form.get_by_label("Run ID").fill(run_id)
-    for name, value in params.items():
-        expect(form.get_by_text(re.compile(rf'"{PARAM_KEYS[name]}"\s*:\s*{value}\b')).first).to_be_visible()
-    shot(page, screenshot, form)
+    for attempt in range(1, 4):
+        page.get_by_role("button", name="Trigger Dag", exact=True).click()
+        form = page.get_by_role("dialog")
+        expect(form.get_by_text(f"Trigger Dag - {DAG_ID}")).to_be_visible()
+        try:
+            fill_trigger_form(page, form, run_id, params, screenshot)
+            break
+        except (PlaywrightError, AssertionError):
+            # A page still loading re-renders its header, which closes a form opened too early: open it again.
+            if attempt == 3 or form.is_visible():
+                raise
+            print(f"the trigger form closed while being filled (attempt {attempt}); opening it again")
     form.get_by_role("button", name="Trigger", exact=True).click()
     expect(page).to_have_url(re.compile(rf"/runs/{run_id}$"))
+
+
+def fill_trigger_form(page: Page, form: Locator, run_id: str, params: dict[str, int], screenshot: str) -> None:
+    for title, value in params.items():
+        field = form.get_by_label(title)  # the label also holds the "required" star
+        field.fill(str(value), timeout=FORM_TIMEOUT_MS)
+        expect(field).to_have_value(str(value), timeout=FORM_TIMEOUT_MS)
+    if params:
+        shot(page, f"{screenshot}-params", form)
+    form.get_by_role("button", name="Advanced Options").click(timeout=FORM_TIMEOUT_MS)
+    form.get_by_label("Run ID").fill(run_id, timeout=FORM_TIMEOUT_MS)
+    for name, value in params.items():
+        pattern = re.compile(rf'"{PARAM_KEYS[name]}"\s*:\s*{value}\b')
+        expect(form.get_by_text(pattern).first).to_be_visible(timeout=FORM_TIMEOUT_MS)
+    shot(page, screenshot, form)
 
 
 def wait_for(what: str, probe: Callable[[], Any], timeout: float) -> Any:
