@@ -165,12 +165,15 @@ def find_dag(page: Page) -> None:
     shot(page, "02-dag-found")
     link.click()
     expect(page).to_have_url(re.compile(rf"/dags/{DAG_ID}/?$"))
-    expect(page.get_by_text("Latest Dag Version")).to_be_visible()  # the DAG's header has loaded
 
 
 def trigger(page: Page, run_id: str, params: dict[str, int], screenshot: str) -> None:
-    """Open the trigger form from the DAG header (on any page of the DAG), set the given params by their form titles
-    and the run id, check the configuration JSON the form will send, submit; the UI opens the new run."""
+    """From the DAG's page, open the trigger form, set the given params by their form titles and the run id, check
+    the configuration JSON the form will send, submit; the UI opens the new run."""
+    if not re.search(rf"/dags/{DAG_ID}/?$", page.url):  # on a run's page, Trigger is a menu (trigger again…)
+        page.get_by_role("navigation", name="breadcrumb").get_by_role("link", name=DAG_ID, exact=True).click()
+        expect(page).to_have_url(re.compile(rf"/dags/{DAG_ID}/?$"))
+    expect(page.get_by_text("Latest Dag Version")).to_be_visible()  # the DAG's header has loaded
     for attempt in range(1, 4):
         page.get_by_role("button", name="Trigger Dag", exact=True).click()
         form = page.get_by_role("dialog")
