@@ -195,8 +195,9 @@ def fill_trigger_form(page: Page, form: Locator, run_id: str, params: dict[str, 
         field = form.get_by_label(title)  # the label also holds the "required" star
         field.fill(str(value), timeout=FORM_TIMEOUT_MS)
         expect(field).to_have_value(str(value), timeout=FORM_TIMEOUT_MS)
+        field.scroll_into_view_if_needed()
     if params:
-        shot(page, f"{screenshot}-params", form)
+        shot(page, f"{screenshot}-params")
     form.get_by_role("button", name="Advanced Options").click(timeout=FORM_TIMEOUT_MS)
     form.get_by_label("Run ID").fill(run_id, timeout=FORM_TIMEOUT_MS)
     for name, value in params.items():
