@@ -262,13 +262,16 @@ class LocalStack:
         self.emulator.stop()
 
     def leftovers(self) -> list[int]:
-        """Processes still running with this stack's ``AIRFLOW_HOME`` (after :meth:`stop`, there must be none)."""
+        """Processes still running with this stack's ``AIRFLOW_HOME``, or its files on their command line (the
+        emulator); after :meth:`stop` there must be none."""
         import psutil
 
         found = []
         for process in psutil.process_iter():
             with contextlib.suppress(psutil.Error):
-                if process.environ().get("AIRFLOW_HOME") == str(self.home):
+                if process.environ().get("AIRFLOW_HOME") == str(self.home) or any(
+                    str(self.work) in arg for arg in process.cmdline()
+                ):
                     found.append(process.pid)
         return found
 
