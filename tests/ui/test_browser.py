@@ -146,6 +146,11 @@ def shot(page: Page, name: str, target: Page | Locator | None = None) -> None:
     (target or page).screenshot(path=ARTIFACTS / f"{name}.png")
 
 
+def page_url(path: str) -> re.Pattern[str]:
+    """The URL of the app's page at ``path``, whatever query the UI keeps on it (e.g. the DAG list's search)."""
+    return re.compile(rf"^https?://[^/]+{re.escape(path)}/?(\?.*)?$")
+
+
 def log_in(page: Page, stack: LocalStack) -> None:
     page.goto("/")
     expect(page).to_have_url(re.compile(r"/auth/login"))
@@ -164,15 +169,15 @@ def find_dag(page: Page) -> None:
     expect(page.get_by_text("1 Dag", exact=True)).to_be_visible()
     shot(page, "02-dag-found")
     link.click()
-    expect(page).to_have_url(re.compile(rf"/dags/{DAG_ID}/?$"))
+    expect(page).to_have_url(page_url(f"/dags/{DAG_ID}"))
 
 
 def trigger(page: Page, run_id: str, params: dict[str, int], screenshot: str) -> None:
     """From the DAG's page, open the trigger form, set the given params by their form titles and the run id, check
     the configuration JSON the form will send, submit; the UI opens the new run."""
-    if not re.search(rf"/dags/{DAG_ID}/?$", page.url):  # on a run's page, Trigger is a menu (trigger again…)
+    if not page_url(f"/dags/{DAG_ID}").search(page.url):  # on a run's page, Trigger is a menu (trigger again…)
         page.get_by_role("navigation", name="breadcrumb").get_by_role("link", name=DAG_ID, exact=True).click()
-        expect(page).to_have_url(re.compile(rf"/dags/{DAG_ID}/?$"))
+        expect(page).to_have_url(page_url(f"/dags/{DAG_ID}"))
     expect(page.get_by_text("Latest Dag Version")).to_be_visible()  # the DAG's header has loaded
     for attempt in range(1, 4):
         page.get_by_role("button", name="Trigger Dag", exact=True).click()
@@ -187,7 +192,7 @@ def trigger(page: Page, run_id: str, params: dict[str, int], screenshot: str) ->
                 raise
             print(f"the trigger form closed while being filled (attempt {attempt}); opening it again")
     form.get_by_role("button", name="Trigger", exact=True).click()
-    expect(page).to_have_url(re.compile(rf"/runs/{run_id}$"))
+    expect(page).to_have_url(page_url(f"/dags/{DAG_ID}/runs/{run_id}"))
 
 
 def fill_trigger_form(page: Page, form: Locator, run_id: str, params: dict[str, int], screenshot: str) -> None:
@@ -240,7 +245,7 @@ def task_row(page: Page, task_id: str) -> Locator:
 def expect_run_page(page: Page, run_id: str, states: dict[str, str], screenshot: str) -> None:
     """On the run's page (reached from the breadcrumb if on one of its tasks), every task shows its state; the
     page refreshes itself while the run is active."""
-    if not re.search(rf"/runs/{run_id}$", page.url):
+    if not page_url(f"/dags/{DAG_ID}/runs/{run_id}").search(page.url):
         page.get_by_role("navigation", name="breadcrumb").get_by_role("link", name=run_id, exact=True).click()
     for task_id, state in states.items():
         expect(task_row(page, task_id)).to_contain_text(state)
