@@ -194,7 +194,7 @@ def test_a_failed_load_alerts_once_by_email_and_webhook(
     with (EmulatorProcess(tmp_path / "emulator") as emulator, SmtpReceiver() as smtp,
           WebhookReceiver() as webhook):
         wrong = json.loads(emulator.connection())
-        wrong["password"] = "wrong-password-s3cret"  # noqa: S105
+        wrong["password"] = "wrong-password-s3cret"
         af = airflow(
             airflow_home, conn, emulator, conn_smtp_default=smtp.connection(),
             conn_ticketsync_alert_webhook=webhook.connection(),
