@@ -75,3 +75,26 @@ def test_parsing_does_no_io_and_is_fast() -> None:
                             check=False, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert float(result.stdout.strip().splitlines()[-1]) < 5.0
+
+
+def test_operations_wiring_params_alerts_and_assets(dagbag) -> None:  # type: ignore[no-untyped-def]
+    """The trigger form is readable, every task alerts on failure, and the load declares its lineage."""
+    from ticketsync.alerts import TicketSyncFailureNotifier
+
+    dag = dagbag.dags["servicenow_ticket_sync"]
+    schema = dag.params.dump() if hasattr(dag.params, "dump") else dict(dag.params)
+    assert schema["dry_run"] is False
+    assert schema["request_ids"] == []
+    for name in dag.params:
+        param = dag.params.get_param(name)
+        assert param.schema.get("title"), f"param {name} needs a title"
+        assert param.description, f"param {name} needs a description"
+    assert dag.params.get_param("request_ids").schema["type"] == "array"
+    for task in dag.tasks:
+        callbacks = task.on_failure_callback if isinstance(task.on_failure_callback, list) else [
+            task.on_failure_callback]
+        assert any(isinstance(cb, TicketSyncFailureNotifier) for cb in callbacks), task.task_id
+    load = dag.get_task("load")
+    assert [asset.uri for asset in load.inlets] == ["ticketsync://ticket_source/ticket_requests"]
+    assert [asset.uri for asset in load.outlets] == ["servicenow://servicenow_default/sn_bom_loan_service"]
+    assert [link.name for link in load.operator_extra_links] == ["ServiceNow records"]
