@@ -25,6 +25,9 @@ ServiceNow (connection `servicenow_default`), or are rejected with a reason nami
 | `load` | looks up each chunk by `correlation_id` (= `request_id`), adopts existing records, creates the rest |
 | `report` | logs claimed / created / adopted / rejected / failed / still pending; fails the run if a row failed |
 
+`load` is mapped: `loaders` instances (one by default), loader *i* taking the claimed rows with
+`id % loaders = i`, so on the CeleryExecutor several workers share one run's backlog without overlap.
+
 Clearing and rerunning any task is safe: rows are claimed under this run's token, every create is preceded by a
 look-up on `correlation_id`, and outcomes are written back as they arrive. See the README for the status lifecycle.
 """
@@ -55,19 +58,27 @@ with DAG(
         "chunk_size": Param(100, type="integer", minimum=1, maximum=1000, description="Rows per look-up query"),
         "max_attempts": Param(5, type="integer", minimum=1, description="POST attempts before a row is failed"),
         "lease_seconds": Param(900, type="integer", minimum=10, description="How long a claim holds a row"),
+        "loaders": Param(
+            1, type="integer", minimum=1, maximum=16,
+            description="Mapped load tasks sharing the claim (each keeps max_in_flight requests in flight)",
+        ),
     },
 ) as dag:
     extract = ClaimRequestsOperator(
-        task_id="extract", limit="{{ params.limit }}", lease_seconds="{{ params.lease_seconds }}"
+        task_id="extract", limit="{{ params.limit }}", lease_seconds="{{ params.lease_seconds }}",
+        loaders="{{ params.loaders }}",
     )
     transform = ValidateRequestsOperator(task_id="transform")
-    load = ServiceNowLoadOperator(
+    # One loader per shard index that extract returns; a retry of loader i takes shard i again.
+    load = ServiceNowLoadOperator.partial(
         task_id="load",
         chunk_size="{{ params.chunk_size }}",
         max_in_flight="{{ params.max_in_flight }}",
         max_attempts="{{ params.max_attempts }}",
         lease_seconds="{{ params.lease_seconds }}",
-    )
-    report = SyncReportOperator(task_id="report", load_task_id="load")
+        shard_count="{{ params.loaders }}",
+        map_index_template="shard {{ task.shard_index }} of {{ task.shard_count }}",
+    ).expand(shard_index=extract.output)
+    report = SyncReportOperator(task_id="report", load_task_id="load", shards_task_id="extract")
 
     extract >> transform >> load >> report

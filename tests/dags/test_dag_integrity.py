@@ -52,6 +52,29 @@ def test_the_sync_dag_is_wired_and_scheduled_as_documented(dagbag) -> None:  # t
     assert dag.params["max_in_flight"] == 8
 
 
+def test_the_load_is_mapped_over_the_shards_the_extract_returns(dagbag) -> None:  # type: ignore[no-untyped-def]
+    """N loaders (param ``loaders``, 1..16, default 1) expand over extract's return value, one shard index each;
+    Airflow 3 maps only over a ``return_value`` XCom (a custom key is refused at parse time)."""
+    from airflow.sdk.definitions.xcom_arg import PlainXComArg
+
+    dag = dagbag.dags["servicenow_ticket_sync"]
+    load = dag.get_task("load")
+    assert getattr(load, "is_mapped", False)
+    mapped_over = load.expand_input.value
+    assert set(mapped_over) == {"shard_index"}
+    arg = mapped_over["shard_index"]
+    assert isinstance(arg, PlainXComArg)
+    assert (arg.operator.task_id, arg.key) == ("extract", "return_value")
+    assert load.partial_kwargs["shard_count"] == "{{ params.loaders }}"
+    assert {"shard_count", "shard_index"} <= set(load.template_fields)
+    assert dag.get_task("extract").loaders == "{{ params.loaders }}"
+    assert dag.get_task("report").shards_task_id == "extract"
+    assert {"extract", "transform"} <= load.upstream_task_ids
+    loaders = dag.params.get_param("loaders")
+    assert loaders.value == 1
+    assert (loaders.schema["minimum"], loaders.schema["maximum"]) == (1, 16)
+
+
 def test_dag_files_hold_no_secrets_and_no_logic() -> None:
     for path in DAGS.glob("*.py"):
         text = path.read_text()

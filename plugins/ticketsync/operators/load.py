@@ -10,6 +10,7 @@ from airflow.sdk.exceptions import AirflowException, AirflowFailException
 from ticketsync.hooks.servicenow import ServiceNowAuthError, ServiceNowHook, ServiceNowRequestError
 from ticketsync.loader import CaseLoader, LoadSettings, ServiceNowUnavailable
 from ticketsync.operators.base import SourceTaskOperator, claim_token
+from ticketsync.source import Shard
 
 
 class ServiceNowLoadOperator(SourceTaskOperator):
@@ -24,6 +25,15 @@ class ServiceNowLoadOperator(SourceTaskOperator):
       rounds, fail the task normally, so Airflow retries it; the retry takes the same rows, looks them up first, and
       never creates a second record;
     * returns the per-outcome counts (XCom carries counts, never bodies).
+
+    Scale-out: as a mapped task (``.partial(shard_count=N).expand(shard_index=[0, …, N-1])``) each of the N loaders
+    takes only the rows of the run's claim with ``id % N = shard_index``, so the N task instances (on any workers)
+    never take the same row, and a retry of loader ``i`` takes shard ``i`` again. Unmapped (``shard_index`` None),
+    one loader takes the whole claim.
+
+    Pace: ``rate_limit`` (requests per second) overrides the connection's ``rate_limit`` extra; either is the total
+    for the integration user, so each of the N loaders keeps to ``rate_limit / N``. ``max_in_flight`` is per
+    loader: N loaders keep up to ``N * max_in_flight`` requests in flight.
     """
 
     template_fields = (
@@ -34,6 +44,8 @@ class ServiceNowLoadOperator(SourceTaskOperator):
         "max_attempts",
         "lease_seconds",
         "rate_limit",
+        "shard_index",
+        "shard_count",
     )
     ui_color = "#e6f5e6"
 
@@ -48,6 +60,8 @@ class ServiceNowLoadOperator(SourceTaskOperator):
         rate_limit: float | str | None = None,
         retry_rounds: int = 3,
         backoff_base: float = 1.0,
+        shard_index: int | str | None = None,
+        shard_count: int | str = 1,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -59,23 +73,41 @@ class ServiceNowLoadOperator(SourceTaskOperator):
         self.rate_limit = rate_limit
         self.retry_rounds = retry_rounds
         self.backoff_base = backoff_base
+        self.shard_index = shard_index
+        self.shard_count = shard_count
 
-    def settings(self) -> LoadSettings:
+    def shard(self) -> Shard | None:
+        """This loader's share of the claim, or None for the whole of it (an unmapped load)."""
+        index = self.shard_index
+        if index is None or index in ("", "None"):
+            return None
+        return Shard(int(index), int(self.shard_count))
+
+    def settings(self, connection_rate_limit: float | None = None) -> LoadSettings:
+        """The loader's settings; the run's rate (this operator's, else the connection's) split between loaders."""
+        shard = self.shard()
+        total_rate = _positive(self.rate_limit) or connection_rate_limit
         return LoadSettings(
             chunk_size=int(self.chunk_size),
             max_in_flight=int(self.max_in_flight),
             max_attempts=int(self.max_attempts),
             lease_seconds=float(self.lease_seconds),
-            rate_limit=float(self.rate_limit) if self.rate_limit not in (None, "", "None", 0, "0") else None,
+            rate_limit=total_rate / (shard.count if shard else 1) if total_rate else None,
             retry_rounds=self.retry_rounds,
             backoff_base=self.backoff_base,
+            shard=shard,
         )
 
     def execute(self, context: Context) -> dict[str, int]:
-        settings = self.settings()
         token = claim_token(context)
-        hook = ServiceNowHook(self.servicenow_conn_id, pool_size=settings.max_in_flight)
+        hook = ServiceNowHook(self.servicenow_conn_id, pool_size=int(self.max_in_flight))
         try:
+            settings = self.settings(hook.rate_limit())
+            self.log.info(
+                "loading %s: %s, up to %d requests in flight, pace %s", token,
+                f"shard {settings.shard.index} of {settings.shard.count}" if settings.shard else "the whole claim",
+                settings.max_in_flight, f"{settings.rate_limit:g}/s" if settings.rate_limit else "unlimited",
+            )
             with self.open_source() as source:
                 counts = CaseLoader(hook, source, token, settings).run()
         except ServiceNowAuthError as exc:
@@ -95,3 +127,13 @@ class ServiceNowLoadOperator(SourceTaskOperator):
                 "why); the task retry or the next run takes them again, looking each up before any new POST"
             )
         return counts.as_dict()
+
+
+def _positive(value: float | str | None) -> float | None:
+    """An optional templated number: None, empty, "None" and 0 mean "not set"."""
+    if value is None or value in ("", "None"):
+        return None
+    number = float(value)
+    if number < 0:
+        raise ValueError(f"rate_limit must not be negative, got {value!r}")
+    return number or None
