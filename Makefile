@@ -5,13 +5,14 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help venv demo test lint emulator clean
+.PHONY: help venv demo test lint emulator scaleout clean
 
 help:
 	@echo "make demo      run the whole sync end to end on the embedded defaults (SQLite + local emulator)"
 	@echo "make test      install and run every test (PostgreSQL at 127.0.0.1:5432 is needed)"
 	@echo "make lint      ruff and mypy"
 	@echo "make emulator  run the ServiceNow emulator in the foreground on 127.0.0.1:8765"
+	@echo "make scaleout  one DAG run on the real CeleryExecutor, mapped loaders on two workers (PostgreSQL + Redis)"
 
 # The virtual environment, rebuilt when a requirements file changes. Exact pins, full lock in constraints.txt.
 $(STAMP): requirements.txt requirements-dev.txt constraints.txt
@@ -34,6 +35,10 @@ lint: $(STAMP)
 
 emulator: $(STAMP)
 	PYTHONPATH=plugins $(PY) -m ticketsync.emulator --port 8765
+
+# A throw-away CeleryExecutor deployment on loopback; SCALEOUT_ARGS e.g. "--rows 10000 --loaders 8 --keep".
+scaleout: $(STAMP)
+	PYTHONPATH=plugins $(PY) scripts/scaleout.py $(SCALEOUT_ARGS)
 
 clean:
 	rm -rf .demo .artifacts .pytest_cache .mypy_cache .ruff_cache

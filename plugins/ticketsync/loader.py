@@ -34,7 +34,7 @@ from ticketsync.hooks.servicenow import (
     ServiceNowTransientError,
 )
 from ticketsync.models import PreparedCase, Rejection, SourceRow, SyncAction, SyncStatus
-from ticketsync.source import Outcome, SourceTable
+from ticketsync.source import Outcome, Shard, SourceTable
 from ticketsync.throttle import Throttle, backoff_delay
 from ticketsync.transform import prepare
 
@@ -65,6 +65,7 @@ class LoadSettings:
     max_rate_limited_waits: int = 30
     flush_every: int = 50
     flush_interval: float = 0.5
+    shard: Shard | None = None  # one of several loaders of the claim: only its rows (see SourceTable)
 
     def __post_init__(self) -> None:
         for name in ("chunk_size", "max_in_flight", "max_attempts", "max_rate_limited_waits"):
@@ -139,7 +140,7 @@ class CaseLoader:
             self._drain(cancel=True)
             pool.shutdown(wait=True)
             self._flush()
-            self.source.release(self.token)
+            self.source.release(self.token, shard=self.settings.shard)
             self.counts.rate_limited = self.throttle.rate_limited_count
         if self._auth_error is not None:
             raise self._auth_error
@@ -152,7 +153,8 @@ class CaseLoader:
             # Keep one chunk queued behind the one being sent, so the pool never waits for the look-up.
             self._wait_until(max_queued=self.settings.chunk_size)
             rows = self.source.take_chunk(
-                self.token, after=after, size=self.settings.chunk_size, lease_seconds=self.settings.lease_seconds
+                self.token, after=after, size=self.settings.chunk_size, lease_seconds=self.settings.lease_seconds,
+                shard=self.settings.shard,
             )
             if not rows:
                 return
@@ -173,7 +175,9 @@ class CaseLoader:
             self.counts.retried += len(ids)
             for start in range(0, len(ids), self.settings.chunk_size):
                 part = ids[start : start + self.settings.chunk_size]
-                rows = self.source.take_rows(self.token, part, lease_seconds=self.settings.lease_seconds)
+                rows = self.source.take_rows(
+                    self.token, part, lease_seconds=self.settings.lease_seconds, shard=self.settings.shard
+                )
                 self._submit_chunk(pool, rows)
                 self._wait_until(max_queued=self.settings.chunk_size)
         self._drain(cancel=False)

@@ -7,7 +7,8 @@ whether an error is retried, and how, is the load operator's decision.
 Connection (``servicenow_default``, conn_type ``http``): host (``<instance>.service-now.com``), schema (``https``;
 ``http`` only for a loopback emulator or with ``allow_insecure_http``), port, login, password. Extras are read by
 name only, never forwarded as headers: ``timeout`` (seconds, or ``[connect, read]``), ``verify`` (true/false or a
-CA bundle path), ``cert`` (client certificate path for mutual TLS), ``allow_insecure_http``.
+CA bundle path), ``cert`` (client certificate path for mutual TLS), ``allow_insecure_http``, ``rate_limit``
+(requests per second for this integration user, across every loader; the load operator paces itself by it).
 """
 
 from __future__ import annotations
@@ -98,6 +99,21 @@ def _timeout(value: Any) -> float | tuple[float, float]:
     if isinstance(value, list | tuple) and len(value) == 2:
         return (float(value[0]), float(value[1]))
     return float(value)
+
+
+def _rate_limit(value: Any, conn_id: str) -> float | None:
+    """The ``rate_limit`` extra: a positive number of requests per second, or absent (no client-side pacing)."""
+    if value is None or value == "":
+        return None
+    try:
+        rate = float(value)
+    except (TypeError, ValueError):
+        rate = float("nan")
+    if not rate > 0 or rate == float("inf"):
+        raise ValueError(
+            f"connection {conn_id!r}: extra rate_limit must be a positive number of requests per second, got {value!r}"
+        )
+    return rate
 
 
 def _is_loopback(host: str | None) -> bool:
@@ -220,6 +236,11 @@ class ServiceNowHook(HttpHook):
             "ServiceNow credentials must travel over HTTPS. Set the connection's schema to 'https' "
             "(plain http is accepted only for a loopback emulator, or with the extra allow_insecure_http=true)"
         )
+
+    def rate_limit(self) -> float | None:
+        """The connection's ``rate_limit`` extra (requests per second in total for this integration user), if set."""
+        extra = self.get_connection(self.servicenow_conn_id).extra_dejson
+        return _rate_limit(extra.get("rate_limit"), self.servicenow_conn_id)
 
     def close(self) -> None:
         if self._session is not None:
