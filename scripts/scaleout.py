@@ -55,49 +55,6 @@ def hostname() -> str:
 '''
 
 
-# celery 5.7 dropped `celery.backends.database.retry`, which apache-airflow-providers-celery 3.26.0 imports at module
-# level: with the pinned pair, every CeleryExecutor process fails to start ("cannot import name 'retry'"). Until the
-# pins change (celery 5.6.x satisfies the provider's `celery>=5.5,<6`), the Airflow processes of this run get the
-# decorator back through a sitecustomize in their (temporary) PYTHONPATH: celery 5.6's retry, 3 tries on database
-# errors. It is a no-op where the name exists, and nothing outside this script's processes sees it.
-CELERY_SHIM = '''"""ticketsync scale-out: restore celery.backends.database.retry for apache-airflow-providers-celery."""
-import functools
-import logging
-
-try:
-    import celery.backends.database as _database
-except ImportError:
-    _database = None
-
-if _database is not None and not hasattr(_database, "retry"):
-    from sqlalchemy.exc import DatabaseError, InvalidRequestError
-    from sqlalchemy.orm.exc import StaleDataError
-
-    def retry(fun):
-        @functools.wraps(fun)
-        def _inner(*args, **kwargs):
-            max_retries = kwargs.pop("max_retries", 3)
-            for retries in range(max_retries):
-                try:
-                    return fun(*args, **kwargs)
-                except (DatabaseError, InvalidRequestError, StaleDataError):
-                    logging.getLogger(__name__).warning(
-                        "Failed operation %s. Retrying %s more times.", fun.__name__, max_retries - retries - 1,
-                        exc_info=True)
-                    if retries + 1 >= max_retries:
-                        raise
-        return _inner
-
-    _database.retry = retry
-'''
-
-
-def celery_needs_shim() -> bool:
-    import celery.backends.database
-
-    return not hasattr(celery.backends.database, "retry")
-
-
 class CheckFailed(Exception):
     """A scale-out check did not hold; the message says which."""
 
@@ -279,11 +236,6 @@ class ScaleOut:
         home = self.workdir / "airflow"
         home.mkdir()
         (home / "scaleout_hostname.py").write_text(HOSTNAME_MODULE)
-        if celery_needs_shim():
-            print("WARNING: the installed celery lacks celery.backends.database.retry, which the Celery provider "
-                  "imports; restoring it for this run's processes (pin celery 5.6.x to remove the need)", flush=True)
-            (home / "sitecustomize.py").write_text(CELERY_SHIM)
-            self.notes.append("celery retry shim")
         env = airflow_env(home, self.meta_dsn, self.api_port, self.queue, {
             "ticket_source": self.source_conn, "servicenow_default": self.emulator.connection(timeout=10),
         })
