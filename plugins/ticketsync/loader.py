@@ -19,9 +19,10 @@ record exists.
 from __future__ import annotations
 
 import logging
+import queue
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Protocol
 
@@ -123,6 +124,8 @@ class CaseLoader:
         self._buffer: list[Outcome] = []
         self._last_flush = time.monotonic()
         self._in_flight: dict[Future[_Posted], PreparedCase] = {}
+        # Finished (or cancelled) POSTs, in the order they finished: one queue instead of waiting on every future.
+        self._done: queue.SimpleQueue[Future[_Posted]] = queue.SimpleQueue()
         self._retry_ids: list[int] = []
         self._auth_error: ServiceNowAuthError | None = None
 
@@ -209,6 +212,7 @@ class CaseLoader:
         else:
             future = pool.submit(self._post, case, row)
             self._in_flight[future] = case
+            future.add_done_callback(self._done.put)
 
     def _lookup(self, table: str, correlation_ids: list[str]) -> dict[str, list[ExistingRecord]]:
         """One batched look-up, retried with backoff; after that the instance counts as unavailable."""
@@ -253,9 +257,17 @@ class CaseLoader:
     def _wait_until(self, *, max_queued: int) -> None:
         """Harvest finished POSTs until at most ``max_queued`` are still queued or running."""
         while len(self._in_flight) > max_queued:
-            done, _ = wait(list(self._in_flight), timeout=self.settings.flush_interval, return_when=FIRST_COMPLETED)
-            for future in done:
-                self._harvest(future)
+            try:
+                future = self._done.get(timeout=self.settings.flush_interval)
+            except queue.Empty:
+                self._flush_if_due()
+                continue
+            self._harvest(future)
+            while True:  # everything else that finished meanwhile, without blocking
+                try:
+                    self._harvest(self._done.get_nowait())
+                except queue.Empty:
+                    break
             self._flush_if_due()
 
     def _drain(self, *, cancel: bool) -> None:
