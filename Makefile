@@ -5,13 +5,14 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help venv demo test lint emulator clean
+.PHONY: help venv demo test lint emulator clean bench
 
 help:
 	@echo "make demo      run the whole sync end to end on the embedded defaults (SQLite + local emulator)"
 	@echo "make test      install and run every test (PostgreSQL at 127.0.0.1:5432 is needed)"
 	@echo "make lint      ruff and mypy"
 	@echo "make emulator  run the ServiceNow emulator in the foreground on 127.0.0.1:8765"
+	@echo "make bench     benchmark: the DAG vs a sequential loop and a naive mapped DAG; writes README's table"
 
 # The virtual environment, rebuilt when a requirements file changes. Exact pins, full lock in constraints.txt.
 $(STAMP): requirements.txt requirements-dev.txt constraints.txt
@@ -29,11 +30,15 @@ test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check plugins dags tests scripts
+	$(VENV)/bin/ruff check plugins dags tests scripts bench
 	$(VENV)/bin/mypy
 
 emulator: $(STAMP)
 	PYTHONPATH=plugins $(PY) -m ticketsync.emulator --port 8765
+
+# BENCH_ARGS="--quick --no-readme" for a smoke run; see bench/bench.py --help
+bench: $(STAMP)
+	PYTHONPATH=plugins $(PY) bench/bench.py $(BENCH_ARGS)
 
 clean:
 	rm -rf .demo .artifacts .pytest_cache .mypy_cache .ruff_cache

@@ -378,8 +378,10 @@ def main(argv: list[str]) -> int:
         with bench.emulator:
             bench.log(f"emulator on {bench.emulator.url}: L={args.latency_ms:g} ms, C={args.concurrency}, "
                       f"ceiling {bench.ceiling:.0f}/s")
-            results["empty"] = bench.dag_run(0)
-            bench.log(f"empty run: {results['empty'].seconds:.1f} s")
+            # The first run in a fresh Airflow home also serialises the DAG: the start-up is the faster of two.
+            first, second = bench.dag_run(0), bench.dag_run(0)
+            results["empty"] = min(first, second, key=lambda run: run.seconds)
+            bench.log(f"empty runs: {first.seconds:.1f} s, {second.seconds:.1f} s")
             results["main"] = bench.dag_run(args.rows)
             bench.log(f"{args.rows} rows: {results['main'].seconds:.1f} s, load {results['main'].load_seconds} s")
             results["sequential"] = bench.sequential(args.seq_rows)
