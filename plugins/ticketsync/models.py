@@ -34,6 +34,8 @@ MAX_JOURNAL = 4000
 CONTACT_TYPES = ("chat", "email", "phone", "social", "web")
 CATEGORY_LABELS = {"question": "0", "issue": "1", "feature": "2"}
 _ALLOWED_CONTROLS = {"\t", "\n", "\r"}
+# Unicode category Cc (U+0000-U+001F, U+007F-U+009F) except the allowed controls, and Cs (U+D800-U+DFFF).
+_FORBIDDEN_CHARACTER = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
 
 
 class SyncStatus(StrEnum):
@@ -71,12 +73,13 @@ def _blank_to_none(value: Any) -> Any:
 
 def _clean_text(value: str) -> str:
     """Refuse text that ServiceNow or a JSON reader downstream would mangle: control characters, lone surrogates."""
-    for position, char in enumerate(value):
-        if unicodedata.category(char) == "Cc" and char not in _ALLOWED_CONTROLS:
-            raise ValueError(f"contains control character U+{ord(char):04X} at position {position}")
-        if unicodedata.category(char) == "Cs":
-            raise ValueError(f"contains an unpaired surrogate U+{ord(char):04X} at position {position}")
-    return value
+    found = _FORBIDDEN_CHARACTER.search(value)
+    if found is None:
+        return value
+    char, position = found.group(), found.start()
+    if unicodedata.category(char) == "Cs":
+        raise ValueError(f"contains an unpaired surrogate U+{ord(char):04X} at position {position}")
+    raise ValueError(f"contains control character U+{ord(char):04X} at position {position}")
 
 
 def _text(value: Any) -> str:

@@ -186,6 +186,10 @@ class SourceTable:
             return cls(SqliteHook(sqlite_conn_id=conn_id).get_conn, Dialect.SQLITE, table)  # type: ignore[no-untyped-call]
         raise ValueError(f"connection {conn_id!r} has conn_type {conn_type!r}; ticketsync supports postgres and sqlite")
 
+    def clone(self) -> SourceTable:
+        """Another handle on the same table, with its own connection (for a second thread)."""
+        return type(self)(self._connect, self.dialect, self.table)
+
     @property
     def conn(self) -> DBAPIConnection:
         if self._conn is None:

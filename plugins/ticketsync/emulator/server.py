@@ -83,6 +83,8 @@ class EmulatorServer(ThreadingHTTPServer):
         self._store = Store(config.tables)
         self.faults = FaultInjector(config.faults)
         self.stats = Stats()
+        credentials = f"{config.user}:{config.password}".encode()
+        self.expected_authorization = b"Basic " + base64.b64encode(credentials)
         self._connections: set[socket.socket] = set()
         self._connections_lock = threading.Lock()
         if ":" in config.host:
@@ -278,7 +280,11 @@ class EmulatorHandler(BaseHTTPRequestHandler):
         if self.server.faults.config.fail_auth:
             self.server.stats.fault("fail_auth")
             return None
-        scheme, _, encoded = self.headers.get("Authorization", "").partition(" ")
+        header = self.headers.get("Authorization", "")
+        config = self.server.config
+        if hmac.compare_digest(header.encode(), self.server.expected_authorization):
+            return config.user  # the usual spelling of the right credentials: no need to decode them
+        scheme, _, encoded = header.partition(" ")
         if scheme.lower() != "basic":
             return None
         try:
@@ -286,7 +292,6 @@ class EmulatorHandler(BaseHTTPRequestHandler):
         except (binascii.Error, UnicodeDecodeError):
             return None
         user, _, password = decoded.partition(":")
-        config = self.server.config
         user_ok = hmac.compare_digest(user.encode(), config.user.encode())
         password_ok = hmac.compare_digest(password.encode(), config.password.encode())
         return user if user_ok and password_ok else None

@@ -16,14 +16,17 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import urlencode, urlparse
 
 import requests
+import urllib3
 from airflow.providers.http.hooks.http import HttpHook
 from requests.adapters import HTTPAdapter
+from requests.cookies import extract_cookies_to_jar
+from requests.structures import CaseInsensitiveDict
 
 TABLE_NAME = re.compile(r"[a-z0-9_]{1,80}")
 DEFAULT_TIMEOUT = (10.0, 60.0)
@@ -85,6 +88,49 @@ class ExistingRecord:
     created_on: str
 
 
+class _Answer:
+    """One HTTP answer, read in full: what the hook needs of it, with the names ``requests.Response`` uses."""
+
+    __slots__ = ("content", "headers", "reason", "status_code")
+
+    def __init__(self, status_code: int, reason: str, headers: Mapping[str, str], content: bytes) -> None:
+        self.status_code = status_code
+        self.reason = reason
+        self.headers = headers
+        self.content = content
+
+    def json(self) -> Any:
+        return json.loads(self.content)
+
+    @property
+    def text(self) -> str:
+        return self.content.decode("utf-8", "replace")
+
+
+@dataclass(frozen=True)
+class _Route:
+    """Where the hook's requests go: the session's pool, and how requests would call it."""
+
+    pool: urllib3.HTTPConnectionPool
+    absolute: bool  # a plain-http proxy wants the whole URL as the request target
+    origin_length: int  # len("scheme://host:port"): what precedes the request target in a URL
+    timeout: urllib3.Timeout
+    retries: urllib3.Retry
+
+
+def _text_header(value: str | bytes) -> str:
+    return value.decode("latin-1") if isinstance(value, bytes) else value
+
+
+def _transport_error(method: str, exc: BaseException) -> ServiceNowTransientError:
+    """A failure below HTTP (timeout, refused or cut connection, TLS) as requests would have named it."""
+    reason = exc.reason if isinstance(exc, urllib3.exceptions.MaxRetryError) else exc
+    timed_out = isinstance(reason, urllib3.exceptions.TimeoutError | TimeoutError)
+    if timed_out and not isinstance(reason, urllib3.exceptions.NewConnectionError):
+        return ServiceNowTransientError(f"{method} timed out ({type(reason).__name__})")
+    return ServiceNowTransientError(f"{method} connection failed ({_short(exc)})")
+
+
 def _as_bool(value: Any, *, default: bool) -> bool:
     if value is None:
         return default
@@ -127,7 +173,7 @@ def _is_loopback(host: str | None) -> bool:
         return False
 
 
-def _retry_after(response: requests.Response, header: str = "Retry-After") -> float | None:
+def _retry_after(response: _Answer, header: str = "Retry-After") -> float | None:
     value = response.headers.get(header)
     if value is None:
         return None
@@ -137,7 +183,7 @@ def _retry_after(response: requests.Response, header: str = "Retry-After") -> fl
         return None
 
 
-def _error_fields(response: requests.Response) -> tuple[str, str | None]:
+def _error_fields(response: _Answer) -> tuple[str, str | None]:
     """ServiceNow's ``{"error": {"message", "detail"}}``, or the start of whatever else came back."""
     try:
         payload = response.json()
@@ -150,7 +196,7 @@ def _error_fields(response: requests.Response) -> tuple[str, str | None]:
         return (response.reason or "error"), (text or None)
 
 
-def _json_result(response: requests.Response) -> Any:
+def _json_result(response: _Answer) -> Any:
     """The ``result`` of a 2xx answer; an answer that is not a JSON object with ``result`` is not trusted."""
     content_type = response.headers.get("Content-Type", "")
     if "json" not in content_type.lower():
@@ -191,6 +237,8 @@ class ServiceNowHook(HttpHook):
         self._session: requests.Session | None = None
         self._timeout: float | tuple[float, float] = DEFAULT_TIMEOUT
         self._allow_insecure_http = False
+        self._send_settings: Mapping[str, Any] = {}
+        self._fast_route: _Route | None = None
 
     # ----------------------------------------------------------------------------------------------------------
     # session
@@ -204,6 +252,12 @@ class ServiceNowHook(HttpHook):
             session = super().get_conn(headers=headers, extra_options=extra_options)
             session.headers.update({"Accept": "application/json", "Content-Type": "application/json"})
             self._check_transport()
+            # What requests would work out from the environment (proxies, CA bundle) on every request: the same
+            # answer for every request to this one host, so it is worked out once. verify and cert are the
+            # session's own, passed per request, so REQUESTS_CA_BUNDLE cannot silently replace a path or False.
+            self._send_settings = session.merge_environment_settings(
+                self.base_url, {}, False, session.verify, session.cert
+            )
             self._session = session
         return self._session
 
@@ -246,10 +300,41 @@ class ServiceNowHook(HttpHook):
         if self._session is not None:
             self._session.close()
             self._session = None
+            self._fast_route = None
 
     # ----------------------------------------------------------------------------------------------------------
     # one request
     # ----------------------------------------------------------------------------------------------------------
+
+    def _route(self) -> _Route:
+        """The session's keep-alive connection pool for the instance, looked up once per session.
+
+        It is the very pool requests would use for the base URL (TLS verification, client certificate and proxy
+        included), so requests' work per call (preparing the URL, merging settings and cookies, building a
+        ``Response``) is done once here, not on each of thousands of POSTs.
+        """
+        if self._fast_route is None:
+            session = self.get_conn()
+            template = session.prepare_request(requests.Request("GET", self.base_url))
+            settings = self._send_settings
+            adapter = session.get_adapter(self.base_url)
+            if not isinstance(adapter, HTTPAdapter):
+                raise TypeError(f"{type(adapter).__name__} is mounted for {self.base_url}; expected an HTTPAdapter")
+            pool = adapter.get_connection_with_tls_context(
+                template, settings["verify"], proxies=settings["proxies"], cert=settings["cert"]
+            )
+            adapter.cert_verify(pool, self.base_url, settings["verify"], settings["cert"])  # type: ignore[no-untyped-call]
+            if not isinstance(pool, urllib3.HTTPConnectionPool):
+                raise TypeError(f"unexpected connection pool {type(pool).__name__} for {self.base_url}")
+            connect, read = self._timeout if isinstance(self._timeout, tuple) else (self._timeout, self._timeout)
+            self._fast_route = _Route(
+                pool=pool,
+                absolute=adapter.request_url(template, settings["proxies"]) != template.path_url,
+                origin_length=len("{0.scheme}://{0.netloc}".format(urlparse(self.base_url))),
+                timeout=urllib3.Timeout(connect=connect, read=read),
+                retries=adapter.max_retries,
+            )
+        return self._fast_route
 
     def _send(
         self,
@@ -258,23 +343,34 @@ class ServiceNowHook(HttpHook):
         *,
         params: dict[str, str] | None = None,
         body: dict[str, Any] | None = None,
-    ) -> requests.Response:
+    ) -> _Answer:
+        """One request over the session's pool; redirects are not followed (a redirect is not an answer)."""
         session = self.get_conn()
-        url = self.url_from_endpoint(path)
-        data = json.dumps(body, ensure_ascii=False).encode("utf-8") if body is not None else None
+        route = self._route()
+        url = self.url_from_endpoint(path) + (f"?{urlencode(params)}" if params else "")
+        request = requests.PreparedRequest()
+        request.method, request.url = method, url
+        request.headers = CaseInsensitiveDict({name: _text_header(value) for name, value in session.headers.items()})
+        request.body = json.dumps(body, ensure_ascii=False).encode("utf-8") if body is not None else None
+        request.prepare_auth(session.auth, url)  # also sets Content-Length
+        if session.cookies:
+            request.prepare_cookies(session.cookies)
+        target = url if route.absolute else url[route.origin_length:] or "/"
         try:
-            # verify and cert are passed per request: requests lets REQUESTS_CA_BUNDLE override a session's verify.
-            response = session.request(
-                method, url, params=params, data=data, timeout=self._timeout, verify=session.verify, cert=session.cert
+            raw = route.pool.urlopen(
+                method, target, body=request.body, headers=dict(request.headers), redirect=False,
+                assert_same_host=False, preload_content=True, decode_content=True, retries=route.retries,
+                timeout=route.timeout, chunked=False,
             )
-        except requests.Timeout as exc:
-            raise ServiceNowTransientError(f"{method} timed out ({type(exc).__name__})") from exc
-        except requests.ConnectionError as exc:
-            raise ServiceNowTransientError(f"{method} connection failed ({_short(exc)})") from exc
-        self._raise_for_status(response)
-        return response
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise _transport_error(method, exc) from exc
+        if "set-cookie" in raw.headers:
+            extract_cookies_to_jar(session.cookies, request, raw)  # type: ignore[no-untyped-call]
+        answer = _Answer(raw.status, raw.reason or "", raw.headers, raw.data)
+        self._raise_for_status(answer)
+        return answer
 
-    def _raise_for_status(self, response: requests.Response) -> None:
+    def _raise_for_status(self, response: _Answer) -> None:
         status = response.status_code
         if status < 400:
             return
