@@ -28,7 +28,7 @@ from typing import Protocol
 from ticketsync.hooks.servicenow import (
     CreatedRecord,
     ExistingRecord,
-    ServiceNowAuthError,
+    ServiceNowConfigurationError,
     ServiceNowRateLimited,
     ServiceNowRequestError,
     ServiceNowTransientError,
@@ -124,7 +124,7 @@ class CaseLoader:
         self._last_flush = time.monotonic()
         self._in_flight: dict[Future[_Posted], PreparedCase] = {}
         self._retry_ids: list[int] = []
-        self._auth_error: ServiceNowAuthError | None = None
+        self._auth_error: ServiceNowConfigurationError | None = None
 
     # ----------------------------------------------------------------------------------------------------------
     # the run
@@ -270,7 +270,7 @@ class CaseLoader:
             return
         try:
             posted = future.result()
-        except ServiceNowAuthError as exc:
+        except ServiceNowConfigurationError as exc:  # 401 or a bad TLS certificate: stop, retrying cannot help
             self._auth_error = exc
             return
         self.counts.posts += 1
