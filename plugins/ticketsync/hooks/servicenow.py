@@ -175,12 +175,24 @@ class ExistingRecord:
     created_on: str
 
 
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
 def _as_bool(value: Any, *, default: bool) -> bool:
-    if value is None:
+    """A flag from a connection extra; missing or blank means the default (never a silent ``False``)."""
+    if value is None or (isinstance(value, str) and not value.strip()):
         return default
     if isinstance(value, bool):
         return value
-    return str(value).strip().lower() in ("1", "true", "yes", "on")
+    return str(value).strip().lower() in _TRUE
+
+
+def _verify(value: Any) -> bool | str:
+    """The ``verify`` extra: true/false, or a CA bundle path; missing or blank means verify with the default CAs."""
+    if isinstance(value, str) and value.strip() and value.strip().lower() not in _TRUE + _FALSE:
+        return value
+    return _as_bool(value, default=True)
 
 
 def _timeout(value: Any) -> float | tuple[float, float]:
@@ -290,16 +302,16 @@ class ServiceNowHook(HttpHook):
         """Read the extras we know by name; unlike ``HttpHook``, never turn the other extras into headers."""
         extra = dict(connection.extra_dejson)
         extra.update(extra_options or {})
-        verify = extra.get("verify", extra.get("verify_ssl"))
-        if isinstance(verify, str) and verify.strip().lower() not in ("true", "false", "1", "0", "yes", "no"):
+        verify = _verify(extra.get("verify", extra.get("verify_ssl")))
+        if isinstance(verify, str):
             if not os.path.exists(verify):
                 raise ValueError(
                     f"connection {self.servicenow_conn_id!r}: the CA bundle in extra 'verify' does not exist: {verify}"
                 )
             session.verify = verify  # a CA bundle file or directory
         else:
-            session.verify = _as_bool(verify, default=True)
-            if session.verify is False:
+            session.verify = verify
+            if verify is False:
                 self.log.warning(
                     "TLS certificate verification is OFF for connection %r (extra verify=false): "
                     "use it only against a test instance", self.servicenow_conn_id,
