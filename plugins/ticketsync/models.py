@@ -75,6 +75,8 @@ def _clean_text(value: str) -> str:
         if unicodedata.category(char) == "Cc" and char not in _ALLOWED_CONTROLS:
             raise ValueError(f"contains control character U+{ord(char):04X} at position {position}")
         if unicodedata.category(char) == "Cs":
+            if 0xDC80 <= ord(char) <= 0xDCFF:  # how the SQLite reader carries a byte that is not UTF-8
+                raise ValueError(f"is not valid UTF-8 (byte 0x{ord(char) - 0xDC00:02X} at position {position})")
             raise ValueError(f"contains an unpaired surrogate U+{ord(char):04X} at position {position}")
     return value
 
