@@ -12,6 +12,7 @@ import hmac
 import secrets
 import threading
 import time
+from collections import deque
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -32,6 +33,7 @@ class TokenIssuer:
         self._tokens: dict[str, tuple[str, float]] = {}  # token -> (user, expires at, monotonic)
         self._lifetime = lifetime
         self._requests = self._issued = self._refused = self._revoked = 0
+        self._recent: deque[str] = deque(maxlen=1000)  # for tests that check no token leaks anywhere
 
     @property
     def lifetime(self) -> float:
@@ -49,6 +51,7 @@ class TokenIssuer:
             self._requests += 1
             self._issued += 1
             self._tokens[token] = (user, time.monotonic() + self._lifetime)
+            self._recent.append(token)
             return token, self._lifetime
 
     def refuse(self) -> None:
@@ -75,9 +78,15 @@ class TokenIssuer:
             self._revoked += count
             return count
 
+    def recent_tokens(self) -> list[str]:
+        """The last 1,000 tokens issued, live or not."""
+        with self._lock:
+            return list(self._recent)
+
     def reset(self) -> None:
         with self._lock:
             self._tokens.clear()
+            self._recent.clear()
             self._requests = self._issued = self._refused = self._revoked = 0
 
     def snapshot(self) -> dict[str, Any]:

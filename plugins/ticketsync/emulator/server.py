@@ -400,6 +400,10 @@ class RunningEmulator:
         """Invalidate every OAuth token issued so far; returns how many were live."""
         return self._server.oauth.revoke_all()
 
+    def issued_tokens(self) -> list[str]:
+        """The last 1,000 OAuth access tokens issued (so a test can check none of them leaked)."""
+        return self._server.oauth.recent_tokens()
+
     def set_token_lifetime(self, seconds: float) -> None:
         """The lifetime of OAuth tokens issued from now on."""
         self._server.oauth.set_lifetime(seconds)
