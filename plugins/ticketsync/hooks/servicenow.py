@@ -446,7 +446,7 @@ class ServiceNowHook(HttpHook):
         response = self._request(session, "POST", self.url_from_endpoint(TOKEN_PATH), data=oauth.form(),
                                  headers=headers)
         status = response.status_code
-        if status in (400, 401, 403):
+        if 400 <= status < 500 and status not in (408, 429):  # any refusal is about the configuration
             reason = _oauth_error(response)
             raise ServiceNowAuthError(
                 f"{status} OAuth token request refused ({reason}): check client_id and client_secret"
