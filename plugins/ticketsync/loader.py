@@ -30,7 +30,7 @@ from typing import Protocol
 from ticketsync.hooks.servicenow import (
     CreatedRecord,
     ExistingRecord,
-    ServiceNowAuthError,
+    ServiceNowConfigurationError,
     ServiceNowRateLimited,
     ServiceNowRequestError,
     ServiceNowTransientError,
@@ -129,7 +129,7 @@ class CaseLoader:
         # Finished (or cancelled) POSTs, in the order they finished: one queue instead of waiting on every future.
         self._done: queue.SimpleQueue[Future[_Posted]] = queue.SimpleQueue()
         self._retry_ids: list[int] = []
-        self._auth_error: ServiceNowAuthError | None = None
+        self._auth_error: ServiceNowConfigurationError | None = None
         self._writer: _OutcomeWriter | None = None
 
     # ----------------------------------------------------------------------------------------------------------
@@ -294,7 +294,7 @@ class CaseLoader:
             return
         try:
             posted = future.result()
-        except ServiceNowAuthError as exc:
+        except ServiceNowConfigurationError as exc:  # 401 or a bad TLS certificate: stop, retrying cannot help
             self._auth_error = exc
             return
         self.counts.posts += 1

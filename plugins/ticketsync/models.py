@@ -59,7 +59,8 @@ class SyncAction(StrEnum):
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _preview(value: str, limit: int = 40) -> str:
+def preview(value: str, limit: int = 40) -> str:
+    """How messages quote a value: its first `limit` characters, escaped."""
     shown = value if len(value) <= limit else value[:limit] + "…"
     return repr(shown)
 
@@ -78,6 +79,8 @@ def _clean_text(value: str) -> str:
         return value
     char, position = found.group(), found.start()
     if unicodedata.category(char) == "Cs":
+        if 0xDC80 <= ord(char) <= 0xDCFF:  # how the SQLite reader carries a byte that is not UTF-8
+            raise ValueError(f"is not valid UTF-8 (byte 0x{ord(char) - 0xDC00:02X} at position {position})")
         raise ValueError(f"contains an unpaired surrogate U+{ord(char):04X} at position {position}")
     raise ValueError(f"contains control character U+{ord(char):04X} at position {position}")
 
@@ -100,7 +103,7 @@ def _max_length(limit: int) -> Callable[[str], str]:
 def _sys_id(value: str) -> str:
     candidate = value.strip().lower()
     if not SYS_ID_PATTERN.fullmatch(candidate):
-        raise ValueError(f"must be a 32-character hexadecimal sys_id, got {_preview(value)}")
+        raise ValueError(f"must be a 32-character hexadecimal sys_id, got {preview(value)}")
     return candidate
 
 
@@ -108,14 +111,14 @@ def _request_id(value: str) -> str:
     if value != value.strip():
         raise ValueError("must not start or end with whitespace")
     if not REQUEST_ID_PATTERN.fullmatch(value):
-        raise ValueError(f"may only contain letters, digits and . _ : / # @ + -, got {_preview(value)}")
+        raise ValueError(f"may only contain letters, digits and . _ : / # @ + -, got {preview(value)}")
     return value
 
 
 def _contact_type(value: str) -> str:
     candidate = value.strip().lower()
     if candidate not in CONTACT_TYPES:
-        raise ValueError(f"must be one of {', '.join(CONTACT_TYPES)}, got {_preview(value)}")
+        raise ValueError(f"must be one of {', '.join(CONTACT_TYPES)}, got {preview(value)}")
     return candidate
 
 
@@ -128,7 +131,7 @@ def _category(value: Any) -> str:
         return candidate
     if candidate in CATEGORY_LABELS:
         return CATEGORY_LABELS[candidate]
-    raise ValueError(f"must be 0/1/2 or Question/Issue/Feature, got {_preview(str(value))}")
+    raise ValueError(f"must be 0/1/2 or Question/Issue/Feature, got {preview(str(value))}")
 
 
 def _strip_not_blank(value: str) -> str:

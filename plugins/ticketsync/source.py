@@ -197,6 +197,10 @@ class SourceTable:
             if isinstance(conn, sqlite3.Connection):
                 conn.isolation_level = None  # we issue BEGIN ourselves
                 conn.execute("PRAGMA busy_timeout = 30000")
+                # SQLite stores whatever bytes a producer put in a TEXT column; the default decoder raises on
+                # invalid UTF-8 and would stop every row of the chunk. Undecodable bytes become lone surrogates
+                # instead, which validation rejects on that row and column alone.
+                conn.text_factory = _decode_text
             self._conn = conn
         return self._conn
 
@@ -441,7 +445,7 @@ class SourceTable:
         )
         with self._transaction() as cursor:
             cursor.execute(statement, (token, *statuses, limit))
-            return [(str(r[0]), str(r[1]), str(r[2])) for r in cursor.fetchall()]
+            return [(_printable(r[0]), str(r[1]), str(r[2])) for r in cursor.fetchall()]
 
     def backlog(self) -> dict[str, int]:
         """The whole table by status: what is still pending after this run, and everything else."""
@@ -576,6 +580,15 @@ def _stored(values: Sequence[Any]) -> StoredRequest:
         row=_row(values[:width]), status=str(status), sys_id=sys_id, number=number, sync_action=sync_action,
         claim_token=token, lease_live=bool(live),
     )
+
+
+def _decode_text(raw: bytes) -> str:
+    return raw.decode("utf-8", "surrogateescape")
+
+
+def _printable(value: Any) -> str:
+    """A producer's value as safe text for logs and alerts: undecodable bytes shown as escapes, not raised on."""
+    return str(value).encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _lease(seconds: float, dialect: Dialect) -> Any:

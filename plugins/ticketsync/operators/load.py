@@ -8,7 +8,7 @@ from typing import Any
 from airflow.sdk import Context
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
-from ticketsync.hooks.servicenow import ServiceNowAuthError, ServiceNowHook, ServiceNowRequestError
+from ticketsync.hooks.servicenow import ServiceNowConfigurationError, ServiceNowHook, ServiceNowRequestError
 from ticketsync.loader import CaseLoader, LoadSettings, ServiceNowUnavailable
 from ticketsync.operators.base import SourceTaskOperator, claim_token
 from ticketsync.operators.runinfo import LoadRunInfoMixin, as_bool, as_list
@@ -21,7 +21,8 @@ class ServiceNowLoadOperator(LoadRunInfoMixin, SourceTaskOperator):
     Built on :class:`~ticketsync.hooks.servicenow.ServiceNowHook` rather than ``HttpOperator``: one task sends
     thousands of requests over one pooled session, and owns the look-up-before-create that makes it idempotent.
 
-    * 401, or a refused look-up (read ACL, unknown table), fails the task at once (:class:`AirflowFailException`:
+    * 401, a refused OAuth token, a TLS certificate that fails verification, or a refused look-up (read ACL,
+      unknown table), fails the task at once (:class:`AirflowFailException`:
       wrong credentials must not burn retries);
     * an instance that cannot be reached for a look-up, or rows still failing transiently after the in-task retry
       rounds, fail the task normally, so Airflow retries it; the retry takes the same rows, looks them up first, and
@@ -128,7 +129,7 @@ class ServiceNowLoadOperator(LoadRunInfoMixin, SourceTaskOperator):
             with self.open_source() as source:
                 loader = CaseLoader(hook, source, token, settings)
                 counts = loader.run()
-        except ServiceNowAuthError as exc:
+        except ServiceNowConfigurationError as exc:  # 401, refused OAuth token, failed TLS verification
             raise AirflowFailException(str(exc)) from exc
         except ServiceNowRequestError as exc:
             # Only a look-up raises this out of the loader (a refused POST fails its row, not the task): without
