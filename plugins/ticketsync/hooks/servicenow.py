@@ -490,6 +490,7 @@ class ServiceNowHook(HttpHook):
         body: dict[str, Any] | None = None,
     ) -> _Answer:
         """One request over the session's pool; redirects are not followed (a redirect is not an answer)."""
+        self.get_conn()  # reads the connection, OAuth settings included, on first use
         url = self.url_from_endpoint(path) + (f"?{urlencode(params)}" if params else "")
         data = json.dumps(body, ensure_ascii=False).encode("utf-8") if body is not None else None
         token = self._access_token() if self._oauth is not None else None
