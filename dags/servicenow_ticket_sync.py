@@ -27,6 +27,9 @@ ServiceNow (connection `servicenow_default`), or are rejected with a reason nami
 | `load` | looks up each chunk by `correlation_id` (= `request_id`), adopts existing records, creates the rest |
 | `report` | logs claimed / created / adopted / rejected / failed / still pending; fails the run if a row failed |
 
+`load` is mapped: `loaders` instances (one by default), loader *i* taking the claimed rows with
+`id % loaders = i`, so on the CeleryExecutor several workers share one run's backlog without overlap.
+
 Clearing and rerunning any task is safe: rows are claimed under this run's token, every create is preceded by a
 look-up on `correlation_id`, and outcomes are written back as they arrive. See the README for the status lifecycle.
 
@@ -85,14 +88,21 @@ with DAG(
         "lease_seconds": Param(
             900, type="integer", minimum=10, title="Lease (seconds)", description="How long a claim holds a row"
         ),
+        "loaders": Param(
+            1, type="integer", minimum=1, maximum=16, title="Loaders",
+            description="Mapped load tasks sharing the claim, each keeping max_in_flight requests in flight (on the "
+            "CeleryExecutor they spread over the workers). Size loaders x max_in_flight to the instance's API "
+            "semaphores.",
+        ),
     },
 ) as dag:
     extract = ClaimRequestsOperator(
         task_id="extract", limit="{{ params.limit }}", lease_seconds="{{ params.lease_seconds }}",
-        is_dry_run="{{ params.dry_run }}", request_ids="{{ params.request_ids }}",
+        is_dry_run="{{ params.dry_run }}", request_ids="{{ params.request_ids }}", loaders="{{ params.loaders }}",
     )
     transform = ValidateRequestsOperator(task_id="transform", is_dry_run="{{ params.dry_run }}")
-    load = ServiceNowLoadOperator(
+    # One loader per shard index that extract returns; a retry of loader i takes shard i again.
+    load = ServiceNowLoadOperator.partial(
         task_id="load",
         chunk_size="{{ params.chunk_size }}",
         max_in_flight="{{ params.max_in_flight }}",
@@ -100,7 +110,11 @@ with DAG(
         lease_seconds="{{ params.lease_seconds }}",
         is_dry_run="{{ params.dry_run }}", limit="{{ params.limit }}", request_ids="{{ params.request_ids }}",
         inlets=[source_asset()], outlets=[servicenow_asset()],
+        shard_count="{{ params.loaders }}",
+        map_index_template="shard {{ task.shard_index }} of {{ task.shard_count }}",
+    ).expand(shard_index=extract.output)
+    report = SyncReportOperator(
+        task_id="report", load_task_id="load", shards_task_id="extract", is_dry_run="{{ params.dry_run }}"
     )
-    report = SyncReportOperator(task_id="report", load_task_id="load", is_dry_run="{{ params.dry_run }}")
 
     extract >> transform >> load >> report

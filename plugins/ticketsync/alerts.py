@@ -172,6 +172,8 @@ def run_rows(context: Any) -> tuple[dict[str, int], list[tuple[str, str, str]]]:
         log.warning("alert without counts: the source table could not be read (%s)", _one_line(exc, 200))
         return {}, []
     counts["claimed"] = sum(counts.values())
+    for key, _ in COUNT_LABELS:
+        counts.setdefault(key, 0)
     return counts, [(_one_line(r, 100), s, _one_line(e)) for r, s, e in errors]
 
 

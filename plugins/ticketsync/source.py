@@ -9,6 +9,10 @@ LOCKED`` so concurrent claimers never block on, or take, each other's rows; on S
 serialises writers. Before a row is sent its lease is renewed in the same statement that reads it, and only rows
 whose claim is still held come back, so a row whose lease ran out and was taken by another run is never sent twice
 at once.
+
+A run's claim can be split between several loaders (mapped tasks, perhaps on several machines): loader ``i`` of
+``n`` passes ``Shard(i, n)`` and takes, renews and releases only the rows with ``id % n = i``, so the loaders of one
+run never take the same row, and a retry of loader ``i`` takes shard ``i`` again.
 """
 
 from __future__ import annotations
@@ -97,11 +101,24 @@ class ReplayResult:
 
 
 @dataclass(frozen=True)
+class Shard:
+    """Loader ``index`` of ``count`` loaders sharing one claim: it handles the rows with ``id % count = index``."""
+
+    index: int
+    count: int
+
+    def __post_init__(self) -> None:
+        if self.count < 1 or not 0 <= self.index < self.count:
+            raise ValueError(f"invalid shard {self.index} of {self.count}: need 0 <= index < count")
+
+
+@dataclass(frozen=True)
 class _Sql:
     now: str
     lease_until: str  # takes one parameter: the lease in seconds
     skip_locked: str
     begin: str | None
+    modulo: str  # takes one parameter: the divisor (psycopg reads a bare % as a placeholder, so PostgreSQL uses MOD)
 
 
 _SQL = {
@@ -110,12 +127,14 @@ _SQL = {
         lease_until="now() + ? * interval '1 second'",
         skip_locked="FOR UPDATE SKIP LOCKED",
         begin=None,
+        modulo="MOD(id, ?)",
     ),
     Dialect.SQLITE: _Sql(
         now="strftime('%Y-%m-%dT%H:%M:%fZ', 'now')",
         lease_until="strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '+' || ? || ' seconds')",
         skip_locked="",
         begin="BEGIN IMMEDIATE",
+        modulo="(id % ?)",
     ),
 }
 
@@ -167,6 +186,10 @@ class SourceTable:
             return cls(SqliteHook(sqlite_conn_id=conn_id).get_conn, Dialect.SQLITE, table)  # type: ignore[no-untyped-call]
         raise ValueError(f"connection {conn_id!r} has conn_type {conn_type!r}; ticketsync supports postgres and sqlite")
 
+    def clone(self) -> SourceTable:
+        """Another handle on the same table, with its own connection (for a second thread)."""
+        return type(self)(self._connect, self.dialect, self.table)
+
     @property
     def conn(self) -> DBAPIConnection:
         if self._conn is None:
@@ -174,6 +197,10 @@ class SourceTable:
             if isinstance(conn, sqlite3.Connection):
                 conn.isolation_level = None  # we issue BEGIN ourselves
                 conn.execute("PRAGMA busy_timeout = 30000")
+                # SQLite stores whatever bytes a producer put in a TEXT column; the default decoder raises on
+                # invalid UTF-8 and would stop every row of the chunk. Undecodable bytes become lone surrogates
+                # instead, which validation rejects on that row and column alone.
+                conn.text_factory = _decode_text
             self._conn = conn
         return self._conn
 
@@ -191,6 +218,12 @@ class SourceTable:
     def _q(self, sql: str) -> str:
         """Statements are written with ``?``; psycopg wants ``%s``."""
         return sql.replace("?", "%s") if self.dialect is Dialect.POSTGRES else sql
+
+    def _shard_filter(self, shard: Shard | None) -> tuple[str, tuple[int, ...]]:
+        """`` AND id % count = index`` and its parameters, or nothing when the loader has the whole claim."""
+        if shard is None or shard.count == 1:
+            return "", ()
+        return f" AND {self._sql.modulo} = ?", (shard.count, shard.index)
 
     @contextmanager
     def _transaction(self) -> Iterator[Any]:
@@ -293,51 +326,62 @@ class SourceTable:
             yield rows
             after = rows[-1].id
 
-    def take_chunk(self, token: str, *, after: int, size: int, lease_seconds: float) -> list[SourceRow]:
+    def take_chunk(
+        self, token: str, *, after: int, size: int, lease_seconds: float, shard: Shard | None = None
+    ) -> list[SourceRow]:
         """Renew the lease on the next ``size`` pending rows the token still holds and return them, in id order.
 
-        This is the guard before sending: a row whose claim was lost is not returned, so it is not sent.
+        This is the guard before sending: a row whose claim was lost is not returned, so it is not sent. With a
+        ``shard``, only that shard's rows of the claim are taken.
         """
         sql = self._sql
         columns = ", ".join(ROW_COLUMNS)
+        in_shard, shard_params = self._shard_filter(shard)
         statement = f"""
             WITH picked AS (
                 SELECT id FROM {self.table}
-                 WHERE claim_token = ? AND status = 'pending' AND id > ?
+                 WHERE claim_token = ? AND status = 'pending' AND id > ?{in_shard}
                  ORDER BY id LIMIT ? {sql.skip_locked})
             UPDATE {self.table}
                SET lease_expires_at = {sql.lease_until}, updated_at = {sql.now}
              WHERE id IN (SELECT id FROM picked) AND claim_token = ? AND status = 'pending'
             RETURNING {columns}"""
+        params = (token, after, *shard_params, size, _lease(lease_seconds, self.dialect), token)
         with self._transaction() as cursor:
-            cursor.execute(self._q(statement), (token, after, size, _lease(lease_seconds, self.dialect), token))
+            cursor.execute(self._q(statement), params)
             rows = [_row(values) for values in cursor.fetchall()]
         return sorted(rows, key=lambda row: row.id)
 
-    def take_rows(self, token: str, ids: Sequence[int], *, lease_seconds: float) -> list[SourceRow]:
+    def take_rows(
+        self, token: str, ids: Sequence[int], *, lease_seconds: float, shard: Shard | None = None
+    ) -> list[SourceRow]:
         """Like :meth:`take_chunk`, for the given rows (a retry round): renew and return those still held."""
         if not ids:
             return []
         sql = self._sql
         columns = ", ".join(ROW_COLUMNS)
+        in_shard, shard_params = self._shard_filter(shard)
         statement = f"""
             UPDATE {self.table}
                SET lease_expires_at = {sql.lease_until}, updated_at = {sql.now}
-             WHERE claim_token = ? AND status = 'pending' AND id IN ({_placeholders(len(ids))})
+             WHERE claim_token = ? AND status = 'pending' AND id IN ({_placeholders(len(ids))}){in_shard}
             RETURNING {columns}"""
         with self._transaction() as cursor:
-            cursor.execute(self._q(statement), (_lease(lease_seconds, self.dialect), token, *ids))
+            cursor.execute(self._q(statement), (_lease(lease_seconds, self.dialect), token, *ids, *shard_params))
             rows = [_row(values) for values in cursor.fetchall()]
         return sorted(rows, key=lambda row: row.id)
 
-    def release(self, token: str) -> int:
-        """End the lease on every row the token still holds pending, so the next run need not wait for it."""
+    def release(self, token: str, *, shard: Shard | None = None) -> int:
+        """End the lease on every row the token (or its ``shard``) still holds pending, so the next run need not
+        wait for it. A loader releases only its own shard: the other loaders of the run may still be sending theirs.
+        """
         now = self._sql.now
+        in_shard, shard_params = self._shard_filter(shard)
         statement = self._q(
-            f"UPDATE {self.table} SET lease_expires_at = {now} WHERE claim_token = ? AND status = 'pending'"
+            f"UPDATE {self.table} SET lease_expires_at = {now} WHERE claim_token = ? AND status = 'pending'{in_shard}"
         )
         with self._transaction() as cursor:
-            cursor.execute(statement, (token,))
+            cursor.execute(statement, (token, *shard_params))
             return int(cursor.rowcount or 0)
 
     # ----------------------------------------------------------------------------------------------------------
@@ -401,7 +445,7 @@ class SourceTable:
         )
         with self._transaction() as cursor:
             cursor.execute(statement, (token, *statuses, limit))
-            return [(str(r[0]), str(r[1]), str(r[2])) for r in cursor.fetchall()]
+            return [(_printable(r[0]), str(r[1]), str(r[2])) for r in cursor.fetchall()]
 
     def backlog(self) -> dict[str, int]:
         """The whole table by status: what is still pending after this run, and everything else."""
@@ -536,6 +580,15 @@ def _stored(values: Sequence[Any]) -> StoredRequest:
         row=_row(values[:width]), status=str(status), sys_id=sys_id, number=number, sync_action=sync_action,
         claim_token=token, lease_live=bool(live),
     )
+
+
+def _decode_text(raw: bytes) -> str:
+    return raw.decode("utf-8", "surrogateescape")
+
+
+def _printable(value: Any) -> str:
+    """A producer's value as safe text for logs and alerts: undecodable bytes shown as escapes, not raised on."""
+    return str(value).encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _lease(seconds: float, dialect: Dialect) -> Any:

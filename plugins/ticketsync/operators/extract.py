@@ -16,15 +16,19 @@ from ticketsync.source import SourceTable
 class ClaimRequestsOperator(SourceTaskOperator):
     """Create ``ticket_requests`` if missing and claim up to ``limit`` pending rows in chunks, under a lease.
 
-    Idempotent: a retry re-claims the rows this run already holds. Returns ``{"claimed": n}``.
+    Idempotent: a retry re-claims the rows this run already holds. Returns the shard indexes ``[0, …, loaders-1]``
+    that the mapped load expands over (each loader takes the rows with ``id % loaders = index``; Airflow maps only
+    over a return value), and pushes the number of rows claimed under the XCom key ``claimed``.
 
     ``request_ids`` (a replay): claim exactly those rows instead, whatever their status, after resetting them to
     ``pending`` with their previous state kept in ``<table>_replays`` (see :meth:`SourceTable.replay`).
-    ``is_dry_run``: only count what would be claimed (plain SELECTs; no table is created, no row touched).
+    ``is_dry_run``: only count what would be claimed (plain SELECTs; no table is created, no row touched), and
+    return ``[0]``: one loader plans the whole selection.
     """
 
     template_fields = (
-        *SourceTaskOperator.template_fields, "limit", "chunk_size", "lease_seconds", "is_dry_run", "request_ids"
+        *SourceTaskOperator.template_fields, "limit", "chunk_size", "lease_seconds", "loaders", "is_dry_run",
+        "request_ids",
     )
     ui_color = "#e8f4fd"
 
@@ -34,6 +38,7 @@ class ClaimRequestsOperator(SourceTaskOperator):
         limit: int | str = 10_000,
         chunk_size: int | str = 500,
         lease_seconds: float | str = 900,
+        loaders: int | str = 1,
         is_dry_run: bool | str = False,
         request_ids: list[str] | str | None = None,
         **kwargs: Any,
@@ -42,14 +47,20 @@ class ClaimRequestsOperator(SourceTaskOperator):
         self.limit = limit
         self.chunk_size = chunk_size
         self.lease_seconds = lease_seconds
+        self.loaders = loaders
         self.is_dry_run = is_dry_run
         self.request_ids = request_ids
 
-    def execute(self, context: Context) -> dict[str, int]:
+    def execute(self, context: Context) -> list[int]:
         token = claim_token(context)
+        loaders = int(self.loaders)
+        if loaders < 1:
+            raise ValueError(f"loaders must be at least 1, got {loaders}")
         request_ids = as_list(self.request_ids)
         if as_bool(self.is_dry_run):
-            return self.dry_run_count(request_ids)
+            context["ti"].xcom_push(key="claimed", value=0)
+            context["ti"].xcom_push(key="selected", value=self.dry_run_count(request_ids))
+            return [0]
         with self.open_source() as source:
             source.ensure_schema()
             if request_ids:
@@ -60,8 +71,10 @@ class ClaimRequestsOperator(SourceTaskOperator):
                     lease_seconds=float(self.lease_seconds),
                 )
             backlog = source.backlog()
-        self.log.info("claimed %d pending requests for %s; table by status: %s", claimed, token, backlog)
-        return {"claimed": claimed}
+        self.log.info("claimed %d pending requests for %s, to be sent by %d loaders; table by status: %s",
+                      claimed, token, loaders, backlog)
+        context["ti"].xcom_push(key="claimed", value=claimed)
+        return list(range(loaders))
 
     def replay(self, source: SourceTable, token: str, request_ids: list[str]) -> int:
         try:
@@ -80,7 +93,7 @@ class ClaimRequestsOperator(SourceTaskOperator):
             self.log.warning("not replayed, held by another run under a live lease: %s", ", ".join(result.busy))
         return result.claimed
 
-    def dry_run_count(self, request_ids: list[str]) -> dict[str, int]:
+    def dry_run_count(self, request_ids: list[str]) -> int:
         with self.open_source() as source:
             selected = sum(
                 len(rows)
@@ -89,4 +102,4 @@ class ClaimRequestsOperator(SourceTaskOperator):
                 )
             )
         self.log.info("dry run: a run would claim %d rows; nothing was claimed", selected)
-        return {"claimed": 0, "selected": selected}
+        return selected

@@ -8,10 +8,11 @@ from typing import Any
 from airflow.sdk import Context
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
-from ticketsync.hooks.servicenow import ServiceNowAuthError, ServiceNowHook, ServiceNowRequestError
+from ticketsync.hooks.servicenow import ServiceNowConfigurationError, ServiceNowHook, ServiceNowRequestError
 from ticketsync.loader import CaseLoader, LoadSettings, ServiceNowUnavailable
 from ticketsync.operators.base import SourceTaskOperator, claim_token
 from ticketsync.operators.runinfo import LoadRunInfoMixin, as_bool, as_list
+from ticketsync.source import Shard
 
 
 class ServiceNowLoadOperator(LoadRunInfoMixin, SourceTaskOperator):
@@ -20,14 +21,25 @@ class ServiceNowLoadOperator(LoadRunInfoMixin, SourceTaskOperator):
     Built on :class:`~ticketsync.hooks.servicenow.ServiceNowHook` rather than ``HttpOperator``: one task sends
     thousands of requests over one pooled session, and owns the look-up-before-create that makes it idempotent.
 
-    * 401, or a refused look-up (read ACL, unknown table), fails the task at once (:class:`AirflowFailException`:
+    * 401, a refused OAuth token, a TLS certificate that fails verification, or a refused look-up (read ACL,
+      unknown table), fails the task at once (:class:`AirflowFailException`:
       wrong credentials must not burn retries);
     * an instance that cannot be reached for a look-up, or rows still failing transiently after the in-task retry
       rounds, fail the task normally, so Airflow retries it; the retry takes the same rows, looks them up first, and
       never creates a second record;
     * returns the per-outcome counts (XCom carries counts, never bodies);
-    * ``is_dry_run``: looks the rows a run would take up (GET only) and returns the plan; writes nothing;
+    * ``is_dry_run``: looks the rows a run would take up (GET only) and returns the plan; writes nothing (extract
+      then plans a single loader, which plans the whole selection);
     * reports OpenLineage facets and the "ServiceNow records" extra link (:class:`LoadRunInfoMixin`).
+
+    Scale-out: as a mapped task (``.partial(shard_count=N).expand(shard_index=[0, …, N-1])``) each of the N loaders
+    takes only the rows of the run's claim with ``id % N = shard_index``, so the N task instances (on any workers)
+    never take the same row, and a retry of loader ``i`` takes shard ``i`` again. Unmapped (``shard_index`` None),
+    one loader takes the whole claim.
+
+    Pace: ``rate_limit`` (requests per second) overrides the connection's ``rate_limit`` extra; either is the total
+    for the integration user, so each of the N loaders keeps to ``rate_limit / N``. ``max_in_flight`` is per
+    loader: N loaders keep up to ``N * max_in_flight`` requests in flight.
     """
 
     template_fields = (
@@ -41,6 +53,8 @@ class ServiceNowLoadOperator(LoadRunInfoMixin, SourceTaskOperator):
         "is_dry_run",
         "limit",
         "request_ids",
+        "shard_index",
+        "shard_count",
     )
     ui_color = "#e6f5e6"
 
@@ -58,6 +72,8 @@ class ServiceNowLoadOperator(LoadRunInfoMixin, SourceTaskOperator):
         is_dry_run: bool | str = False,
         limit: int | str = 10_000,
         request_ids: list[str] | str | None = None,
+        shard_index: int | str | None = None,
+        shard_count: int | str = 1,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -72,30 +88,48 @@ class ServiceNowLoadOperator(LoadRunInfoMixin, SourceTaskOperator):
         self.is_dry_run = is_dry_run
         self.limit = limit  # read by a dry run only: a real load takes what extract claimed
         self.request_ids = request_ids
+        self.shard_index = shard_index
+        self.shard_count = shard_count
 
-    def settings(self) -> LoadSettings:
+    def shard(self) -> Shard | None:
+        """This loader's share of the claim, or None for the whole of it (an unmapped load)."""
+        index = self.shard_index
+        if index is None or index in ("", "None"):
+            return None
+        return Shard(int(index), int(self.shard_count))
+
+    def settings(self, connection_rate_limit: float | None = None) -> LoadSettings:
+        """The loader's settings; the run's rate (this operator's, else the connection's) split between loaders."""
+        shard = self.shard()
+        total_rate = _positive(self.rate_limit) or connection_rate_limit
         return LoadSettings(
             chunk_size=int(self.chunk_size),
             max_in_flight=int(self.max_in_flight),
             max_attempts=int(self.max_attempts),
             lease_seconds=float(self.lease_seconds),
-            rate_limit=float(self.rate_limit) if self.rate_limit not in (None, "", "None", 0, "0") else None,
+            rate_limit=total_rate / (shard.count if shard else 1) if total_rate else None,
             retry_rounds=self.retry_rounds,
             backoff_base=self.backoff_base,
+            shard=shard,
         )
 
     def execute(self, context: Context) -> dict[str, Any]:
         if as_bool(self.is_dry_run):
             return self.dry_run_load(context, as_list(self.request_ids))
-        settings = self.settings()
         token = claim_token(context)
-        hook = ServiceNowHook(self.servicenow_conn_id, pool_size=settings.max_in_flight)
+        hook = ServiceNowHook(self.servicenow_conn_id, pool_size=int(self.max_in_flight))
         started, loader = datetime.now(UTC), None
         try:
+            settings = self.settings(hook.rate_limit())
+            self.log.info(
+                "loading %s: %s, up to %d requests in flight, pace %s", token,
+                f"shard {settings.shard.index} of {settings.shard.count}" if settings.shard else "the whole claim",
+                settings.max_in_flight, f"{settings.rate_limit:g}/s" if settings.rate_limit else "unlimited",
+            )
             with self.open_source() as source:
                 loader = CaseLoader(hook, source, token, settings)
                 counts = loader.run()
-        except ServiceNowAuthError as exc:
+        except ServiceNowConfigurationError as exc:  # 401, refused OAuth token, failed TLS verification
             raise AirflowFailException(str(exc)) from exc
         except ServiceNowRequestError as exc:
             # Only a look-up raises this out of the loader (a refused POST fails its row, not the task): without
@@ -113,3 +147,13 @@ class ServiceNowLoadOperator(LoadRunInfoMixin, SourceTaskOperator):
                 "why); the task retry or the next run takes them again, looking each up before any new POST"
             )
         return counts.as_dict()
+
+
+def _positive(value: float | str | None) -> float | None:
+    """An optional templated number: None, empty, "None" and 0 mean "not set"."""
+    if value is None or value in ("", "None"):
+        return None
+    number = float(value)
+    if number < 0:
+        raise ValueError(f"rate_limit must not be negative, got {value!r}")
+    return number or None

@@ -43,15 +43,27 @@ class SyncReportOperator(SourceTaskOperator):
     rejected or failed, and when the oldest pending row is too old (a stuck backlog). A run that fails here alerts
     through the failure callback instead, with the threshold findings in its message: one alert per run.
     ``is_dry_run``: prints the load's plan and writes nothing.
+
+    A mapped load (one loader per shard): ``shards_task_id`` names the task whose return value the load expanded
+    over (the extract), and every one of those loaders must have returned its counts, or the run fails; their
+    counters (posts, look-ups, 429s…) are summed into the log.
     """
 
-    template_fields = (*SourceTaskOperator.template_fields, "load_task_id", "is_dry_run")
+    template_fields = (*SourceTaskOperator.template_fields, "load_task_id", "shards_task_id", "is_dry_run")
     ui_color = "#f3e8fd"
 
-    def __init__(self, *, load_task_id: str = "load", is_dry_run: bool | str = False, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        load_task_id: str = "load",
+        shards_task_id: str | None = None,
+        is_dry_run: bool | str = False,
+        **kwargs: Any,
+    ) -> None:
         kwargs.setdefault("trigger_rule", "all_done")
         super().__init__(**kwargs)
         self.load_task_id = load_task_id
+        self.shards_task_id = shards_task_id
         self.is_dry_run = is_dry_run
 
     def execute(self, context: Context) -> dict[str, Any]:
@@ -71,12 +83,12 @@ class SyncReportOperator(SourceTaskOperator):
         self.log.info("ticket sync %s\n%s", token, format_summary(counts, backlog))
         for request_id, status, error in errors:
             self.log.info("%s %s: %s", status, request_id, error)
-        loaded = context["ti"].xcom_pull(task_ids=self.load_task_id)
-        if loaded is None or (isinstance(loaded, list) and any(part is None for part in loaded)):
+        missing = self._unfinished_loads(context)
+        if missing:
             # The report is the DAG's leaf: if it succeeded here, a failed load would leave a green run.
             raise LoadDidNotComplete(
-                f"the {self.load_task_id!r} task did not complete; its log says why. Rows it did not finish stay "
-                "pending and are taken again, looked up first, by its retry or the next run"
+                f"the {self.load_task_id!r} task did not complete ({missing}); its log says why. Rows it did not "
+                "finish stay pending and are taken again, looked up first, by its retry or the next run"
             )
         breaches = alerts.threshold_alerts(context, counts, errors, oldest_pending)
         if counts.get("failed"):
@@ -90,8 +102,28 @@ class SyncReportOperator(SourceTaskOperator):
         return counts
 
     def report_dry_run(self, context: Context) -> dict[str, Any]:
-        plan = context["ti"].xcom_pull(task_ids=self.load_task_id)
+        ti = context["ti"]
+        # A dry run plans with a single loader (map index 0 when the load is mapped).
+        plan = ti.xcom_pull(task_ids=self.load_task_id, map_indexes=0 if self.shards_task_id else None)
         if not isinstance(plan, dict) or not plan.get("dry_run"):
             raise LoadDidNotComplete(f"the {self.load_task_id!r} task did not complete its dry run; its log says why")
         self.log.info("ticket sync %s\n%s", claim_token(context), dryrun.format_plan(plan))
         return plan
+
+    def _unfinished_loads(self, context: Context) -> str:
+        """Which loads returned no counts ("" when all did); logs the counters summed over the loaders."""
+        ti = context["ti"]
+        if self.shards_task_id is None:
+            loaded = ti.xcom_pull(task_ids=self.load_task_id)
+            return "" if loaded is not None else "no counts"
+        shards = ti.xcom_pull(task_ids=self.shards_task_id)
+        if not shards:
+            return f"{self.shards_task_id!r} planned no loaders"
+        # Pull by map index: without map_indexes Airflow returns only the XComs that exist, so a failed loader
+        # would simply be missing from the list (and one success out of N would come back as a bare dict).
+        parts = ti.xcom_pull(task_ids=self.load_task_id, map_indexes=list(range(len(shards))))
+        failed = [index for index, part in enumerate(parts) if part is None]
+        done = [part for part in parts if part is not None]
+        totals = {key: sum(int(part.get(key) or 0) for part in done) for key in (done[0] if done else {})}
+        self.log.info("%d of %d loaders returned counts; summed: %s", len(done), len(shards), totals)
+        return f"loaders {failed} of {len(shards)} returned no counts" if failed else ""
