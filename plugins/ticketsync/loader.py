@@ -135,16 +135,41 @@ class CaseLoader:
         try:
             self._first_pass(pool)
             self._retry_rounds(pool)
-        finally:
-            self._drain(cancel=True)
-            pool.shutdown(wait=True)
-            self._flush()
-            self.source.release(self.token)
-            self.counts.rate_limited = self.throttle.rate_limited_count
+        except BaseException as exc:
+            self._finish(pool, failing=exc)
+            raise
+        self._finish(pool, failing=None)
         if self._auth_error is not None:
             raise self._auth_error
         self.counts.still_pending = len(self._retry_ids)
         return self.counts
+
+    def _finish(self, pool: ThreadPoolExecutor, *, failing: BaseException | None) -> None:
+        """Harvest what is in flight, write it back, end the leases. Every step runs even if one before it failed.
+
+        When the load is already failing (``failing``), an error here (the source database is still gone, say) is
+        logged and the original error propagates, so the task log shows the cause, not its echo. Otherwise the first
+        error is raised once every step has run. Either way, rows not written back stay ``pending`` under this
+        token and are looked up before any POST by the next attempt.
+        """
+        first: Exception | None = None
+        steps: tuple[Callable[[], object], ...] = (
+            lambda: self._drain(cancel=True),
+            lambda: pool.shutdown(wait=True),
+            self._flush,
+            lambda: self.source.release(self.token),
+        )
+        for step in steps:
+            try:
+                step()
+            except Exception as exc:
+                if failing is None and first is None:
+                    first = exc
+                else:
+                    log.error("clean-up after %r failed too", failing or first, exc_info=True)
+        self.counts.rate_limited = self.throttle.rate_limited_count
+        if first is not None:
+            raise first
 
     def _first_pass(self, pool: ThreadPoolExecutor) -> None:
         after = 0

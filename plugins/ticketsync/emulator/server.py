@@ -257,7 +257,7 @@ class EmulatorHandler(BaseHTTPRequestHandler):
         if kind is not None:
             self.server.stats.fault(kind)
         if kind in PRE_COMMIT_FAULTS:
-            return pre_commit_fault(kind)
+            return pre_commit_fault(kind, injector.config.retry_after_seconds)
         path, _, query = self.path.partition("?")
         request = table_api.ApiRequest(method, path, dict(parse_qsl(query)), body, self._base_url(), user)
         reply = table_api.handle(self.server.store, request)
@@ -271,6 +271,8 @@ class EmulatorHandler(BaseHTTPRequestHandler):
             return reply
         if kind == "malformed_json":
             return reply.truncated()
+        if kind == "garbled_json":
+            return reply.garbled()
         return reply.without_sys_id()
 
     def _authenticate(self) -> str | None:
