@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import dataclass, field, replace
 from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 JSON_TYPE = "application/json;charset=UTF-8"
