@@ -13,7 +13,8 @@ A 429 is retried in place (nothing was done). Any other transient failure (5xx, 
 that is not JSON, a 201 without sys_id) may have created the record, so the row goes to a retry round that starts
 with the look-up again. Rows still failing after the rounds stay ``pending`` with the error and their attempt
 count; once a row has used ``max_attempts`` it becomes ``failed``, but only after a look-up confirmed that no
-record exists.
+record exists. A POST still refused with 429 after ``max_rate_limited_waits`` waits stays ``pending`` without using
+an attempt (nothing was done), so a rate-limit storm, however long, never makes a row ``failed``.
 """
 
 from __future__ import annotations
@@ -316,6 +317,11 @@ class CaseLoader:
             )
         self._retry_ids.append(row.id)
         attempt = row.attempts + 1
+        if isinstance(error, ServiceNowRateLimited):
+            # Refused before anything was done: it does not use up one of the row's max_attempts, so a long
+            # 429 storm leaves rows pending (retried later), never failed.
+            text = f"rate limited before attempt {attempt}: {error} (nothing was created; will retry)"
+            return Outcome(row.id, SyncStatus.PENDING, error=text[:4000], attempts_made=0, http_status=429)
         text = f"attempt {attempt}: {error} (will retry)"
         return Outcome(row.id, SyncStatus.PENDING, error=text[:4000], attempts_made=1,
                        http_status=error.status if error else None)
