@@ -154,6 +154,9 @@ class CaseLoader:
         token and are looked up before any POST by the next attempt.
         """
         first: Exception | None = None
+        if failing is not None:
+            for future in self._in_flight:
+                future.cancel()  # POSTs not started yet: their outcome could not be written back
         steps: tuple[Callable[[], object], ...] = (
             lambda: self._drain(cancel=True),
             lambda: pool.shutdown(wait=True),
