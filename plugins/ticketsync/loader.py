@@ -13,7 +13,9 @@ A 429 is retried in place (nothing was done). Any other transient failure (5xx, 
 that is not JSON, a 201 without sys_id) may have created the record, so the row goes to a retry round that starts
 with the look-up again. Rows still failing after the rounds stay ``pending`` with the error and their attempt
 count; once a row has used ``max_attempts`` it becomes ``failed``, but only after a look-up confirmed that no
-record exists. A POST still refused with 429 after ``max_rate_limited_waits`` waits stays ``pending`` without using
+record exists. A POST that timed out may still be committed by the instance after the client gave up: its retry
+round waits until ``settle_seconds`` (ServiceNow's transaction quota) have passed since it was sent before the
+look-up. A POST still refused with 429 after ``max_rate_limited_waits`` waits stays ``pending`` without using
 an attempt (nothing was done), so a rate-limit storm, however long, never makes a row ``failed``.
 """
 
@@ -25,6 +27,8 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass
 from typing import Protocol
+
+import requests
 
 from ticketsync.hooks.servicenow import (
     CreatedRecord,
@@ -66,6 +70,10 @@ class LoadSettings:
     max_rate_limited_waits: int = 30
     flush_every: int = 50
     flush_interval: float = 0.5
+    # How long the instance may go on with a POST after the client stopped waiting (ServiceNow cancels a Table API
+    # transaction after 60 s by default). A row whose POST timed out is looked up again only once that long has
+    # passed since it was sent: an earlier look-up could miss a record still being written, and create a second.
+    settle_seconds: float = 60.0
 
     def __post_init__(self) -> None:
         for name in ("chunk_size", "max_in_flight", "max_attempts", "max_rate_limited_waits"):
@@ -100,6 +108,7 @@ class _Posted:
     row: SourceRow
     record: CreatedRecord | None = None
     error: ServiceNowRequestError | ServiceNowTransientError | None = None
+    sent_at: float = 0.0  # time.monotonic() when the last POST went out
 
 
 class CaseLoader:
@@ -126,6 +135,7 @@ class CaseLoader:
         self._in_flight: dict[Future[_Posted], PreparedCase] = {}
         self._retry_ids: list[int] = []
         self._auth_error: ServiceNowAuthError | None = None
+        self._settle_until = 0.0  # no retry round looks up before this (time.monotonic())
 
     # ----------------------------------------------------------------------------------------------------------
     # the run
@@ -143,6 +153,11 @@ class CaseLoader:
         if self._auth_error is not None:
             raise self._auth_error
         self.counts.still_pending = len(self._retry_ids)
+        settle = self._settle_until - time.monotonic()
+        if self._retry_ids and settle > 0:
+            # The next attempt must not look up a row whose timed-out POST the instance may still be writing.
+            log.info("waiting %.1f s for timed-out POSTs to settle before handing rows to the next attempt", settle)
+            self._sleep(settle)
         return self.counts
 
     def _finish(self, pool: ThreadPoolExecutor, *, failing: BaseException | None) -> None:
@@ -195,6 +210,7 @@ class CaseLoader:
             if not self._retry_ids or self._auth_error is not None:
                 return
             delay = backoff_delay(round_number, base=self.settings.backoff_base, cap=self.settings.backoff_cap)
+            delay = max(delay, self._settle_until - time.monotonic())
             log.info("retry round %d for %d rows in %.1f s", round_number, len(self._retry_ids), delay)
             self._flush()
             self._sleep(delay)
@@ -262,9 +278,11 @@ class CaseLoader:
 
     def _post(self, case: PreparedCase, row: SourceRow) -> _Posted:
         """Runs on a worker thread: one POST, repeated only after a 429 (which did nothing)."""
+        sent_at = time.monotonic()
         for _ in range(self.settings.max_rate_limited_waits):
             try:
                 with self.throttle.slot():
+                    sent_at = time.monotonic()
                     record = self.client.create_record(case.table, case.body.to_json())
                 self.throttle.succeeded()
                 return _Posted(case, row, record=record)
@@ -272,7 +290,7 @@ class CaseLoader:
                 self.throttle.rate_limited(exc.retry_after, exc.limit_per_hour)
                 last: ServiceNowTransientError = exc
             except (ServiceNowRequestError, ServiceNowTransientError) as exc:
-                return _Posted(case, row, error=exc)
+                return _Posted(case, row, error=exc, sent_at=sent_at)
         return _Posted(case, row, error=last)
 
     # ----------------------------------------------------------------------------------------------------------
@@ -320,6 +338,8 @@ class CaseLoader:
             )
         self._retry_ids.append(row.id)
         attempt = row.attempts + 1
+        if error is not None and isinstance(error.__cause__, requests.Timeout):
+            self._settle_until = max(self._settle_until, posted.sent_at + self.settings.settle_seconds)
         if isinstance(error, ServiceNowRateLimited):
             # Refused before anything was done: it does not use up one of the row's max_attempts, so a long
             # 429 storm leaves rows pending (retried later), never failed.

@@ -38,8 +38,9 @@ TOKEN = "servicenow_ticket_sync:matrix"
 MAX_TASK_ATTEMPTS = 5
 BACKLOG = Backlog(120, invalid_every=12)  # 110 valid, 10 invalid
 # Small backoffs for CI; max_attempts high enough that a row is never unlucky five times in a row at a 20 % rate.
+# settle_seconds: the emulator's slowest write (0.7 s) stands in for ServiceNow's 60 s transaction quota.
 SETTINGS = LoadSettings(chunk_size=20, max_in_flight=8, max_attempts=10, retry_rounds=3, backoff_base=0.02,
-                        backoff_cap=0.1)
+                        backoff_cap=0.1, settle_seconds=1.0)
 NO_FAULTS = {name: 0.0 for name in RANDOM_FAULTS}
 
 
@@ -78,6 +79,9 @@ CASES = [
     _5xx(500), _5xx(502), _5xx(503), _5xx(504),
     Case("slower than the client timeout, after commit", {"slow_after_commit": 0.15, "slow_after_commit_ms": 700},
          ("slow_after_commit",), adopts=True, timeout=0.3),
+    Case("slower than the client timeout, before commit",
+         {"slow_before_commit": 0.15, "slow_before_commit_ms": 700, "methods": ["POST"]},
+         ("slow_before_commit",), adopts=True, timeout=0.3),
     Case("connection cut before commit", {"cut_before_commit": 0.2}, ("cut_before_commit",)),
     Case("connection cut after commit", {"cut_after_commit": 0.2}, ("cut_after_commit",), adopts=True),
     Case("truncated JSON body", {"malformed_json": 0.2}, ("malformed_json",), adopts=True),
@@ -172,14 +176,37 @@ def test_each_fault_ends_with_every_valid_row_created_exactly_once(
         assert result.failed == 0
 
 
+def test_without_settling_a_write_slower_than_the_client_timeout_duplicates(
+    emulator: RunningEmulator, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The control of the case above: look a timed-out POST up at once (settle_seconds=0), while the instance is
+    still writing it, and the retry creates a second record. This is what ``settle_seconds`` prevents."""
+    import sqlite3
+
+    source = SourceTable(lambda: sqlite3.connect(tmp_path / "control.db"), Dialect.SQLITE)
+    source.ensure_schema()
+    source.insert_requests(BACKLOG.requests())
+    emulator.set_faults(seed=3, slow_before_commit=0.15, slow_before_commit_ms=700, methods=["POST"])
+    hook = make_hook(emulator, monkeypatch, 0.3)
+    case = Case("control", {}, (), settings=replace(SETTINGS, settle_seconds=0.0))
+    try:
+        sync_until_done(source, hook, emulator, case)
+    finally:
+        hook.close()
+        source.close()
+    time.sleep(1.0)  # let the slow writes finish
+    records = emulator.store.records(TABLE)
+    assert len(records) > len(BACKLOG.valid_ids), "no duplicate: the control no longer shows the race"
+
+
 # ------------------------------------------------------------------------------------------------------------------
 # the same, through Airflow: every fault at once, the real DAG on PostgreSQL, runs until done
 # ------------------------------------------------------------------------------------------------------------------
 
 MIXED = (
     "--error-429", "0.02", "--error-429-busy", "0.02", "--retry-after", "0.5", "--error-500", "0.01",
-    "--error-502", "0.01", "--error-503", "0.01", "--error-504", "0.01", "--slow-after-commit", "0.01",
-    "--slow-after-commit-ms", "1500", "--cut-before-commit", "0.01", "--cut-after-commit", "0.02",
+    "--error-502", "0.01", "--error-503", "0.01", "--error-504", "0.01", "--cut-before-commit", "0.01",
+    "--cut-after-commit", "0.02",
     "--malformed-json", "0.01", "--garbled-json", "0.01", "--html-200", "0.01", "--missing-sys-id", "0.01",
     "--latency-ms", "2", "--seed", "5",
 )
@@ -190,7 +217,7 @@ def test_the_dag_under_every_fault_at_once_ends_with_each_case_created_exactly_o
     airflow_home: Path, pg_source: tuple[SourceTable, dict[str, Any]], tmp_path: Path
 ) -> None:
     source, params = pg_source
-    backlog = Backlog(400, invalid_every=20)
+    backlog = Backlog(300, invalid_every=20)
     source.insert_requests(backlog.requests())
     started = time.monotonic()
     with EmulatorProcess(tmp_path / "emulator", *MIXED) as emulator:

@@ -29,6 +29,7 @@ POST_COMMIT_FAULTS: tuple[str, ...] = (
     "malformed_json",
     "missing_sys_id",
     "garbled_json",
+    "slow_before_commit",
 )
 RANDOM_FAULTS: tuple[str, ...] = PRE_COMMIT_FAULTS + POST_COMMIT_FAULTS
 # Deterministic faults, counted in the stats next to the random ones.
@@ -37,7 +38,7 @@ ALL_METHODS: tuple[str, ...] = ("GET", "POST", "PATCH", "PUT", "DELETE")
 
 _FLOAT_FIELDS = frozenset({
     "latency_ms", "latency_jitter_ms", "rate_limit_per_second", "rate_limit_burst", "slow_after_commit_ms",
-    "retry_after_seconds",
+    "retry_after_seconds", "slow_before_commit_ms",
 })
 _EPSILON = 1e-9
 
@@ -74,6 +75,9 @@ class FaultConfig:
     retry_after_seconds: float = 1
     # A complete 2xx body that is not JSON (single quotes, Python literals), after the write was applied.
     garbled_json: float = 0
+    # A write that takes longer than the client waits: the client times out, the insert is applied afterwards.
+    slow_before_commit: float = 0
+    slow_before_commit_ms: float = 0
     fail_auth: bool = False
     methods: tuple[str, ...] = ALL_METHODS
     seed: int | None = None

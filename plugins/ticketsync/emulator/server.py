@@ -258,10 +258,12 @@ class EmulatorHandler(BaseHTTPRequestHandler):
             self.server.stats.fault(kind)
         if kind in PRE_COMMIT_FAULTS:
             return pre_commit_fault(kind, injector.config.retry_after_seconds)
+        if kind == "slow_before_commit":
+            time.sleep(injector.config.slow_before_commit_ms / 1000)
         path, _, query = self.path.partition("?")
         request = table_api.ApiRequest(method, path, dict(parse_qsl(query)), body, self._base_url(), user)
         reply = table_api.handle(self.server.store, request)
-        return reply if kind is None else self._after_commit(kind, reply)
+        return reply if kind in (None, "slow_before_commit") else self._after_commit(kind, reply)
 
     def _after_commit(self, kind: str, reply: Reply) -> Reply | None:
         if kind == "cut_after_commit":

@@ -34,6 +34,7 @@ class ServiceNowLoadOperator(SourceTaskOperator):
         "max_attempts",
         "lease_seconds",
         "rate_limit",
+        "settle_seconds",
     )
     ui_color = "#e6f5e6"
 
@@ -48,6 +49,7 @@ class ServiceNowLoadOperator(SourceTaskOperator):
         rate_limit: float | str | None = None,
         retry_rounds: int = 3,
         backoff_base: float = 1.0,
+        settle_seconds: float | str = 60.0,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -59,6 +61,7 @@ class ServiceNowLoadOperator(SourceTaskOperator):
         self.rate_limit = rate_limit
         self.retry_rounds = retry_rounds
         self.backoff_base = backoff_base
+        self.settle_seconds = settle_seconds
 
     def settings(self) -> LoadSettings:
         return LoadSettings(
@@ -69,6 +72,7 @@ class ServiceNowLoadOperator(SourceTaskOperator):
             rate_limit=float(self.rate_limit) if self.rate_limit not in (None, "", "None", 0, "0") else None,
             retry_rounds=self.retry_rounds,
             backoff_base=self.backoff_base,
+            settle_seconds=float(self.settle_seconds),
         )
 
     def execute(self, context: Context) -> dict[str, int]:
