@@ -55,6 +55,11 @@ with DAG(
         "chunk_size": Param(100, type="integer", minimum=1, maximum=1000, description="Rows per look-up query"),
         "max_attempts": Param(5, type="integer", minimum=1, description="POST attempts before a row is failed"),
         "lease_seconds": Param(900, type="integer", minimum=10, description="How long a claim holds a row"),
+        "settle_seconds": Param(
+            60, type="number", minimum=0,
+            description="How long ServiceNow may still write a POST that timed out (its transaction quota); such a "
+            "row is looked up again only after that",
+        ),
     },
 ) as dag:
     extract = ClaimRequestsOperator(
@@ -67,6 +72,7 @@ with DAG(
         max_in_flight="{{ params.max_in_flight }}",
         max_attempts="{{ params.max_attempts }}",
         lease_seconds="{{ params.lease_seconds }}",
+        settle_seconds="{{ params.settle_seconds }}",
     )
     report = SyncReportOperator(task_id="report", load_task_id="load")
 

@@ -148,17 +148,23 @@ class CaseLoader:
             self._retry_rounds(pool)
         except BaseException as exc:
             self._finish(pool, failing=exc)
+            if isinstance(exc, Exception):
+                self._settle()
             raise
         self._finish(pool, failing=None)
         if self._auth_error is not None:
             raise self._auth_error
         self.counts.still_pending = len(self._retry_ids)
+        if self._retry_ids:
+            self._settle()
+        return self.counts
+
+    def _settle(self) -> None:
+        """The next attempt must not look up a row whose timed-out POST the instance may still be writing."""
         settle = self._settle_until - time.monotonic()
-        if self._retry_ids and settle > 0:
-            # The next attempt must not look up a row whose timed-out POST the instance may still be writing.
+        if settle > 0:
             log.info("waiting %.1f s for timed-out POSTs to settle before handing rows to the next attempt", settle)
             self._sleep(settle)
-        return self.counts
 
     def _finish(self, pool: ThreadPoolExecutor, *, failing: BaseException | None) -> None:
         """Harvest what is in flight, write it back, end the leases. Every step runs even if one before it failed.

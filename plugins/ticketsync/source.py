@@ -393,6 +393,20 @@ class SourceTable:
             cursor.execute(statement, (token,))
             return int(cursor.rowcount or 0)
 
+    @_reconnecting
+    def unreleased(self, token: str) -> int:
+        """Pending rows the token holds under a lease still running. Every load ends by releasing its rows (even a
+        failing one), so on a retry of the load these are the rows of a try that died: some may have a POST the
+        instance is still writing."""
+        statement = self._q(
+            f"SELECT COUNT(*) FROM {self.table} WHERE claim_token = ? AND status = 'pending' "
+            f"AND lease_expires_at > {self._sql.now}"
+        )
+        with self._transaction() as cursor:
+            cursor.execute(statement, (token,))
+            row = cursor.fetchone()
+            return int(row[0]) if row else 0
+
     # ----------------------------------------------------------------------------------------------------------
     # writing back
     # ----------------------------------------------------------------------------------------------------------

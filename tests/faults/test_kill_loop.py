@@ -4,9 +4,10 @@ the end every valid row of every backlog is created exactly once, every invalid 
 Each iteration adds a small backlog, starts a run on the worker (``tests/faults/worker.py``: a forked child, as in a
 Celery prefork pool, running the DAG's operators in order in its own process group) and SIGKILLs that group at a
 random moment after its load started. The normal run that
-follows alternates between the two ways a dead run's rows come back: a retry of the same run (the same claim token
-takes its rows at once, as Airflow's retry of the task does) and a new run that waits for the dead run's short lease
-to run out. A few faults after commit are injected throughout, so some kills land between a commit in ServiceNow
+follows alternates between the two ways a dead run's rows come back: an immediate retry of the same run (the same
+claim token takes its rows back; the load operator sees the dead try's unreleased rows and first waits
+``settle_seconds`` for its POSTs still in the instance) and a new run that waits for the dead run's short lease to run
+out. A few faults after commit are injected throughout, so some kills land between a commit in ServiceNow
 and its write-back.
 """
 
@@ -60,9 +61,9 @@ class Workers:
             raise AssertionError(f"the worker parent died: {self.process.wait()}")
         return line
 
-    def start(self, run_id: str, log: Path) -> Run:
+    def start(self, run_id: str, log: Path, try_number: int = 1) -> Run:
         assert self.process.stdin is not None
-        self.process.stdin.write(f"{run_id} {log}\n")
+        self.process.stdin.write(f"{run_id} {try_number} {log}\n")
         self.process.stdin.flush()
         kind, pid = self._answer().split()
         assert kind == "pid"
@@ -115,10 +116,10 @@ def worker_env(source_conn: str, emulator: EmulatorProcess, home: Path) -> dict[
     return env
 
 
-def normal_run(workers: Workers, run_id: str, log: Path) -> int:
+def normal_run(workers: Workers, run_id: str, log: Path, first_try: int = 1) -> int:
     """A run that is not killed; run again (a task retry) while it ends with rows pending. Returns the tries."""
     for tries in range(1, 4):
-        if workers.start(run_id, log.with_suffix(f".{tries}.log")).finish() == 0:
+        if workers.start(run_id, log.with_suffix(f".{tries}.log"), first_try + tries - 1).finish() == 0:
             return tries
     raise AssertionError(f"{run_id} never finished: {log.with_suffix('.3.log').read_text()[-3000:]}")
 
@@ -150,8 +151,8 @@ def test_twenty_sigkills_at_random_points_then_normal_runs_create_each_row_exact
             state = source_rows(source)
             kills.append({"iteration": iteration, "delay": round(delay, 2), "records": len(emulator.records(TABLE)),
                           "written_back": sum(1 for row in state.values() if row["status"] == "created")})
-            if iteration % 2:  # the task retry: the same run (claim token) takes its rows at once
-                tries = normal_run(workers, run_id, tmp_path / f"{run_id}-retry.log")
+            if iteration % 2:  # the task retry, at once: the same run (claim token) takes its rows back
+                tries = normal_run(workers, run_id, tmp_path / f"{run_id}-retry.log", first_try=2)
             else:  # a new run: the dead run's rows come back when its lease runs out
                 time.sleep(LEASE_SECONDS)
                 tries = normal_run(workers, f"after-{iteration}", tmp_path / f"after-{iteration}.log")

@@ -2,7 +2,8 @@
 forks one child per DAG run; the child runs that run's tasks in order (extract, transform, load) with the DAG's own
 operators, in its own process group, printing each task's name to its log as it starts.
 
-``python -m tests.faults.worker``, then one command per line on stdin: ``RUN_ID LOG_PATH``. The parent answers
+``python -m tests.faults.worker``, then one command per line on stdin: ``RUN_ID TRY_NUMBER LOG_PATH`` (a try
+number above 1 is a retry of that run, immediate: the operator's retry delay is 0). The parent answers
 ``pid N`` when the child started and ``exit N CODE`` when it ended (CODE -9 if it was SIGKILLed; 1 when the load
 ended with rows still pending, what fails an Airflow task, which is then retried). Options: ``--lease-seconds``,
 ``--max-in-flight``, ``--chunk-size``. Connections come from ``AIRFLOW_CONN_TICKET_SOURCE`` and
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from datetime import timedelta
 from types import SimpleNamespace
 from typing import Any
 
@@ -29,14 +31,14 @@ from ticketsync.operators.validate import ValidateRequestsOperator
 DAG_ID = "servicenow_ticket_sync"
 
 
-def run_tasks(run_id: str, args: argparse.Namespace) -> int:
-    context: Any = {"ti": SimpleNamespace(dag_id=DAG_ID, run_id=run_id)}
+def run_tasks(run_id: str, try_number: int, args: argparse.Namespace) -> int:
+    context: Any = {"ti": SimpleNamespace(dag_id=DAG_ID, run_id=run_id, try_number=try_number)}
     tasks = [
         ClaimRequestsOperator(task_id="extract", lease_seconds=args.lease_seconds),
         ValidateRequestsOperator(task_id="transform"),
         ServiceNowLoadOperator(task_id="load", lease_seconds=args.lease_seconds, max_in_flight=args.max_in_flight,
                                chunk_size=args.chunk_size, backoff_base=0.05,
-                               settle_seconds=args.settle_seconds),
+                               settle_seconds=args.settle_seconds, retry_delay=timedelta(0)),
     ]
     for task in tasks:
         print(task.task_id, flush=True)
@@ -49,14 +51,14 @@ def run_tasks(run_id: str, args: argparse.Namespace) -> int:
     return 0
 
 
-def child(run_id: str, log_path: str, args: argparse.Namespace) -> None:
+def child(run_id: str, try_number: int, log_path: str, args: argparse.Namespace) -> None:
     os.setsid()
     fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     os.dup2(fd, 1)
     os.dup2(fd, 2)
     code = 2
     try:
-        code = run_tasks(run_id, args)
+        code = run_tasks(run_id, try_number, args)
     finally:
         sys.stdout.flush()
         os._exit(code)
@@ -71,10 +73,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     print("ready", flush=True)
     for line in sys.stdin:
-        run_id, log_path = line.split()
+        run_id, try_number, log_path = line.split()
         pid = os.fork()
         if pid == 0:
-            child(run_id, log_path, args)
+            child(run_id, int(try_number), log_path, args)
         print(f"pid {pid}", flush=True)
         _, status = os.waitpid(pid, 0)
         print(f"exit {pid} {os.waitstatus_to_exitcode(status)}", flush=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from datetime import timedelta
 from typing import Any
 
 from airflow.sdk import Context
@@ -10,6 +12,7 @@ from airflow.sdk.exceptions import AirflowException, AirflowFailException
 from ticketsync.hooks.servicenow import ServiceNowAuthError, ServiceNowHook, ServiceNowRequestError
 from ticketsync.loader import CaseLoader, LoadSettings, ServiceNowUnavailable
 from ticketsync.operators.base import SourceTaskOperator, claim_token
+from ticketsync.source import SourceTable
 
 
 class ServiceNowLoadOperator(SourceTaskOperator):
@@ -75,12 +78,26 @@ class ServiceNowLoadOperator(SourceTaskOperator):
             settle_seconds=float(self.settle_seconds),
         )
 
+    def _settle_after_a_dead_try(self, context: Context, source: SourceTable, settings: LoadSettings) -> None:
+        """On a retry, if the previous try died (worker killed, node lost) its POSTs may still be being written by
+        the instance: wait until ``settle_seconds`` have passed since it could have sent them (the retry delay counts)
+        before any look-up, or the look-up could miss a record and a second would be created."""
+        if int(getattr(context["ti"], "try_number", 1) or 1) <= 1:
+            return
+        held = source.unreleased(claim_token(context))
+        delay = self.retry_delay.total_seconds() if isinstance(self.retry_delay, timedelta) else 0.0
+        wait = settings.settle_seconds - delay
+        if held and wait > 0:
+            self.log.info("the previous try died holding %d rows; waiting %.0f s for its POSTs to settle", held, wait)
+            time.sleep(wait)
+
     def execute(self, context: Context) -> dict[str, int]:
         settings = self.settings()
         token = claim_token(context)
         hook = ServiceNowHook(self.servicenow_conn_id, pool_size=settings.max_in_flight)
         try:
             with self.open_source() as source:
+                self._settle_after_a_dead_try(context, source, settings)
                 counts = CaseLoader(hook, source, token, settings).run()
         except ServiceNowAuthError as exc:
             raise AirflowFailException(str(exc)) from exc
