@@ -5,13 +5,14 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help venv demo test lint emulator clean
+.PHONY: help venv demo test lint emulator clean soak
 
 help:
 	@echo "make demo      run the whole sync end to end on the embedded defaults (SQLite + local emulator)"
 	@echo "make test      install and run every test (PostgreSQL at 127.0.0.1:5432 is needed)"
 	@echo "make lint      ruff and mypy"
 	@echo "make emulator  run the ServiceNow emulator in the foreground on 127.0.0.1:8765"
+	@echo "make soak      100,000 requests through the DAG with ~10% faults and two worker kills, then checks"
 
 # The virtual environment, rebuilt when a requirements file changes. Exact pins, full lock in constraints.txt.
 $(STAMP): requirements.txt requirements-dev.txt constraints.txt
@@ -37,3 +38,7 @@ emulator: $(STAMP)
 
 clean:
 	rm -rf .demo .artifacts .pytest_cache .mypy_cache .ruff_cache
+
+# The soak (README "Reliability"): SOAK_ARGS="--rows 10000" for the CI size. Needs PostgreSQL at 127.0.0.1:5432.
+soak: $(STAMP)
+	PYTHONPATH=plugins $(PY) scripts/soak.py $(SOAK_ARGS)
