@@ -256,3 +256,19 @@ def test_invalid_fault_settings_are_refused(emulator: RunningEmulator) -> None:
     with pytest.raises(FaultConfigError, match="unknown methods"):
         FaultConfig(methods=("FETCH",))
     assert emulator.faults == FaultConfig()
+
+
+@pytest.mark.parametrize("sent", [b"", b'{"correlation_id": "REQ-'], ids=["headers only", "half a body"])
+def test_a_request_whose_client_dies_mid_body_creates_nothing(emulator: RunningEmulator, sent: bytes) -> None:
+    """A killed client leaves a request cut short; the emulator, like a real server, must not process it."""
+    import base64
+    import socket
+
+    auth = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+    head = (f"POST /api/now/table/{LOAN} HTTP/1.1\r\nHost: x\r\nAuthorization: Basic {auth}\r\n"
+            "Content-Type: application/json\r\nContent-Length: 100\r\n\r\n").encode()
+    with socket.create_connection((emulator.host, emulator.port), timeout=5) as client:
+        client.sendall(head + sent)
+        client.shutdown(socket.SHUT_WR)
+        client.recv(65536)
+    assert committed(emulator) == 0

@@ -304,15 +304,25 @@ class EmulatorHandler(BaseHTTPRequestHandler):
         except ValueError:
             self.close_connection = True
             return None
-        return self.rfile.read(length) if length > 0 else b""
+        body = self.rfile.read(length) if length > 0 else b""
+        if len(body) < length:  # the client went away mid-body (killed, say): a server never processes that
+            self.close_connection = True
+            return None
+        return body
 
     def _read_chunked(self) -> bytes:
         chunks: list[bytes] = []
         while True:
-            size = int(self.rfile.readline(65537).split(b";")[0].strip() or b"0", 16)
+            line = self.rfile.readline(65537)
+            if not line:
+                raise ValueError("the client went away mid-body")
+            size = int(line.split(b";")[0].strip() or b"0", 16)
             if size == 0:
                 break
-            chunks.append(self.rfile.read(size))
+            chunk = self.rfile.read(size)
+            if len(chunk) < size:
+                raise ValueError("the client went away mid-chunk")
+            chunks.append(chunk)
             self.rfile.readline()
         while self.rfile.readline(65537).strip():
             continue  # trailer fields
