@@ -172,10 +172,10 @@ def test_a_database_that_stays_away_fails_the_load_with_the_original_error_and_t
     assert (result.pending, result.duplicates) == (0, 0)
     assert result.created + result.adopted == len(backlog.valid_ids)
     # The POSTs answered after the last write-back were created but not recorded: the retry adopted every one of
-    # them and created only the rest. Queued POSTs were cancelled when the load failed, so there are few.
+    # them and created only the rest. The failing load stopped sending (queued POSTs cancelled) well before the end.
     assert counts.adopted == at_failure - written_back
     assert counts.created == len(backlog.valid_ids) - at_failure
-    assert at_failure - written_back <= 2 * SETTINGS.max_in_flight + SETTINGS.chunk_size
+    assert at_failure < len(backlog.valid_ids) - SETTINGS.chunk_size
 
 
 @pytest.mark.slow
