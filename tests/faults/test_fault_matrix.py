@@ -70,7 +70,7 @@ STORM_BACKLOG = Backlog(60, invalid_every=12)
 CASES = [
     Case("429 storm with Retry-After", {"error_429": 0.1, "retry_after_seconds": 0.2}, ("error_429",),
          backlog=STORM_BACKLOG, on_sqlite=False),
-    Case("429 storm without Retry-After", {"error_429_busy": 0.1}, ("error_429_busy",), backlog=STORM_BACKLOG),
+    Case("429 storm without Retry-After", {"error_429_busy": 0.2}, ("error_429_busy",), backlog=STORM_BACKLOG),
     # Every POST is refused for a whole task attempt: the rows stay pending without using an attempt (max_attempts
     # is 1 here, so a counted 429 would have made them failed), and the next attempt creates them.
     Case("429 storm outlasting an attempt", {"error_429": 1.0, "retry_after_seconds": 0.05, "methods": ["POST"]},
