@@ -5,13 +5,15 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help venv demo test lint emulator clean soak
+.PHONY: help venv demo test lint emulator scaleout bench soak clean
 
 help:
 	@echo "make demo      run the whole sync end to end on the embedded defaults (SQLite + local emulator)"
 	@echo "make test      install and run every test (PostgreSQL at 127.0.0.1:5432 is needed)"
 	@echo "make lint      ruff and mypy"
 	@echo "make emulator  run the ServiceNow emulator in the foreground on 127.0.0.1:8765"
+	@echo "make scaleout  one DAG run on the real CeleryExecutor, mapped loaders on two workers (PostgreSQL + Redis)"
+	@echo "make bench     benchmark: the DAG vs a sequential loop and a naive mapped DAG; writes README's table"
 	@echo "make soak      100,000 requests through the DAG with ~10% faults and two worker kills, then checks"
 
 # The virtual environment, rebuilt when a requirements file changes. Exact pins, full lock in constraints.txt.
@@ -30,11 +32,19 @@ test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check plugins dags tests scripts
+	$(VENV)/bin/ruff check plugins dags tests scripts bench
 	$(VENV)/bin/mypy
 
 emulator: $(STAMP)
 	PYTHONPATH=plugins $(PY) -m ticketsync.emulator --port 8765
+
+# A throw-away CeleryExecutor deployment on loopback; SCALEOUT_ARGS e.g. "--rows 10000 --loaders 8 --keep".
+scaleout: $(STAMP)
+	PYTHONPATH=plugins $(PY) scripts/scaleout.py $(SCALEOUT_ARGS)
+
+# BENCH_ARGS="--quick --no-readme" for a smoke run; see bench/bench.py --help
+bench: $(STAMP)
+	PYTHONPATH=plugins $(PY) bench/bench.py $(BENCH_ARGS)
 
 clean:
 	rm -rf .demo .artifacts .pytest_cache .mypy_cache .ruff_cache

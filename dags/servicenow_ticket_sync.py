@@ -7,6 +7,8 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import DAG, Param
 
+from ticketsync.alerts import TicketSyncFailureNotifier
+from ticketsync.assets import servicenow_asset, source_asset
 from ticketsync.operators.extract import ClaimRequestsOperator
 from ticketsync.operators.load import ServiceNowLoadOperator
 from ticketsync.operators.report import SyncReportOperator
@@ -25,8 +27,17 @@ ServiceNow (connection `servicenow_default`), or are rejected with a reason nami
 | `load` | looks up each chunk by `correlation_id` (= `request_id`), adopts existing records, creates the rest |
 | `report` | logs claimed / created / adopted / rejected / failed / still pending; fails the run if a row failed |
 
+`load` is mapped: `loaders` instances (one by default), loader *i* taking the claimed rows with
+`id % loaders = i`, so on the CeleryExecutor several workers share one run's backlog without overlap.
+
 Clearing and rerunning any task is safe: rows are claimed under this run's token, every create is preceded by a
 look-up on `correlation_id`, and outcomes are written back as they arrive. See the README for the status lifecycle.
+
+**Manual runs** (Trigger with parameters): `dry_run` validates and looks up the rows a run would take and reports
+what it would create, adopt or reject, writing nothing anywhere; `request_ids` replays chosen rows (also `rejected`
+or `failed` ones whose data was fixed): they are reset to pending for this run, their previous state kept in
+`ticket_requests_replays`, and looked up before any create. Alerts and lineage are configured by Airflow
+Variables and Connections (README: Alerting, Lineage).
 """
 
 # Seconds between task retries; tests and the demo shorten it. Read from the environment: no I/O at parse time.
@@ -48,32 +59,68 @@ with DAG(
         "retry_delay": RETRY_DELAY,
         "retry_exponential_backoff": True,
         "max_retry_delay": timedelta(minutes=10),
+        "on_failure_callback": TicketSyncFailureNotifier(),
     },
     params={
-        "limit": Param(10_000, type="integer", minimum=1, description="Most rows one run claims"),
-        "max_in_flight": Param(8, type="integer", minimum=1, maximum=64, description="Requests in flight at once"),
-        "chunk_size": Param(100, type="integer", minimum=1, maximum=1000, description="Rows per look-up query"),
-        "max_attempts": Param(5, type="integer", minimum=1, description="POST attempts before a row is failed"),
-        "lease_seconds": Param(900, type="integer", minimum=10, description="How long a claim holds a row"),
+        "dry_run": Param(
+            False, type="boolean", title="Dry run",
+            description="Validate and look up the rows this run would take, and report what it would create, adopt "
+            "or reject. Writes nothing: no claim in the source table, no POST to ServiceNow.",
+        ),
+        "request_ids": Param(
+            [], type="array", items={"type": "string"}, title="Replay these request_ids",
+            description="One request_id per line. Empty: take pending rows as usual. Set: take exactly these rows, "
+            "whatever their status (e.g. rejected or failed rows whose data was fixed); each is reset to pending "
+            "with its previous state kept in ticket_requests_replays, and looked up before any create, so a row "
+            "that already has a case adopts it. limit does not apply.",
+        ),
+        "limit": Param(10_000, type="integer", minimum=1, title="Row limit", description="Most rows one run claims"),
+        "max_in_flight": Param(
+            8, type="integer", minimum=1, maximum=64, title="In-flight cap",
+            description="Most requests to ServiceNow in flight at once",
+        ),
+        "chunk_size": Param(
+            100, type="integer", minimum=1, maximum=1000, title="Chunk size", description="Rows per look-up query"
+        ),
+        "max_attempts": Param(
+            5, type="integer", minimum=1, title="Attempts per row", description="POST attempts before a row is failed"
+        ),
+        "lease_seconds": Param(
+            900, type="integer", minimum=10, title="Lease (seconds)", description="How long a claim holds a row"
+        ),
+        "loaders": Param(
+            1, type="integer", minimum=1, maximum=16, title="Loaders",
+            description="Mapped load tasks sharing the claim, each keeping max_in_flight requests in flight (on the "
+            "CeleryExecutor they spread over the workers). Size loaders x max_in_flight to the instance's API "
+            "semaphores.",
+        ),
         "settle_seconds": Param(
-            60, type="number", minimum=0,
+            60, type="number", minimum=0, title="Settle (seconds)",
             description="How long ServiceNow may still write a POST that timed out (its transaction quota); such a "
             "row is looked up again only after that",
         ),
     },
 ) as dag:
     extract = ClaimRequestsOperator(
-        task_id="extract", limit="{{ params.limit }}", lease_seconds="{{ params.lease_seconds }}"
+        task_id="extract", limit="{{ params.limit }}", lease_seconds="{{ params.lease_seconds }}",
+        is_dry_run="{{ params.dry_run }}", request_ids="{{ params.request_ids }}", loaders="{{ params.loaders }}",
     )
-    transform = ValidateRequestsOperator(task_id="transform")
-    load = ServiceNowLoadOperator(
+    transform = ValidateRequestsOperator(task_id="transform", is_dry_run="{{ params.dry_run }}")
+    # One loader per shard index that extract returns; a retry of loader i takes shard i again.
+    load = ServiceNowLoadOperator.partial(
         task_id="load",
         chunk_size="{{ params.chunk_size }}",
         max_in_flight="{{ params.max_in_flight }}",
         max_attempts="{{ params.max_attempts }}",
         lease_seconds="{{ params.lease_seconds }}",
         settle_seconds="{{ params.settle_seconds }}",
+        is_dry_run="{{ params.dry_run }}", limit="{{ params.limit }}", request_ids="{{ params.request_ids }}",
+        inlets=[source_asset()], outlets=[servicenow_asset()],
+        shard_count="{{ params.loaders }}",
+        map_index_template="shard {{ task.shard_index }} of {{ task.shard_count }}",
+    ).expand(shard_index=extract.output)
+    report = SyncReportOperator(
+        task_id="report", load_task_id="load", shards_task_id="extract", is_dry_run="{{ params.dry_run }}"
     )
-    report = SyncReportOperator(task_id="report", load_task_id="load")
 
     extract >> transform >> load >> report

@@ -328,8 +328,25 @@ def test_servicenow_default_can_point_at_a_real_instance() -> None:
         "port": 443,
         "login": "integration",
         "password": "p{a}ss",
-        "extra": {"allow_insecure_http": "false", "timeout": 30},
+        "extra": {"allow_insecure_http": "false", "timeout": 30, "verify": "true", "auth_type": "basic",
+                  "client_id": "", "client_secret": ""},
     }
+
+
+def test_servicenow_default_can_use_oauth(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ticketsync.hooks.servicenow import ServiceNowHook
+
+    env = {"SERVICENOW_SCHEME": "https", "SERVICENOW_HOST": "acme.service-now.com", "SERVICENOW_PORT": "443",
+           "SERVICENOW_AUTH_TYPE": "oauth_client_credentials", "SERVICENOW_CLIENT_ID": "ticketsync",
+           "SERVICENOW_CLIENT_SECRET": "cl-s3cret", "SERVICENOW_ALLOW_INSECURE_HTTP": "false"}
+    services = load_compose(env)["services"]
+    conn = connection(services["airflow-worker"], "AIRFLOW_CONN_SERVICENOW_DEFAULT")
+    assert {k: conn["extra"][k] for k in ("auth_type", "client_id", "client_secret")} == {
+        "auth_type": "oauth_client_credentials", "client_id": "ticketsync", "client_secret": "cl-s3cret"}
+    monkeypatch.setenv("AIRFLOW_CONN_SN_COMPOSE_OAUTH", environment(services["airflow-worker"])[
+        "AIRFLOW_CONN_SERVICENOW_DEFAULT"])
+    hook = ServiceNowHook("sn_compose_oauth")
+    assert hook.get_conn().auth is None  # the bearer token replaces basic auth
 
 
 def test_one_variable_sets_the_source_db_password_on_both_sides() -> None:

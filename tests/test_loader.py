@@ -234,3 +234,24 @@ def test_a_refused_row_is_failed_with_servicenow_message_and_the_others_go_on(
         assert error == ("403 Operation Failed: Data Policy Exception: The following fields are mandatory: "
                          "Assignment group")
     assert_exactly_once(source, emulator, counts["created"])
+
+
+class _WriteBackFails(SourceTable):
+    def write_outcomes(self, token: str, outcomes: object) -> int:
+        raise RuntimeError("the source database refused the write-back")
+
+
+def test_a_failed_write_back_fails_the_load_and_leaves_the_rows_pending(
+    source: SourceTable, hook: ServiceNowHook, emulator: RunningEmulator
+) -> None:
+    """Outcomes are written on a background thread; its failure must still reach the task, never be swallowed."""
+    source.insert_requests(sample_requests(60))
+    source.claim("run-1", limit=100, chunk_size=100, lease_seconds=600)
+    broken = _WriteBackFails(source._connect, source.dialect, source.table)
+    with pytest.raises(RuntimeError, match="refused the write-back"):
+        CaseLoader(hook, broken, "run-1", FAST, sleep=lambda _: None).run()
+    broken.close()
+    assert source.backlog() == {"pending": 60}
+    # the next attempt looks every row up and adopts what was created: no duplicate
+    assert load(source, hook, "run-1")["adopted"] == 60
+    assert_exactly_once(source, emulator, 60)

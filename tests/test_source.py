@@ -9,7 +9,7 @@ import pytest
 
 from ticketsync.models import SyncStatus
 from ticketsync.samples import sample_requests
-from ticketsync.source import Outcome, SourceTable, validate_identifier
+from ticketsync.source import Outcome, Shard, SourceTable, validate_identifier
 
 
 def ids_of(rows: list) -> list[int]:
@@ -130,3 +130,36 @@ def test_concurrent_claimers_never_share_a_row(source: SourceTable) -> None:
 def test_table_names_from_configuration_must_be_identifiers(name: str) -> None:
     with pytest.raises(ValueError, match="invalid table name"):
         validate_identifier(name)
+
+
+def test_the_shards_of_one_claim_are_disjoint_and_cover_it(source: SourceTable) -> None:
+    source.insert_requests(sample_requests(23))
+    source.claim("run-a", limit=100, chunk_size=10, lease_seconds=60)
+    taken: dict[int, list[int]] = {}
+    for index in range(3):
+        after, ids = 0, []
+        while rows := source.take_chunk("run-a", after=after, size=4, lease_seconds=60, shard=Shard(index, 3)):
+            ids += ids_of(rows)
+            after = rows[-1].id
+        taken[index] = ids
+    assert taken == {i: [n for n in range(1, 24) if n % 3 == i] for i in range(3)}
+    # One shard of one is the whole claim.
+    assert ids_of(source.take_chunk("run-a", after=0, size=100, lease_seconds=60, shard=Shard(0, 1))) == list(
+        range(1, 24)
+    )
+
+
+def test_a_retry_round_and_the_release_of_a_shard_touch_only_its_rows(source: SourceTable) -> None:
+    source.insert_requests(sample_requests(6))
+    source.claim("run-a", limit=10, chunk_size=10, lease_seconds=3600)
+    assert ids_of(source.take_rows("run-a", [1, 2, 3, 4], lease_seconds=60, shard=Shard(1, 2))) == [1, 3]
+    # Loader 1 of 2 finishes first: it must not free the rows loader 0 is still sending.
+    assert source.release("run-a", shard=Shard(1, 2)) == 3
+    assert source.claim("run-b", limit=10, chunk_size=10, lease_seconds=60) == 3
+    assert ids_of(source.take_chunk("run-a", after=0, size=10, lease_seconds=60)) == [2, 4, 6]
+
+
+@pytest.mark.parametrize(("index", "count"), [(3, 3), (-1, 2), (0, 0)])
+def test_a_shard_index_must_lie_within_the_count(index: int, count: int) -> None:
+    with pytest.raises(ValueError, match="invalid shard"):
+        Shard(index, count)

@@ -22,24 +22,25 @@ an attempt (nothing was done), so a rate-limit storm, however long, never makes 
 from __future__ import annotations
 
 import logging
+import queue
+import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Protocol
-
-import requests
 
 from ticketsync.hooks.servicenow import (
     CreatedRecord,
     ExistingRecord,
-    ServiceNowAuthError,
+    ServiceNowConfigurationError,
     ServiceNowRateLimited,
     ServiceNowRequestError,
+    ServiceNowTimeout,
     ServiceNowTransientError,
 )
 from ticketsync.models import PreparedCase, Rejection, SourceRow, SyncAction, SyncStatus
-from ticketsync.source import Outcome, SourceTable
+from ticketsync.source import Outcome, Shard, SourceTable
 from ticketsync.throttle import Throttle, backoff_delay
 from ticketsync.transform import prepare
 
@@ -70,6 +71,7 @@ class LoadSettings:
     max_rate_limited_waits: int = 30
     flush_every: int = 50
     flush_interval: float = 0.5
+    shard: Shard | None = None  # one of several loaders of the claim: only its rows (see SourceTable)
     # How long the instance may go on with a POST after the client stopped waiting (ServiceNow cancels a Table API
     # transaction after 60 s by default). A row whose POST timed out is looked up again only once that long has
     # passed since it was sent: an earlier look-up could miss a record still being written, and create a second.
@@ -133,8 +135,11 @@ class CaseLoader:
         self._buffer: list[Outcome] = []
         self._last_flush = time.monotonic()
         self._in_flight: dict[Future[_Posted], PreparedCase] = {}
+        # Finished (or cancelled) POSTs, in the order they finished: one queue instead of waiting on every future.
+        self._done: queue.SimpleQueue[Future[_Posted]] = queue.SimpleQueue()
         self._retry_ids: list[int] = []
-        self._auth_error: ServiceNowAuthError | None = None
+        self._auth_error: ServiceNowConfigurationError | None = None
+        self._writer: _OutcomeWriter | None = None
         self._settle_until = 0.0  # no retry round looks up before this (time.monotonic())
 
     # ----------------------------------------------------------------------------------------------------------
@@ -143,6 +148,7 @@ class CaseLoader:
 
     def run(self) -> LoadCounts:
         pool = ThreadPoolExecutor(max_workers=self.settings.max_in_flight, thread_name_prefix="servicenow-post")
+        self._writer = _OutcomeWriter(self.source.clone(), self.token)
         try:
             self._first_pass(pool)
             self._retry_rounds(pool)
@@ -178,11 +184,14 @@ class CaseLoader:
         if failing is not None:
             for future in self._in_flight:
                 future.cancel()  # POSTs not started yet: their outcome could not be written back
+        writer = self._writer
         steps: tuple[Callable[[], object], ...] = (
             lambda: self._drain(cancel=True),
-            lambda: pool.shutdown(wait=True),
             self._flush,
-            lambda: self.source.release(self.token),
+            # also when the write-back failed: stop sending, stop the writer, free the leases
+            lambda: pool.shutdown(wait=True, cancel_futures=True),
+            writer.close if writer is not None else lambda: None,
+            lambda: self.source.release(self.token, shard=self.settings.shard),
         )
         for step in steps:
             try:
@@ -202,7 +211,8 @@ class CaseLoader:
             # Keep one chunk queued behind the one being sent, so the pool never waits for the look-up.
             self._wait_until(max_queued=self.settings.chunk_size)
             rows = self.source.take_chunk(
-                self.token, after=after, size=self.settings.chunk_size, lease_seconds=self.settings.lease_seconds
+                self.token, after=after, size=self.settings.chunk_size, lease_seconds=self.settings.lease_seconds,
+                shard=self.settings.shard,
             )
             if not rows:
                 return
@@ -224,7 +234,9 @@ class CaseLoader:
             self.counts.retried += len(ids)
             for start in range(0, len(ids), self.settings.chunk_size):
                 part = ids[start : start + self.settings.chunk_size]
-                rows = self.source.take_rows(self.token, part, lease_seconds=self.settings.lease_seconds)
+                rows = self.source.take_rows(
+                    self.token, part, lease_seconds=self.settings.lease_seconds, shard=self.settings.shard
+                )
                 self._submit_chunk(pool, rows)
                 self._wait_until(max_queued=self.settings.chunk_size)
         self._drain(cancel=False)
@@ -260,6 +272,7 @@ class CaseLoader:
         else:
             future = pool.submit(self._post, case, row)
             self._in_flight[future] = case
+            future.add_done_callback(self._done.put)
 
     def _lookup(self, table: str, correlation_ids: list[str]) -> dict[str, list[ExistingRecord]]:
         """One batched look-up, retried with backoff; after that the instance counts as unavailable."""
@@ -306,9 +319,17 @@ class CaseLoader:
     def _wait_until(self, *, max_queued: int) -> None:
         """Harvest finished POSTs until at most ``max_queued`` are still queued or running."""
         while len(self._in_flight) > max_queued:
-            done, _ = wait(list(self._in_flight), timeout=self.settings.flush_interval, return_when=FIRST_COMPLETED)
-            for future in done:
-                self._harvest(future)
+            try:
+                future = self._done.get(timeout=self.settings.flush_interval)
+            except queue.Empty:
+                self._flush_if_due()
+                continue
+            self._harvest(future)
+            while True:  # everything else that finished meanwhile, without blocking
+                try:
+                    self._harvest(self._done.get_nowait())
+                except queue.Empty:
+                    break
             self._flush_if_due()
 
     def _drain(self, *, cancel: bool) -> None:
@@ -323,7 +344,7 @@ class CaseLoader:
             return
         try:
             posted = future.result()
-        except ServiceNowAuthError as exc:
+        except ServiceNowConfigurationError as exc:  # 401 or a bad TLS certificate: stop, retrying cannot help
             self._auth_error = exc
             return
         self.counts.posts += 1
@@ -344,7 +365,7 @@ class CaseLoader:
             )
         self._retry_ids.append(row.id)
         attempt = row.attempts + 1
-        if error is not None and isinstance(error.__cause__, requests.Timeout):
+        if isinstance(error, ServiceNowTimeout):
             self._settle_until = max(self._settle_until, posted.sent_at + self.settings.settle_seconds)
         if isinstance(error, ServiceNowRateLimited):
             # Refused before anything was done: it does not use up one of the row's max_attempts, so a long
@@ -362,13 +383,70 @@ class CaseLoader:
     def _flush_if_due(self) -> None:
         overdue = time.monotonic() - self._last_flush >= self.settings.flush_interval
         if len(self._buffer) >= self.settings.flush_every or (self._buffer and overdue):
-            self._flush()
+            self._flush(wait=False)
 
-    def _flush(self) -> None:
-        if self._buffer:
-            self.source.write_outcomes(self.token, self._buffer)
-            self._buffer = []
+    def _flush(self, *, wait: bool = True) -> None:
+        """Hand the buffered outcomes to the writer; with ``wait``, return once everything handed over is written."""
+        if self._writer is None:  # not running: write on this thread
+            if self._buffer:
+                self.source.write_outcomes(self.token, self._buffer)
+        else:
+            if self._buffer:
+                self._writer.submit(self._buffer)
+            if wait:
+                self._writer.wait()
+        self._buffer = []
         self._last_flush = time.monotonic()
+
+
+class _OutcomeWriter:
+    """Writes batches of outcomes on its own thread and database connection, in the order they were handed over.
+
+    The main thread hands a batch over and goes back to taking, looking up and harvesting, instead of waiting for
+    the database while the requests in flight finish. A few batches may wait (then ``submit`` blocks); ``wait``
+    returns once every batch handed over is committed. A failed write is raised by the next ``submit`` or ``wait``,
+    and nothing is written after it.
+    """
+
+    def __init__(self, source: SourceTable, token: str, depth: int = 4) -> None:
+        self._source = source
+        self._token = token
+        self._queue: queue.Queue[list[Outcome] | None] = queue.Queue(maxsize=depth)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="outcome-writer", daemon=True)
+        self._thread.start()
+
+    def submit(self, outcomes: list[Outcome]) -> None:
+        self._raise_error()
+        self._queue.put(outcomes)
+
+    def wait(self) -> None:
+        self._queue.join()
+        self._raise_error()
+
+    def close(self) -> None:
+        """Write what was handed over, stop the thread, close its connection; raise a failed write."""
+        self._queue.put(None)
+        self._thread.join()
+        self._raise_error()
+
+    def _raise_error(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def _run(self) -> None:
+        while True:
+            outcomes = self._queue.get()
+            try:
+                if outcomes is None:
+                    self._source.close()  # on this thread: an SQLite connection belongs to the thread that made it
+                    return
+                if self._error is None:
+                    self._source.write_outcomes(self._token, outcomes)
+            except BaseException as exc:  # handed to the main thread, which raises it
+                self._error = exc
+            finally:
+                self._queue.task_done()
 
 
 def _adopted(row: SourceRow, found: list[ExistingRecord]) -> Outcome:

@@ -34,6 +34,8 @@ MAX_JOURNAL = 4000
 CONTACT_TYPES = ("chat", "email", "phone", "social", "web")
 CATEGORY_LABELS = {"question": "0", "issue": "1", "feature": "2"}
 _ALLOWED_CONTROLS = {"\t", "\n", "\r"}
+# Unicode category Cc (U+0000-U+001F, U+007F-U+009F) except the allowed controls, and Cs (U+D800-U+DFFF).
+_FORBIDDEN_CHARACTER = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
 
 
 class SyncStatus(StrEnum):
@@ -57,7 +59,8 @@ class SyncAction(StrEnum):
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _preview(value: str, limit: int = 40) -> str:
+def preview(value: str, limit: int = 40) -> str:
+    """How messages quote a value: its first `limit` characters, escaped."""
     shown = value if len(value) <= limit else value[:limit] + "…"
     return repr(shown)
 
@@ -71,12 +74,15 @@ def _blank_to_none(value: Any) -> Any:
 
 def _clean_text(value: str) -> str:
     """Refuse text that ServiceNow or a JSON reader downstream would mangle: control characters, lone surrogates."""
-    for position, char in enumerate(value):
-        if unicodedata.category(char) == "Cc" and char not in _ALLOWED_CONTROLS:
-            raise ValueError(f"contains control character U+{ord(char):04X} at position {position}")
-        if unicodedata.category(char) == "Cs":
-            raise ValueError(f"contains an unpaired surrogate U+{ord(char):04X} at position {position}")
-    return value
+    found = _FORBIDDEN_CHARACTER.search(value)
+    if found is None:
+        return value
+    char, position = found.group(), found.start()
+    if unicodedata.category(char) == "Cs":
+        if 0xDC80 <= ord(char) <= 0xDCFF:  # how the SQLite reader carries a byte that is not UTF-8
+            raise ValueError(f"is not valid UTF-8 (byte 0x{ord(char) - 0xDC00:02X} at position {position})")
+        raise ValueError(f"contains an unpaired surrogate U+{ord(char):04X} at position {position}")
+    raise ValueError(f"contains control character U+{ord(char):04X} at position {position}")
 
 
 def _text(value: Any) -> str:
@@ -97,7 +103,7 @@ def _max_length(limit: int) -> Callable[[str], str]:
 def _sys_id(value: str) -> str:
     candidate = value.strip().lower()
     if not SYS_ID_PATTERN.fullmatch(candidate):
-        raise ValueError(f"must be a 32-character hexadecimal sys_id, got {_preview(value)}")
+        raise ValueError(f"must be a 32-character hexadecimal sys_id, got {preview(value)}")
     return candidate
 
 
@@ -105,14 +111,14 @@ def _request_id(value: str) -> str:
     if value != value.strip():
         raise ValueError("must not start or end with whitespace")
     if not REQUEST_ID_PATTERN.fullmatch(value):
-        raise ValueError(f"may only contain letters, digits and . _ : / # @ + -, got {_preview(value)}")
+        raise ValueError(f"may only contain letters, digits and . _ : / # @ + -, got {preview(value)}")
     return value
 
 
 def _contact_type(value: str) -> str:
     candidate = value.strip().lower()
     if candidate not in CONTACT_TYPES:
-        raise ValueError(f"must be one of {', '.join(CONTACT_TYPES)}, got {_preview(value)}")
+        raise ValueError(f"must be one of {', '.join(CONTACT_TYPES)}, got {preview(value)}")
     return candidate
 
 
@@ -125,7 +131,7 @@ def _category(value: Any) -> str:
         return candidate
     if candidate in CATEGORY_LABELS:
         return CATEGORY_LABELS[candidate]
-    raise ValueError(f"must be 0/1/2 or Question/Issue/Feature, got {_preview(str(value))}")
+    raise ValueError(f"must be 0/1/2 or Question/Issue/Feature, got {preview(str(value))}")
 
 
 def _strip_not_blank(value: str) -> str:

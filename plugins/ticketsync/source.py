@@ -10,6 +10,10 @@ serialises writers. Before a row is sent its lease is renewed in the same statem
 whose claim is still held come back, so a row whose lease ran out and was taken by another run is never sent twice
 at once.
 
+A run's claim can be split between several loaders (mapped tasks, perhaps on several machines): loader ``i`` of
+``n`` passes ``Shard(i, n)`` and takes, renews and releases only the rows with ``id % n = i``, so the loaders of one
+run never take the same row, and a retry of loader ``i`` takes shard ``i`` again.
+
 Connection loss (PostgreSQL restarting, a failover, ``pg_terminate_backend``, a proxy closing an idle connection):
 a psycopg ``OperationalError``/``InterfaceError`` that leaves the connection closed drops it, and the next use opens
 a new one. The statements marked with :func:`_reconnecting` are then run once more on the new connection; each is
@@ -40,7 +44,7 @@ import re
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from importlib import resources
 from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
@@ -80,11 +84,66 @@ class Outcome:
 
 
 @dataclass(frozen=True)
+class StoredRequest:
+    """A row as it stands, sync columns included: what a replay or a dry run decides on."""
+
+    row: SourceRow
+    status: str
+    sys_id: str | None
+    number: str | None
+    sync_action: str | None
+    claim_token: str | None
+    lease_live: bool
+
+    @property
+    def id(self) -> int:
+        return self.row.id
+
+    @property
+    def request_id(self) -> str:
+        return str(self.row.request_id)
+
+    @property
+    def error(self) -> str | None:
+        return self.row.error
+
+    @property
+    def attempts(self) -> int:
+        return self.row.attempts
+
+
+@dataclass
+class ReplayResult:
+    """What :meth:`SourceTable.replay` did: rows reset (as they were before), already held, or busy elsewhere."""
+
+    reset: list[StoredRequest] = field(default_factory=list)
+    held: list[str] = field(default_factory=list)
+    busy: list[str] = field(default_factory=list)
+
+    @property
+    def claimed(self) -> int:
+        return len(self.reset) + len(self.held)
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Loader ``index`` of ``count`` loaders sharing one claim: it handles the rows with ``id % count = index``."""
+
+    index: int
+    count: int
+
+    def __post_init__(self) -> None:
+        if self.count < 1 or not 0 <= self.index < self.count:
+            raise ValueError(f"invalid shard {self.index} of {self.count}: need 0 <= index < count")
+
+
+@dataclass(frozen=True)
 class _Sql:
     now: str
     lease_until: str  # takes one parameter: the lease in seconds
     skip_locked: str
     begin: str | None
+    modulo: str  # takes one parameter: the divisor (psycopg reads a bare % as a placeholder, so PostgreSQL uses MOD)
 
 
 _SQL = {
@@ -93,12 +152,14 @@ _SQL = {
         lease_until="now() + ? * interval '1 second'",
         skip_locked="FOR UPDATE SKIP LOCKED",
         begin=None,
+        modulo="MOD(id, ?)",
     ),
     Dialect.SQLITE: _Sql(
         now="strftime('%Y-%m-%dT%H:%M:%fZ', 'now')",
         lease_until="strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '+' || ? || ' seconds')",
         skip_locked="",
         begin="BEGIN IMMEDIATE",
+        modulo="(id % ?)",
     ),
 }
 
@@ -190,6 +251,10 @@ class SourceTable:
             return cls(SqliteHook(sqlite_conn_id=conn_id).get_conn, Dialect.SQLITE, table)  # type: ignore[no-untyped-call]
         raise ValueError(f"connection {conn_id!r} has conn_type {conn_type!r}; ticketsync supports postgres and sqlite")
 
+    def clone(self) -> SourceTable:
+        """Another handle on the same table, with its own connection (for a second thread)."""
+        return type(self)(self._connect, self.dialect, self.table)
+
     @property
     def conn(self) -> DBAPIConnection:
         if self._conn is None:
@@ -197,6 +262,10 @@ class SourceTable:
             if isinstance(conn, sqlite3.Connection):
                 conn.isolation_level = None  # we issue BEGIN ourselves
                 conn.execute("PRAGMA busy_timeout = 30000")
+                # SQLite stores whatever bytes a producer put in a TEXT column; the default decoder raises on
+                # invalid UTF-8 and would stop every row of the chunk. Undecodable bytes become lone surrogates
+                # instead, which validation rejects on that row and column alone.
+                conn.text_factory = _decode_text
             self._conn = conn
         return self._conn
 
@@ -214,6 +283,12 @@ class SourceTable:
     def _q(self, sql: str) -> str:
         """Statements are written with ``?``; psycopg wants ``%s``."""
         return sql.replace("?", "%s") if self.dialect is Dialect.POSTGRES else sql
+
+    def _shard_filter(self, shard: Shard | None) -> tuple[str, tuple[int, ...]]:
+        """`` AND id % count = index`` and its parameters, or nothing when the loader has the whole claim."""
+        if shard is None or shard.count == 1:
+            return "", ()
+        return f" AND {self._sql.modulo} = ?", (shard.count, shard.index)
 
     @contextmanager
     def _transaction(self) -> Iterator[Any]:
@@ -344,66 +419,78 @@ class SourceTable:
             return [_row(values) for values in cursor.fetchall()]
 
     @_reconnecting
-    def take_chunk(self, token: str, *, after: int, size: int, lease_seconds: float) -> list[SourceRow]:
+    def take_chunk(
+        self, token: str, *, after: int, size: int, lease_seconds: float, shard: Shard | None = None
+    ) -> list[SourceRow]:
         """Renew the lease on the next ``size`` pending rows the token still holds and return them, in id order.
 
-        This is the guard before sending: a row whose claim was lost is not returned, so it is not sent.
+        This is the guard before sending: a row whose claim was lost is not returned, so it is not sent. With a
+        ``shard``, only that shard's rows of the claim are taken.
         """
         sql = self._sql
         columns = ", ".join(ROW_COLUMNS)
+        in_shard, shard_params = self._shard_filter(shard)
         statement = f"""
             WITH picked AS (
                 SELECT id FROM {self.table}
-                 WHERE claim_token = ? AND status = 'pending' AND id > ?
+                 WHERE claim_token = ? AND status = 'pending' AND id > ?{in_shard}
                  ORDER BY id LIMIT ? {sql.skip_locked})
             UPDATE {self.table}
                SET lease_expires_at = {sql.lease_until}, updated_at = {sql.now}
              WHERE id IN (SELECT id FROM picked) AND claim_token = ? AND status = 'pending'
             RETURNING {columns}"""
+        params = (token, after, *shard_params, size, _lease(lease_seconds, self.dialect), token)
         with self._transaction() as cursor:
-            cursor.execute(self._q(statement), (token, after, size, _lease(lease_seconds, self.dialect), token))
+            cursor.execute(self._q(statement), params)
             rows = [_row(values) for values in cursor.fetchall()]
         return sorted(rows, key=lambda row: row.id)
 
     @_reconnecting
-    def take_rows(self, token: str, ids: Sequence[int], *, lease_seconds: float) -> list[SourceRow]:
+    def take_rows(
+        self, token: str, ids: Sequence[int], *, lease_seconds: float, shard: Shard | None = None
+    ) -> list[SourceRow]:
         """Like :meth:`take_chunk`, for the given rows (a retry round): renew and return those still held."""
         if not ids:
             return []
         sql = self._sql
         columns = ", ".join(ROW_COLUMNS)
+        in_shard, shard_params = self._shard_filter(shard)
         statement = f"""
             UPDATE {self.table}
                SET lease_expires_at = {sql.lease_until}, updated_at = {sql.now}
-             WHERE claim_token = ? AND status = 'pending' AND id IN ({_placeholders(len(ids))})
+             WHERE claim_token = ? AND status = 'pending' AND id IN ({_placeholders(len(ids))}){in_shard}
             RETURNING {columns}"""
         with self._transaction() as cursor:
-            cursor.execute(self._q(statement), (_lease(lease_seconds, self.dialect), token, *ids))
+            cursor.execute(self._q(statement), (_lease(lease_seconds, self.dialect), token, *ids, *shard_params))
             rows = [_row(values) for values in cursor.fetchall()]
         return sorted(rows, key=lambda row: row.id)
 
     @_reconnecting
-    def release(self, token: str) -> int:
-        """End the lease on every row the token still holds pending, so the next run need not wait for it."""
+    def release(self, token: str, *, shard: Shard | None = None) -> int:
+        """End the lease on every row the token (or its ``shard``) still holds pending, so the next run need not
+        wait for it. A loader releases only its own shard: the other loaders of the run may still be sending theirs.
+        """
         now = self._sql.now
+        in_shard, shard_params = self._shard_filter(shard)
         statement = self._q(
-            f"UPDATE {self.table} SET lease_expires_at = {now} WHERE claim_token = ? AND status = 'pending'"
+            f"UPDATE {self.table} SET lease_expires_at = {now} WHERE claim_token = ? AND status = 'pending'{in_shard}"
         )
         with self._transaction() as cursor:
-            cursor.execute(statement, (token,))
+            cursor.execute(statement, (token, *shard_params))
             return int(cursor.rowcount or 0)
 
     @_reconnecting
-    def unreleased(self, token: str) -> int:
-        """Pending rows the token holds under a lease still running. Every load ends by releasing its rows (even a
-        failing one), so on a retry of the load these are the rows of a try that died: some may have a POST the
-        instance is still writing."""
+    def unreleased(self, token: str, *, shard: Shard | None = None) -> int:
+        """Pending rows the token (or its ``shard``) holds under a lease still running. Every load ends by releasing
+        its rows (even a failing one), so on a retry of the load these are the rows of a try that died: some may have
+        a POST the instance is still writing."""
+        in_shard, shard_params = self._shard_filter(shard)
         statement = self._q(
             f"SELECT COUNT(*) FROM {self.table} WHERE claim_token = ? AND status = 'pending' "
-            f"AND lease_expires_at > {self._sql.now}"
+            f"AND lease_expires_at > {self._sql.now}{in_shard}"
         )
         with self._transaction() as cursor:
-            cursor.execute(statement, (token,))
+            cursor.execute(statement, (token, *shard_params))
             row = cursor.fetchone()
             return int(row[0]) if row else 0
 
@@ -474,7 +561,7 @@ class SourceTable:
         )
         with self._transaction() as cursor:
             cursor.execute(statement, (token, *statuses, limit))
-            return [(str(r[0]), str(r[1]), str(r[2])) for r in cursor.fetchall()]
+            return [(_printable(r[0]), str(r[1]), str(r[2])) for r in cursor.fetchall()]
 
     @_reconnecting
     def backlog(self) -> dict[str, int]:
@@ -484,12 +571,146 @@ class SourceTable:
             cursor.execute(statement)
             return {str(status): int(count) for status, count in cursor.fetchall()}
 
+    @_reconnecting
+    def oldest_pending_age(self) -> float | None:
+        """Seconds since the oldest ``pending`` row was written by its producer, or None when none is pending.
+
+        A backlog whose oldest row keeps ageing is stuck (the sync is failing, paused, or out-paced).
+        """
+        if self.dialect is Dialect.POSTGRES:
+            expression = "EXTRACT(EPOCH FROM (now() - MIN(created_at)))"
+        else:
+            expression = "(julianday('now') - julianday(MIN(created_at))) * 86400.0"
+        with self._transaction() as cursor:
+            cursor.execute(f"SELECT {expression} FROM {self.table} WHERE status = 'pending'")
+            value = cursor.fetchone()[0]
+        return None if value is None else max(0.0, float(value))
+
+    @_reconnecting
+    def current_schema(self) -> str | None:
+        """The schema the table's name resolves in on PostgreSQL (for lineage); None on SQLite."""
+        if self.dialect is not Dialect.POSTGRES:
+            return None
+        with self._transaction() as cursor:
+            cursor.execute("SELECT current_schema()")
+            value = cursor.fetchone()[0]
+        return None if value is None else str(value)
+
+    @_reconnecting
+    def created_request_ids(self, token: str, limit: int) -> list[str]:
+        """Request ids (= correlation ids) of up to ``limit`` rows the token took to ``created``, in id order."""
+        statement = self._q(
+            f"SELECT request_id FROM {self.table} WHERE claim_token = ? AND status = 'created' ORDER BY id LIMIT ?"
+        )
+        with self._transaction() as cursor:
+            cursor.execute(statement, (token, limit))
+            return [str(row[0]) for row in cursor.fetchall()]
+
+    # ----------------------------------------------------------------------------------------------------------
+    # dry runs (read only) and replays
+    # ----------------------------------------------------------------------------------------------------------
+
+    @_reconnecting
+    def select_claimable(self, *, after: int, size: int) -> list[SourceRow]:
+        """The next ``size`` rows after id ``after`` that a claim would take now; reads only (a dry run)."""
+        sql = self._sql
+        statement = self._q(
+            f"SELECT {', '.join(ROW_COLUMNS)} FROM {self.table} WHERE status = 'pending' AND id > ? "
+            f"AND (claim_token IS NULL OR lease_expires_at IS NULL OR lease_expires_at <= {sql.now}) "
+            "ORDER BY id LIMIT ?"
+        )
+        with self._transaction() as cursor:
+            cursor.execute(statement, (after, size))
+            return [_row(values) for values in cursor.fetchall()]
+
+    @_reconnecting
+    def find_requests(self, request_ids: Sequence[str]) -> list[StoredRequest]:
+        """The rows with these request ids, whatever their status, in id order; reads only."""
+        if not request_ids:
+            return []
+        statement = self._q(self._find_requests_sql(len(request_ids), lock=False))
+        with self._transaction() as cursor:
+            cursor.execute(statement, tuple(request_ids))
+            return [_stored(values) for values in cursor.fetchall()]
+
+    def replay(self, token: str, request_ids: Sequence[str], *, lease_seconds: float) -> ReplayResult:
+        """Make the given rows claimable again and claim them for ``token``, in one transaction.
+
+        For replaying rows after their data was fixed: ``rejected``, ``failed``, even ``created`` ones (the load
+        looks each up by correlation_id first, so a row that has a record adopts it instead of duplicating it).
+        Each reset row's previous status, error, record and attempt count are kept in ``<table>_replays``, then
+        the row becomes ``pending`` with its attempts at 0, held by ``token``. A row another run holds under a
+        live lease is left alone (``busy``); a row this token already holds pending is kept as it is (a retried
+        extract). Unknown request ids raise ``ValueError`` naming them, and nothing is changed.
+        """
+        result = ReplayResult()
+        if not request_ids:
+            return result
+        sql = self._sql
+        audit = self._q(f"""
+            INSERT INTO {self.replays_table} (request_id, claim_token, previous_status, previous_error,
+                previous_sys_id, previous_number, previous_sync_action, previous_attempts, replayed_at)
+            VALUES (?, ?, ?, ?, ?, ?, ?, ?, {sql.now})""")
+        reset = self._q(f"""
+            UPDATE {self.table}
+               SET status = 'pending', error = NULL, sys_id = NULL, number = NULL, sync_action = NULL,
+                   attempts = 0, last_http_status = NULL, claim_token = ?, lease_expires_at = {sql.lease_until},
+                   updated_at = {sql.now}
+             WHERE id = ?""")
+        with self._transaction() as cursor:
+            cursor.execute(self._q(self._find_requests_sql(len(request_ids), lock=True)), tuple(request_ids))
+            stored = [_stored(values) for values in cursor.fetchall()]
+            unknown = sorted(set(request_ids) - {row.request_id for row in stored})
+            if unknown:
+                raise ValueError(f"request_ids not found in {self.table}: {', '.join(unknown[:20])}")
+            for row in stored:
+                if row.status == SyncStatus.PENDING and row.claim_token == token:
+                    result.held.append(row.request_id)
+                elif row.status == SyncStatus.PENDING and row.lease_live:
+                    result.busy.append(row.request_id)
+                else:
+                    cursor.execute(audit, (row.request_id, token, row.status, row.error, row.sys_id, row.number,
+                                           row.sync_action, row.attempts))
+                    cursor.execute(reset, (token, _lease(lease_seconds, self.dialect), row.id))
+                    result.reset.append(row)
+        return result
+
+    @property
+    def replays_table(self) -> str:
+        return validate_identifier(f"{self.table}_replays")
+
+    def _find_requests_sql(self, count: int, *, lock: bool) -> str:
+        lock_clause = "FOR UPDATE" if lock and self.dialect is Dialect.POSTGRES else ""
+        live = f"CASE WHEN lease_expires_at > {self._sql.now} THEN 1 ELSE 0 END"
+        return (
+            f"SELECT {', '.join(ROW_COLUMNS)}, status, sys_id, number, sync_action, claim_token, {live} "
+            f"FROM {self.table} WHERE request_id IN ({_placeholders(count)}) ORDER BY id {lock_clause}"
+        )
+
 
 def _row(values: Sequence[Any]) -> SourceRow:
     data = dict(zip(ROW_COLUMNS, values, strict=True))
     if isinstance(data.get("notes"), memoryview):
         data["notes"] = bytes(data["notes"])
     return SourceRow.model_validate(data)
+
+
+def _stored(values: Sequence[Any]) -> StoredRequest:
+    width = len(ROW_COLUMNS)
+    status, sys_id, number, sync_action, token, live = values[width:]
+    return StoredRequest(
+        row=_row(values[:width]), status=str(status), sys_id=sys_id, number=number, sync_action=sync_action,
+        claim_token=token, lease_live=bool(live),
+    )
+
+
+def _decode_text(raw: bytes) -> str:
+    return raw.decode("utf-8", "surrogateescape")
+
+
+def _printable(value: Any) -> str:
+    """A producer's value as safe text for logs and alerts: undecodable bytes shown as escapes, not raised on."""
+    return str(value).encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _lease(seconds: float, dialect: Dialect) -> Any:

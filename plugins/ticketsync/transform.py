@@ -19,6 +19,7 @@ from ticketsync.models import (
     Rejection,
     SourceRow,
     ValidatedRequest,
+    preview,
 )
 
 
@@ -62,7 +63,7 @@ def validate_row(row: SourceRow) -> ValidatedRequest | Rejection:
     spec = TARGETS.get(table)
     if spec is None:
         supported = ", ".join(sorted(TARGETS))
-        errors.append(FieldError("target_table", f"{table[:100]!r} is not supported (supported: {supported})"))
+        errors.append(FieldError("target_table", f"{preview(table)} is not supported (supported: {supported})"))
     else:
         already = {error.column for error in errors}
         errors.extend(e for e in _required_errors(values, spec.required, spec.table) if e.column not in already)

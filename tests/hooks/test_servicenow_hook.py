@@ -196,3 +196,44 @@ def test_body_is_sent_as_utf8_json_and_journal_stored_byte_for_byte(hook: Servic
         timeout=5,
     ).json()["result"]
     assert [(e["element"], e["value"]) for e in entries] == [("work_notes", "Prêt 💸")]
+
+
+def test_session_cookies_are_kept_and_sent_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A real instance sets session cookies (JSESSIONID, glide_user_route); the hook sends them back, as requests'
+    Session would, although it sends over the session's connection pool directly."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    seen: list[str | None] = []
+
+    class Instance(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            seen.append(self.headers.get("Cookie"))
+            body = json.dumps({"result": {"sys_id": "a" * 32, "number": "LSC0001001"}}).encode()
+            self.send_response(201)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Set-Cookie", "JSESSIONID=abc123; Path=/; HttpOnly")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Instance)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        set_connection(monkeypatch, "sn_cookies", host="127.0.0.1", port=server.server_port, schema="http",
+                       login="a", password="b")
+        hook = ServiceNowHook("sn_cookies")
+        assert hook.create_record(TABLE, BODY).sys_id == "a" * 32
+        hook.create_record(TABLE, BODY)
+        hook.close()
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert seen == [None, "JSESSIONID=abc123"]

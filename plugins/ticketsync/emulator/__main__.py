@@ -16,6 +16,7 @@ from ticketsync.emulator.server import EmulatorConfig, start_emulator
 from ticketsync.emulator.store import DEFAULT_TABLES
 
 PASSWORD_ENV = "TICKETSYNC_EMULATOR_PASSWORD"  # noqa: S105 - the name of a variable, not a secret
+CLIENT_SECRET_ENV = "TICKETSYNC_EMULATOR_CLIENT_SECRET"  # noqa: S105 - the name of a variable, not a secret
 
 # flag -> FaultConfig field, for the flags that take a rate between 0 and 1
 _RATE_FLAGS: dict[str, str] = {
@@ -58,7 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m ticketsync.emulator",
         description="A local ServiceNow Table API emulator with injectable faults.",
-        epilog=f"The password is best given in the environment variable {PASSWORD_ENV}; it wins over --password.",
+        epilog=f"The password is best given in the environment variable {PASSWORD_ENV} (it wins over --password), "
+        f"the OAuth client secret in {CLIENT_SECRET_ENV}.",
     )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
@@ -69,6 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tls-cert", help="PEM certificate: serve HTTPS when given with --tls-key")
     parser.add_argument("--tls-key", help="PEM private key")
     parser.add_argument("--verbose", action="store_true", help="log every request to stderr")
+    oauth = parser.add_argument_group("OAuth 2.0 (POST /oauth_token.do; off without a client secret)")
+    oauth.add_argument("--oauth-client-id", default="ticketsync")
+    oauth.add_argument("--oauth-client-secret", help=f"used when ${CLIENT_SECRET_ENV} is unset")
+    oauth.add_argument("--oauth-token-lifetime", type=float, default=1799.0, metavar="SECONDS")
     faults = parser.add_argument_group("faults")
     for flag, (name, help_text) in _NUMBER_FLAGS.items():
         default = float(getattr(FaultConfig(), name))
@@ -98,6 +104,9 @@ def config_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> Em
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         verbose=args.verbose,
+        oauth_client_id=args.oauth_client_id,
+        oauth_client_secret=environ.get(CLIENT_SECRET_ENV) or args.oauth_client_secret or "",
+        oauth_token_lifetime=args.oauth_token_lifetime,
     )
 
 

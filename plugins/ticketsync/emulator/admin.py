@@ -1,4 +1,4 @@
-"""Admin endpoints under `/_emulator/` (no auth): health, stats, faults, reset, raw records."""
+"""Admin endpoints under `/_emulator/` (no auth): health, stats, faults, reset, raw records, OAuth tokens."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from ticketsync.emulator.faults import FaultConfig, FaultConfigError
+from ticketsync.emulator.oauth import TokenIssuer
 from ticketsync.emulator.replies import Reply, error_reply
 from ticketsync.emulator.store import Store
 
@@ -21,6 +22,9 @@ class AdminTarget(Protocol):
 
     @property
     def fault_config(self) -> FaultConfig: ...
+
+    @property
+    def oauth(self) -> TokenIssuer: ...
 
     def update_faults(self, changes: dict[str, Any]) -> FaultConfig: ...
 
@@ -60,6 +64,22 @@ def _reset(target: AdminTarget, body: bytes) -> Reply:
     return Reply(200, {"status": "reset", "faults": target.fault_config.to_dict()})
 
 
+def _put_oauth(target: AdminTarget, body: bytes) -> Reply:
+    changes = _json_object(body)
+    if isinstance(changes, Reply):
+        return changes
+    lifetime = changes.get("token_lifetime")
+    if lifetime is not None:
+        if isinstance(lifetime, bool) or not isinstance(lifetime, int | float) or lifetime <= 0:
+            return error_reply(400, "Invalid OAuth settings", "token_lifetime must be a positive number of seconds")
+        target.oauth.set_lifetime(float(lifetime))
+    return Reply(200, target.oauth.snapshot())
+
+
+def _revoke(target: AdminTarget, _body: bytes) -> Reply:
+    return Reply(200, {"revoked": target.oauth.revoke_all(), **target.oauth.snapshot()})
+
+
 def _records(target: AdminTarget, table: str) -> Reply:
     if not target.store.has_table(table):
         return error_reply(404, f"Invalid table {table}")
@@ -74,6 +94,9 @@ _ROUTES: dict[tuple[str, str], Callable[[AdminTarget, bytes], Reply]] = {
     ("PUT", "faults"): _put_faults,
     ("PATCH", "faults"): _put_faults,
     ("POST", "reset"): _reset,
+    ("GET", "oauth"): lambda target, _body: Reply(200, target.oauth.snapshot()),
+    ("PUT", "oauth"): _put_oauth,
+    ("POST", "oauth/revoke"): _revoke,
 }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import random
 import threading
@@ -99,9 +100,13 @@ class FaultConfig:
         if unknown:
             raise FaultConfigError(f"unknown methods in methods: {sorted(unknown)}")
 
-    def total_fault_rate(self) -> float:
-        """The probability that a request draws one of the random faults."""
+    @functools.cached_property
+    def _total_fault_rate(self) -> float:
         return sum(float(getattr(self, name)) for name in RANDOM_FAULTS)
+
+    def total_fault_rate(self) -> float:
+        """The probability that a request draws one of the random faults (worked out once: the config is frozen)."""
+        return self._total_fault_rate
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready view."""

@@ -20,6 +20,7 @@ from urllib.parse import parse_qsl
 
 from ticketsync.emulator import admin, table_api
 from ticketsync.emulator.faults import PRE_COMMIT_FAULTS, FaultConfig, FaultInjector
+from ticketsync.emulator.oauth import TokenIssuer, token_reply
 from ticketsync.emulator.replies import (
     Reply,
     concurrency_exceeded,
@@ -47,6 +48,10 @@ class EmulatorConfig:
     tls_cert: str | None = None
     tls_key: str | None = None
     verbose: bool = False
+    # OAuth 2.0 (`POST /oauth_token.do`): off while the client secret is empty.
+    oauth_client_id: str = "ticketsync"
+    oauth_client_secret: str = field(default="", repr=False)
+    oauth_token_lifetime: float = 1799.0
 
     @property
     def tls(self) -> bool:
@@ -83,6 +88,9 @@ class EmulatorServer(ThreadingHTTPServer):
         self._store = Store(config.tables)
         self.faults = FaultInjector(config.faults)
         self.stats = Stats()
+        credentials = f"{config.user}:{config.password}".encode()
+        self.expected_authorization = b"Basic " + base64.b64encode(credentials)
+        self._oauth = TokenIssuer(config.oauth_token_lifetime)
         self._connections: set[socket.socket] = set()
         self._connections_lock = threading.Lock()
         if ":" in config.host:
@@ -122,15 +130,20 @@ class EmulatorServer(ThreadingHTTPServer):
     def fault_config(self) -> FaultConfig:
         return self.faults.config
 
+    @property
+    def oauth(self) -> TokenIssuer:
+        return self._oauth
+
     def update_faults(self, changes: dict[str, Any]) -> FaultConfig:
         return self.faults.update(changes)
 
     def stats_snapshot(self) -> dict[str, Any]:
-        return {**self.stats.snapshot(), "records": self._store.counts()}
+        return {**self.stats.snapshot(), "records": self._store.counts(), "oauth": self._oauth.snapshot()}
 
     def reset(self, *, reset_faults: bool = False) -> None:
         self._store.clear()
         self.stats.reset()
+        self._oauth.reset()
         if reset_faults:
             self.faults.replace(self.config.faults)
         else:
@@ -209,6 +222,12 @@ class EmulatorHandler(BaseHTTPRequestHandler):
         body = self._read_body()
         if body is None:
             reply = error_reply(400, "Bad request framing")
+        elif path == "/oauth_token.do" and method == "POST":
+            config = self.server.config
+            reply = token_reply(
+                self.server.oauth, body, client_id=config.oauth_client_id, client_secret=config.oauth_client_secret,
+                user=config.user, password=config.password,
+            )
         elif path.startswith(admin.PREFIX):
             reply = admin.handle(self.server, method, path, body)
         else:
@@ -278,11 +297,17 @@ class EmulatorHandler(BaseHTTPRequestHandler):
         return reply.without_sys_id()
 
     def _authenticate(self) -> str | None:
-        """The user name when the Basic credentials are right (and fail_auth is off), else None."""
+        """The user name when the Basic credentials or the bearer token are good (and fail_auth is off), else None."""
         if self.server.faults.config.fail_auth:
             self.server.stats.fault("fail_auth")
             return None
-        scheme, _, encoded = self.headers.get("Authorization", "").partition(" ")
+        header = self.headers.get("Authorization", "")
+        config = self.server.config
+        if hmac.compare_digest(header.encode(), self.server.expected_authorization):
+            return config.user  # the usual spelling of the right credentials: no need to decode them
+        scheme, _, encoded = header.partition(" ")
+        if scheme.lower() == "bearer":
+            return self.server.oauth.user_for(encoded.strip())
         if scheme.lower() != "basic":
             return None
         try:
@@ -290,7 +315,6 @@ class EmulatorHandler(BaseHTTPRequestHandler):
         except (binascii.Error, UnicodeDecodeError):
             return None
         user, _, password = decoded.partition(":")
-        config = self.server.config
         user_ok = hmac.compare_digest(user.encode(), config.user.encode())
         password_ok = hmac.compare_digest(password.encode(), config.password.encode())
         return user if user_ok and password_ok else None
@@ -390,6 +414,18 @@ class RunningEmulator:
 
     def stats(self) -> dict[str, Any]:
         return self._server.stats_snapshot()
+
+    def revoke_tokens(self) -> int:
+        """Invalidate every OAuth token issued so far; returns how many were live."""
+        return self._server.oauth.revoke_all()
+
+    def issued_tokens(self) -> list[str]:
+        """The last 1,000 OAuth access tokens issued (so a test can check none of them leaked)."""
+        return self._server.oauth.recent_tokens()
+
+    def set_token_lifetime(self, seconds: float) -> None:
+        """The lifetime of OAuth tokens issued from now on."""
+        self._server.oauth.set_lifetime(seconds)
 
     def reset(self, *, reset_faults: bool = False) -> None:
         """Clear records and counters; faults stay unless reset_faults (back to the start configuration)."""

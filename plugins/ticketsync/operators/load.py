@@ -3,30 +3,44 @@
 from __future__ import annotations
 
 import time
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from airflow.sdk import Context
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
-from ticketsync.hooks.servicenow import ServiceNowAuthError, ServiceNowHook, ServiceNowRequestError
+from ticketsync.hooks.servicenow import ServiceNowConfigurationError, ServiceNowHook, ServiceNowRequestError
 from ticketsync.loader import CaseLoader, LoadSettings, ServiceNowUnavailable
 from ticketsync.operators.base import SourceTaskOperator, claim_token
-from ticketsync.source import SourceTable
+from ticketsync.operators.runinfo import LoadRunInfoMixin, as_bool, as_list
+from ticketsync.source import Shard, SourceTable
 
 
-class ServiceNowLoadOperator(SourceTaskOperator):
+class ServiceNowLoadOperator(LoadRunInfoMixin, SourceTaskOperator):
     """Create one ServiceNow record per claimed, valid row of this run, or adopt the one that already exists.
 
     Built on :class:`~ticketsync.hooks.servicenow.ServiceNowHook` rather than ``HttpOperator``: one task sends
     thousands of requests over one pooled session, and owns the look-up-before-create that makes it idempotent.
 
-    * 401, or a refused look-up (read ACL, unknown table), fails the task at once (:class:`AirflowFailException`:
+    * 401, a refused OAuth token, a TLS certificate that fails verification, or a refused look-up (read ACL,
+      unknown table), fails the task at once (:class:`AirflowFailException`:
       wrong credentials must not burn retries);
     * an instance that cannot be reached for a look-up, or rows still failing transiently after the in-task retry
       rounds, fail the task normally, so Airflow retries it; the retry takes the same rows, looks them up first, and
       never creates a second record;
-    * returns the per-outcome counts (XCom carries counts, never bodies).
+    * returns the per-outcome counts (XCom carries counts, never bodies);
+    * ``is_dry_run``: looks the rows a run would take up (GET only) and returns the plan; writes nothing (extract
+      then plans a single loader, which plans the whole selection);
+    * reports OpenLineage facets and the "ServiceNow records" extra link (:class:`LoadRunInfoMixin`).
+
+    Scale-out: as a mapped task (``.partial(shard_count=N).expand(shard_index=[0, …, N-1])``) each of the N loaders
+    takes only the rows of the run's claim with ``id % N = shard_index``, so the N task instances (on any workers)
+    never take the same row, and a retry of loader ``i`` takes shard ``i`` again. Unmapped (``shard_index`` None),
+    one loader takes the whole claim.
+
+    Pace: ``rate_limit`` (requests per second) overrides the connection's ``rate_limit`` extra; either is the total
+    for the integration user, so each of the N loaders keeps to ``rate_limit / N``. ``max_in_flight`` is per
+    loader: N loaders keep up to ``N * max_in_flight`` requests in flight.
     """
 
     template_fields = (
@@ -37,6 +51,11 @@ class ServiceNowLoadOperator(SourceTaskOperator):
         "max_attempts",
         "lease_seconds",
         "rate_limit",
+        "is_dry_run",
+        "limit",
+        "request_ids",
+        "shard_index",
+        "shard_count",
         "settle_seconds",
     )
     ui_color = "#e6f5e6"
@@ -52,6 +71,11 @@ class ServiceNowLoadOperator(SourceTaskOperator):
         rate_limit: float | str | None = None,
         retry_rounds: int = 3,
         backoff_base: float = 1.0,
+        is_dry_run: bool | str = False,
+        limit: int | str = 10_000,
+        request_ids: list[str] | str | None = None,
+        shard_index: int | str | None = None,
+        shard_count: int | str = 1,
         settle_seconds: float | str = 60.0,
         **kwargs: Any,
     ) -> None:
@@ -64,17 +88,33 @@ class ServiceNowLoadOperator(SourceTaskOperator):
         self.rate_limit = rate_limit
         self.retry_rounds = retry_rounds
         self.backoff_base = backoff_base
+        self.is_dry_run = is_dry_run
+        self.limit = limit  # read by a dry run only: a real load takes what extract claimed
+        self.request_ids = request_ids
+        self.shard_index = shard_index
+        self.shard_count = shard_count
         self.settle_seconds = settle_seconds
 
-    def settings(self) -> LoadSettings:
+    def shard(self) -> Shard | None:
+        """This loader's share of the claim, or None for the whole of it (an unmapped load)."""
+        index = self.shard_index
+        if index is None or index in ("", "None"):
+            return None
+        return Shard(int(index), int(self.shard_count))
+
+    def settings(self, connection_rate_limit: float | None = None) -> LoadSettings:
+        """The loader's settings; the run's rate (this operator's, else the connection's) split between loaders."""
+        shard = self.shard()
+        total_rate = _positive(self.rate_limit) or connection_rate_limit
         return LoadSettings(
             chunk_size=int(self.chunk_size),
             max_in_flight=int(self.max_in_flight),
             max_attempts=int(self.max_attempts),
             lease_seconds=float(self.lease_seconds),
-            rate_limit=float(self.rate_limit) if self.rate_limit not in (None, "", "None", 0, "0") else None,
+            rate_limit=total_rate / (shard.count if shard else 1) if total_rate else None,
             retry_rounds=self.retry_rounds,
             backoff_base=self.backoff_base,
+            shard=shard,
             settle_seconds=float(self.settle_seconds),
         )
 
@@ -84,22 +124,31 @@ class ServiceNowLoadOperator(SourceTaskOperator):
         before any look-up, or the look-up could miss a record and a second would be created."""
         if int(getattr(context["ti"], "try_number", 1) or 1) <= 1:
             return
-        held = source.unreleased(claim_token(context))
+        held = source.unreleased(claim_token(context), shard=settings.shard)
         delay = self.retry_delay.total_seconds() if isinstance(self.retry_delay, timedelta) else 0.0
         wait = settings.settle_seconds - delay
         if held and wait > 0:
             self.log.info("the previous try died holding %d rows; waiting %.0f s for its POSTs to settle", held, wait)
             time.sleep(wait)
 
-    def execute(self, context: Context) -> dict[str, int]:
-        settings = self.settings()
+    def execute(self, context: Context) -> dict[str, Any]:
+        if as_bool(self.is_dry_run):
+            return self.dry_run_load(context, as_list(self.request_ids))
         token = claim_token(context)
-        hook = ServiceNowHook(self.servicenow_conn_id, pool_size=settings.max_in_flight)
+        hook = ServiceNowHook(self.servicenow_conn_id, pool_size=int(self.max_in_flight))
+        started, loader = datetime.now(UTC), None
         try:
+            settings = self.settings(hook.rate_limit())
+            self.log.info(
+                "loading %s: %s, up to %d requests in flight, pace %s", token,
+                f"shard {settings.shard.index} of {settings.shard.count}" if settings.shard else "the whole claim",
+                settings.max_in_flight, f"{settings.rate_limit:g}/s" if settings.rate_limit else "unlimited",
+            )
             with self.open_source() as source:
                 self._settle_after_a_dead_try(context, source, settings)
-                counts = CaseLoader(hook, source, token, settings).run()
-        except ServiceNowAuthError as exc:
+                loader = CaseLoader(hook, source, token, settings)
+                counts = loader.run()
+        except ServiceNowConfigurationError as exc:  # 401, refused OAuth token, failed TLS verification
             raise AirflowFailException(str(exc)) from exc
         except ServiceNowRequestError as exc:
             # Only a look-up raises this out of the loader (a refused POST fails its row, not the task): without
@@ -108,6 +157,7 @@ class ServiceNowLoadOperator(SourceTaskOperator):
         except ServiceNowUnavailable as exc:
             raise AirflowException(f"ServiceNow unavailable; the task will be retried: {exc}") from exc
         finally:
+            self.remember_load(context, hook, loader.counts.as_dict() if loader else None, started)
             hook.close()
         self.log.info("load of %s: %s", token, counts.as_dict())
         if counts.still_pending:
@@ -116,3 +166,13 @@ class ServiceNowLoadOperator(SourceTaskOperator):
                 "why); the task retry or the next run takes them again, looking each up before any new POST"
             )
         return counts.as_dict()
+
+
+def _positive(value: float | str | None) -> float | None:
+    """An optional templated number: None, empty, "None" and 0 mean "not set"."""
+    if value is None or value in ("", "None"):
+        return None
+    number = float(value)
+    if number < 0:
+        raise ValueError(f"rate_limit must not be negative, got {value!r}")
+    return number or None

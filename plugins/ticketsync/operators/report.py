@@ -7,7 +7,9 @@ from typing import Any
 from airflow.sdk import Context
 from airflow.sdk.exceptions import AirflowException
 
+from ticketsync import alerts, dryrun
 from ticketsync.operators.base import SourceTaskOperator, claim_token
+from ticketsync.operators.runinfo import as_bool
 
 SUMMARY_ROWS = (
     ("claimed", "claimed"),
@@ -27,28 +29,53 @@ def format_summary(counts: dict[str, int], backlog: dict[str, int]) -> str:
     return "\n".join(lines)
 
 
+class LoadDidNotComplete(alerts.LoadIncomplete, AirflowException):
+    """The report's failure when the load failed: the load's own failure callback has alerted already."""
+
+
 class SyncReportOperator(SourceTaskOperator):
     """Count this run's rows by outcome, log the table, and fail the run if any row failed permanently.
 
     It runs whatever happened upstream (trigger rule ``all_done``), so a failed load still gets its summary.
     The counts come from the source table, the record of truth, not from XCom.
+
+    Alerts (:mod:`ticketsync.alerts`, configured by Variables): when more than a share of the run's rows was
+    rejected or failed, and when the oldest pending row is too old (a stuck backlog). A run that fails here alerts
+    through the failure callback instead, with the threshold findings in its message: one alert per run.
+    ``is_dry_run``: prints the load's plan and writes nothing.
+
+    A mapped load (one loader per shard): ``shards_task_id`` names the task whose return value the load expanded
+    over (the extract), and every one of those loaders must have returned its counts, or the run fails; their
+    counters (posts, look-ups, 429s…) are summed into the log.
     """
 
-    template_fields = (*SourceTaskOperator.template_fields, "load_task_id")
+    template_fields = (*SourceTaskOperator.template_fields, "load_task_id", "shards_task_id", "is_dry_run")
     ui_color = "#f3e8fd"
 
-    def __init__(self, *, load_task_id: str = "load", **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        load_task_id: str = "load",
+        shards_task_id: str | None = None,
+        is_dry_run: bool | str = False,
+        **kwargs: Any,
+    ) -> None:
         kwargs.setdefault("trigger_rule", "all_done")
         super().__init__(**kwargs)
         self.load_task_id = load_task_id
+        self.shards_task_id = shards_task_id
+        self.is_dry_run = is_dry_run
 
-    def execute(self, context: Context) -> dict[str, int]:
+    def execute(self, context: Context) -> dict[str, Any]:
+        if as_bool(self.is_dry_run):
+            return self.report_dry_run(context)
         token = claim_token(context)
         with self.open_source() as source:
             source.ensure_schema()
             by_status = source.token_summary(token)
             errors = source.first_errors(token, ("failed", "pending", "rejected"))
             backlog = source.backlog()
+            oldest_pending = source.oldest_pending_age()
         counts = dict(by_status)
         counts["claimed"] = sum(by_status.values())
         counts.setdefault("created_created", 0)
@@ -56,14 +83,47 @@ class SyncReportOperator(SourceTaskOperator):
         self.log.info("ticket sync %s\n%s", token, format_summary(counts, backlog))
         for request_id, status, error in errors:
             self.log.info("%s %s: %s", status, request_id, error)
-        loaded = context["ti"].xcom_pull(task_ids=self.load_task_id)
-        if loaded is None or (isinstance(loaded, list) and any(part is None for part in loaded)):
+        missing = self._unfinished_loads(context)
+        if missing:
             # The report is the DAG's leaf: if it succeeded here, a failed load would leave a green run.
-            raise AirflowException(
-                f"the {self.load_task_id!r} task did not complete; its log says why. Rows it did not finish stay "
-                "pending and are taken again, looked up first, by its retry or the next run"
+            raise LoadDidNotComplete(
+                f"the {self.load_task_id!r} task did not complete ({missing}); its log says why. Rows it did not "
+                "finish stay pending and are taken again, looked up first, by its retry or the next run"
             )
+        breaches = alerts.threshold_alerts(context, counts, errors, oldest_pending)
         if counts.get("failed"):
             first = "; ".join(f"{rid}: {err}" for rid, status, err in errors if status == "failed")
-            raise AirflowException(f"{counts['failed']} requests failed permanently and need a person: {first}")
+            also = "".join(f"; also: {alert.headline}" for alert in breaches)
+            raise AirflowException(
+                f"{counts['failed']} requests failed permanently and need a person: {first}{also}"
+            )
+        for alert in breaches:
+            alerts.send_alert(alert, context)
         return counts
+
+    def report_dry_run(self, context: Context) -> dict[str, Any]:
+        ti = context["ti"]
+        # A dry run plans with a single loader (map index 0 when the load is mapped).
+        plan = ti.xcom_pull(task_ids=self.load_task_id, map_indexes=0 if self.shards_task_id else None)
+        if not isinstance(plan, dict) or not plan.get("dry_run"):
+            raise LoadDidNotComplete(f"the {self.load_task_id!r} task did not complete its dry run; its log says why")
+        self.log.info("ticket sync %s\n%s", claim_token(context), dryrun.format_plan(plan))
+        return plan
+
+    def _unfinished_loads(self, context: Context) -> str:
+        """Which loads returned no counts ("" when all did); logs the counters summed over the loaders."""
+        ti = context["ti"]
+        if self.shards_task_id is None:
+            loaded = ti.xcom_pull(task_ids=self.load_task_id)
+            return "" if loaded is not None else "no counts"
+        shards = ti.xcom_pull(task_ids=self.shards_task_id)
+        if not shards:
+            return f"{self.shards_task_id!r} planned no loaders"
+        # Pull by map index: without map_indexes Airflow returns only the XComs that exist, so a failed loader
+        # would simply be missing from the list (and one success out of N would come back as a bare dict).
+        parts = ti.xcom_pull(task_ids=self.load_task_id, map_indexes=list(range(len(shards))))
+        failed = [index for index, part in enumerate(parts) if part is None]
+        done = [part for part in parts if part is not None]
+        totals = {key: sum(int(part.get(key) or 0) for part in done) for key in (done[0] if done else {})}
+        self.log.info("%d of %d loaders returned counts; summed: %s", len(done), len(shards), totals)
+        return f"loaders {failed} of {len(shards)} returned no counts" if failed else ""

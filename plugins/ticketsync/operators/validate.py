@@ -8,6 +8,7 @@ from airflow.sdk import Context
 
 from ticketsync.models import Rejection, SyncStatus
 from ticketsync.operators.base import SourceTaskOperator, claim_token
+from ticketsync.operators.runinfo import as_bool
 from ticketsync.source import Outcome
 from ticketsync.transform import prepare
 
@@ -19,14 +20,18 @@ class ValidateRequestsOperator(SourceTaskOperator):
     or passed between tasks. Returns ``{"valid": n, "rejected": m}``.
     """
 
-    template_fields = (*SourceTaskOperator.template_fields, "chunk_size")
+    template_fields = (*SourceTaskOperator.template_fields, "chunk_size", "is_dry_run")
     ui_color = "#fdf6e3"
 
-    def __init__(self, *, chunk_size: int | str = 500, **kwargs: Any) -> None:
+    def __init__(self, *, chunk_size: int | str = 500, is_dry_run: bool | str = False, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.chunk_size = chunk_size
+        self.is_dry_run = is_dry_run
 
     def execute(self, context: Context) -> dict[str, int]:
+        if as_bool(self.is_dry_run):
+            self.log.info("dry run: nothing is written here; the load validates and plans the rows")
+            return {"valid": 0, "rejected": 0}
         token = claim_token(context)
         valid = rejected = 0
         with self.open_source() as source:

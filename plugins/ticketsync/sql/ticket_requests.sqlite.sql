@@ -32,3 +32,17 @@ CREATE TABLE IF NOT EXISTS ticket_requests (
 );
 CREATE INDEX IF NOT EXISTS ticket_requests_pending_idx ON ticket_requests (id) WHERE status = 'pending';
 CREATE INDEX IF NOT EXISTS ticket_requests_claim_idx ON ticket_requests (claim_token, id) WHERE status = 'pending';
+-- Audit trail of replays (DAG param request_ids): each row reset to pending, as it was before. Append-only.
+CREATE TABLE IF NOT EXISTS ticket_requests_replays (
+    id                   INTEGER PRIMARY KEY AUTOINCREMENT,
+    request_id           TEXT NOT NULL,
+    claim_token          TEXT NOT NULL,
+    previous_status      TEXT NOT NULL,
+    previous_error       TEXT,
+    previous_sys_id      TEXT,
+    previous_number      TEXT,
+    previous_sync_action TEXT,
+    previous_attempts    INTEGER NOT NULL,
+    replayed_at          TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+);
+CREATE INDEX IF NOT EXISTS ticket_requests_replays_request_idx ON ticket_requests_replays (request_id);

@@ -1,0 +1,99 @@
+"""The mapped load through Airflow (`airflow dags test`): N loaders share one run's claim, each row is sent once,
+and when one loader fails the run fails (the report notices) and the next run finishes that loader's rows."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from tests.conftest import PG_ADMIN_DSN, airflow_conn_json, pg_connector
+from tests.e2e.test_dag_run import check_exactly_once, rows
+from ticketsync.local import EmulatorProcess, LocalAirflow
+from ticketsync.samples import sample_requests
+from ticketsync.source import Dialect, SourceTable
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+TABLE = "sn_bom_loan_service"
+# Shard 2 of 3 cannot renew a lease (the step before sending), so its loader fails before it sends anything; the
+# claim, the transform's rejections and releasing a lease still work.
+REFUSE_SHARD_2 = """
+CREATE FUNCTION refuse_shard_2() RETURNS trigger AS $$
+BEGIN
+    IF NEW.id % 3 = 2 AND OLD.claim_token IS NOT NULL AND NEW.claim_token = OLD.claim_token
+       AND NEW.status = 'pending' AND NEW.lease_expires_at > now() THEN
+        RAISE EXCEPTION 'test: the source refuses shard 2 of 3';
+    END IF;
+    RETURN NEW;
+END $$ LANGUAGE plpgsql;
+CREATE TRIGGER refuse_shard_2 BEFORE UPDATE ON ticket_requests FOR EACH ROW EXECUTE FUNCTION refuse_shard_2();
+"""
+
+
+@pytest.fixture(scope="module")
+def airflow_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    home = tmp_path_factory.mktemp("airflow")
+    LocalAirflow(home=home).migrate()
+    return home
+
+
+@pytest.fixture
+def pg_source(pg_database: dict[str, Any]) -> Iterator[tuple[SourceTable, str, dict[str, Any]]]:
+    admin = psycopg.connect(PG_ADMIN_DSN, autocommit=True)
+    name = f"ticketsync_mapped_{uuid.uuid4().hex[:8]}"
+    admin.execute(f'CREATE DATABASE "{name}"')
+    params = {**pg_database, "dbname": name}
+    source = SourceTable(pg_connector(params), Dialect.POSTGRES)
+    source.ensure_schema()
+    try:
+        yield source, airflow_conn_json(params), params
+    finally:
+        source.close()
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
+
+
+def test_a_failed_loader_fails_the_run_and_the_next_run_finishes_its_shard(
+    airflow_home: Path, pg_source: tuple[SourceTable, str, dict[str, Any]], tmp_path: Path
+) -> None:
+    source, conn, params = pg_source
+    requests = list(sample_requests(300, invalid_every=10))
+    source.insert_requests(requests)
+    invalid_ids = {r["request_id"] for i, r in enumerate(requests, start=1) if i % 10 == 0}
+    with psycopg.connect(**params, autocommit=True) as db:
+        db.execute(REFUSE_SHARD_2)
+    with EmulatorProcess(tmp_path / "emulator", "--latency-ms", "5") as emulator:
+        airflow = LocalAirflow(home=airflow_home, connections={
+            "ticket_source": conn, "servicenow_default": emulator.connection(),
+        }, extra_env={"TICKETSYNC_RETRY_DELAY_SECONDS": "1"})
+        log = tmp_path / "run1.log"
+        code = airflow.run_dag(log, conf={"loaders": 3})
+        text = log.read_text()
+        assert code != 0, text[-5000:]
+        assert "loaders [2] of 3 returned no counts" in text, text[-5000:]
+        # Loaders 0 and 1 sent their shards; loader 2 sent nothing, its valid rows wait, pending, for the next run.
+        state = rows(source)
+        sent = {r["correlation_id"] for r in emulator.records(TABLE)}
+        for index, request in enumerate(requests, start=1):
+            request_id = request["request_id"]
+            if request_id in invalid_ids:
+                assert state[request_id]["status"] == "rejected"
+            elif index % 3 == 2:
+                assert state[request_id]["status"] == "pending"
+                assert request_id not in sent
+            else:
+                assert state[request_id]["status"] == "created"
+        posts = emulator.stats()["by_method"].get("POST", 0)
+        assert posts == len(sent) == sum(1 for i in range(1, 301) if i % 3 != 2 and i % 10 != 0)
+
+        with psycopg.connect(**params, autocommit=True) as db:
+            db.execute("DROP TRIGGER refuse_shard_2 ON ticket_requests")
+        code = airflow.run_dag(tmp_path / "run2.log", conf={"loaders": 2})
+        assert code == 0, (tmp_path / "run2.log").read_text()[-5000:]
+        outcome = check_exactly_once(source, emulator, requests, invalid_ids)
+        assert outcome == {"created_created": 270, "rejected": 30}
