@@ -121,7 +121,9 @@ def test_the_load_reconnects_when_its_backend_is_terminated_and_creates_each_row
         **result.as_dict(), "attempts": attempts, "terminations": len(killer.terminated),
         "requests": emulator.stats()["requests_total"],
     })
-    assert [killed for _, killed in killer.terminated] == [1, 1, 1], killer.terminated
+    # The loader's backends (its reader and its write-back thread's connection) were terminated three times.
+    assert len(killer.terminated) == 3
+    assert all(killed >= 1 for _, killed in killer.terminated), killer.terminated
     assert not result.problems, result.problems
     assert (result.pending, result.duplicates) == (0, 0)
     assert result.created + result.adopted == len(backlog.valid_ids)
@@ -166,7 +168,7 @@ def test_a_database_that_stays_away_fails_the_load_with_the_original_error_and_t
         "requests": emulator.stats()["requests_total"],
     })
     assert killer.terminated
-    assert killer.terminated[0][1] == 1
+    assert killer.terminated[0][1] >= 1
     assert cleanup_errors, "the clean-up's own failure should have been logged"
     assert not result.problems, result.problems
     assert (result.pending, result.duplicates) == (0, 0)
