@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import traceback
 from datetime import timedelta
 from types import SimpleNamespace
 from typing import Any
@@ -32,7 +33,8 @@ DAG_ID = "servicenow_ticket_sync"
 
 
 def run_tasks(run_id: str, try_number: int, args: argparse.Namespace) -> int:
-    context: Any = {"ti": SimpleNamespace(dag_id=DAG_ID, run_id=run_id, try_number=try_number)}
+    ti = SimpleNamespace(dag_id=DAG_ID, run_id=run_id, try_number=try_number, xcom_push=lambda **_: None)
+    context: Any = {"ti": ti}
     tasks = [
         ClaimRequestsOperator(task_id="extract", lease_seconds=args.lease_seconds),
         ValidateRequestsOperator(task_id="transform"),
@@ -59,6 +61,8 @@ def child(run_id: str, try_number: int, log_path: str, args: argparse.Namespace)
     code = 2
     try:
         code = run_tasks(run_id, try_number, args)
+    except BaseException:
+        traceback.print_exc()
     finally:
         sys.stdout.flush()
         os._exit(code)
