@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 CHROMIUM := /usr/bin/chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: help venv demo ui browser test lint emulator scaleout bench clean
+.PHONY: help venv demo ui browser test lint emulator scaleout bench soak clean
 
 help:
 	@echo "make demo      run the whole sync end to end on the embedded defaults (SQLite + local emulator)"
@@ -17,6 +17,7 @@ help:
 	@echo "make emulator  run the ServiceNow emulator in the foreground on 127.0.0.1:8765"
 	@echo "make scaleout  one DAG run on the real CeleryExecutor, mapped loaders on two workers (PostgreSQL + Redis)"
 	@echo "make bench     benchmark: the DAG vs a sequential loop and a naive mapped DAG; writes README's table"
+	@echo "make soak      100,000 requests through the DAG with ~10% faults and two worker kills, then checks"
 
 # The virtual environment, rebuilt when a requirements file changes. Exact pins, full lock in constraints.txt.
 $(STAMP): requirements.txt requirements-dev.txt constraints.txt
@@ -60,3 +61,7 @@ bench: $(STAMP)
 
 clean:
 	rm -rf .demo .airflow .artifacts .pytest_cache .mypy_cache .ruff_cache
+
+# The soak (README "Reliability"): SOAK_ARGS="--rows 10000" for the CI size. Needs PostgreSQL at 127.0.0.1:5432.
+soak: $(STAMP)
+	PYTHONPATH=plugins $(PY) scripts/soak.py $(SOAK_ARGS)

@@ -94,6 +94,11 @@ with DAG(
             "CeleryExecutor they spread over the workers). Size loaders x max_in_flight to the instance's API "
             "semaphores.",
         ),
+        "settle_seconds": Param(
+            60, type="number", minimum=0, title="Settle (seconds)",
+            description="How long ServiceNow may still write a POST that timed out (its transaction quota); such a "
+            "row is looked up again only after that",
+        ),
     },
 ) as dag:
     extract = ClaimRequestsOperator(
@@ -108,6 +113,7 @@ with DAG(
         max_in_flight="{{ params.max_in_flight }}",
         max_attempts="{{ params.max_attempts }}",
         lease_seconds="{{ params.lease_seconds }}",
+        settle_seconds="{{ params.settle_seconds }}",
         is_dry_run="{{ params.dry_run }}", limit="{{ params.limit }}", request_ids="{{ params.request_ids }}",
         inlets=[source_asset()], outlets=[servicenow_asset()],
         shard_count="{{ params.loaders }}",

@@ -13,7 +13,10 @@ A 429 is retried in place (nothing was done). Any other transient failure (5xx, 
 that is not JSON, a 201 without sys_id) may have created the record, so the row goes to a retry round that starts
 with the look-up again. Rows still failing after the rounds stay ``pending`` with the error and their attempt
 count; once a row has used ``max_attempts`` it becomes ``failed``, but only after a look-up confirmed that no
-record exists.
+record exists. A POST that timed out may still be committed by the instance after the client gave up: its retry
+round waits until ``settle_seconds`` (ServiceNow's transaction quota) have passed since it was sent before the
+look-up. A POST still refused with 429 after ``max_rate_limited_waits`` waits stays ``pending`` without using
+an attempt (nothing was done), so a rate-limit storm, however long, never makes a row ``failed``.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from ticketsync.hooks.servicenow import (
     ServiceNowConfigurationError,
     ServiceNowRateLimited,
     ServiceNowRequestError,
+    ServiceNowTimeout,
     ServiceNowTransientError,
 )
 from ticketsync.models import PreparedCase, Rejection, SourceRow, SyncAction, SyncStatus
@@ -68,6 +72,10 @@ class LoadSettings:
     flush_every: int = 50
     flush_interval: float = 0.5
     shard: Shard | None = None  # one of several loaders of the claim: only its rows (see SourceTable)
+    # How long the instance may go on with a POST after the client stopped waiting (ServiceNow cancels a Table API
+    # transaction after 60 s by default). A row whose POST timed out is looked up again only once that long has
+    # passed since it was sent: an earlier look-up could miss a record still being written, and create a second.
+    settle_seconds: float = 60.0
 
     def __post_init__(self) -> None:
         for name in ("chunk_size", "max_in_flight", "max_attempts", "max_rate_limited_waits"):
@@ -102,6 +110,7 @@ class _Posted:
     row: SourceRow
     record: CreatedRecord | None = None
     error: ServiceNowRequestError | ServiceNowTransientError | None = None
+    sent_at: float = 0.0  # time.monotonic() when the last POST went out
 
 
 class CaseLoader:
@@ -131,6 +140,7 @@ class CaseLoader:
         self._retry_ids: list[int] = []
         self._auth_error: ServiceNowConfigurationError | None = None
         self._writer: _OutcomeWriter | None = None
+        self._settle_until = 0.0  # no retry round looks up before this (time.monotonic())
 
     # ----------------------------------------------------------------------------------------------------------
     # the run
@@ -142,21 +152,58 @@ class CaseLoader:
         try:
             self._first_pass(pool)
             self._retry_rounds(pool)
-        finally:
-            try:
-                self._drain(cancel=True)
-                self._flush()
-            finally:  # also when the write-back failed: stop sending, stop the writer, free the leases
-                pool.shutdown(wait=True, cancel_futures=True)
-                try:
-                    self._writer.close()
-                finally:
-                    self.source.release(self.token, shard=self.settings.shard)
-                    self.counts.rate_limited = self.throttle.rate_limited_count
+        except BaseException as exc:
+            self._finish(pool, failing=exc)
+            if isinstance(exc, Exception):
+                self._settle()
+            raise
+        self._finish(pool, failing=None)
         if self._auth_error is not None:
             raise self._auth_error
         self.counts.still_pending = len(self._retry_ids)
+        if self._retry_ids:
+            self._settle()
         return self.counts
+
+    def _settle(self) -> None:
+        """The next attempt must not look up a row whose timed-out POST the instance may still be writing."""
+        settle = self._settle_until - time.monotonic()
+        if settle > 0:
+            log.info("waiting %.1f s for timed-out POSTs to settle before handing rows to the next attempt", settle)
+            self._sleep(settle)
+
+    def _finish(self, pool: ThreadPoolExecutor, *, failing: BaseException | None) -> None:
+        """Harvest what is in flight, write it back, end the leases. Every step runs even if one before it failed.
+
+        When the load is already failing (``failing``), an error here (the source database is still gone, say) is
+        logged and the original error propagates, so the task log shows the cause, not its echo. Otherwise the first
+        error is raised once every step has run. Either way, rows not written back stay ``pending`` under this
+        token and are looked up before any POST by the next attempt.
+        """
+        first: Exception | None = None
+        if failing is not None:
+            for future in self._in_flight:
+                future.cancel()  # POSTs not started yet: their outcome could not be written back
+        writer = self._writer
+        steps: tuple[Callable[[], object], ...] = (
+            lambda: self._drain(cancel=True),
+            self._flush,
+            # also when the write-back failed: stop sending, stop the writer, free the leases
+            lambda: pool.shutdown(wait=True, cancel_futures=True),
+            writer.close if writer is not None else lambda: None,
+            lambda: self.source.release(self.token, shard=self.settings.shard),
+        )
+        for step in steps:
+            try:
+                step()
+            except Exception as exc:
+                if failing is None and first is None:
+                    first = exc
+                else:
+                    log.error("clean-up after %r failed too", failing or first, exc_info=True)
+        self.counts.rate_limited = self.throttle.rate_limited_count
+        if first is not None:
+            raise first
 
     def _first_pass(self, pool: ThreadPoolExecutor) -> None:
         after = 0
@@ -179,6 +226,7 @@ class CaseLoader:
             if not self._retry_ids or self._auth_error is not None:
                 return
             delay = backoff_delay(round_number, base=self.settings.backoff_base, cap=self.settings.backoff_cap)
+            delay = max(delay, self._settle_until - time.monotonic())
             log.info("retry round %d for %d rows in %.1f s", round_number, len(self._retry_ids), delay)
             self._flush()
             self._sleep(delay)
@@ -249,9 +297,11 @@ class CaseLoader:
 
     def _post(self, case: PreparedCase, row: SourceRow) -> _Posted:
         """Runs on a worker thread: one POST, repeated only after a 429 (which did nothing)."""
+        sent_at = time.monotonic()
         for _ in range(self.settings.max_rate_limited_waits):
             try:
                 with self.throttle.slot():
+                    sent_at = time.monotonic()
                     record = self.client.create_record(case.table, case.body.to_json())
                 self.throttle.succeeded()
                 return _Posted(case, row, record=record)
@@ -259,7 +309,7 @@ class CaseLoader:
                 self.throttle.rate_limited(exc.retry_after, exc.limit_per_hour)
                 last: ServiceNowTransientError = exc
             except (ServiceNowRequestError, ServiceNowTransientError) as exc:
-                return _Posted(case, row, error=exc)
+                return _Posted(case, row, error=exc, sent_at=sent_at)
         return _Posted(case, row, error=last)
 
     # ----------------------------------------------------------------------------------------------------------
@@ -315,6 +365,13 @@ class CaseLoader:
             )
         self._retry_ids.append(row.id)
         attempt = row.attempts + 1
+        if isinstance(error, ServiceNowTimeout):
+            self._settle_until = max(self._settle_until, posted.sent_at + self.settings.settle_seconds)
+        if isinstance(error, ServiceNowRateLimited):
+            # Refused before anything was done: it does not use up one of the row's max_attempts, so a long
+            # 429 storm leaves rows pending (retried later), never failed.
+            text = f"rate limited before attempt {attempt}: {error} (nothing was created; will retry)"
+            return Outcome(row.id, SyncStatus.PENDING, error=text[:4000], attempts_made=0, http_status=429)
         text = f"attempt {attempt}: {error} (will retry)"
         return Outcome(row.id, SyncStatus.PENDING, error=text[:4000], attempts_made=1,
                        http_status=error.status if error else None)

@@ -13,10 +13,33 @@ at once.
 A run's claim can be split between several loaders (mapped tasks, perhaps on several machines): loader ``i`` of
 ``n`` passes ``Shard(i, n)`` and takes, renews and releases only the rows with ``id % n = i``, so the loaders of one
 run never take the same row, and a retry of loader ``i`` takes shard ``i`` again.
+
+Connection loss (PostgreSQL restarting, a failover, ``pg_terminate_backend``, a proxy closing an idle connection):
+a psycopg ``OperationalError``/``InterfaceError`` that leaves the connection closed drops it, and the next use opens
+a new one. The statements marked with :func:`_reconnecting` are then run once more on the new connection; each is
+safe to repeat even when the lost attempt did commit (the error may have cut the answer to a COMMIT):
+
+* ``ensure_schema``: ``CREATE … IF NOT EXISTS``;
+* claiming (``_claim_chunk``): a row this token already holds is claimable by it again, so a repeat returns the same
+  ids with their lease renewed;
+* ``take_chunk``/``take_rows``: renew the lease on rows the token holds and return them; a repeat returns the same
+  rows (the first answer never reached the loader, so nothing was sent for it);
+* ``write_outcomes``: conditioned on ``claim_token = token AND status = 'pending'``: a final status that did commit
+  is not pending any more, so the repeat changes nothing. A ``pending`` write-back (transient failure) that did
+  commit would count its attempt twice; that only brings forward the look-up that precedes ``failed``, never a
+  second record or a lost row;
+* ``release``: sets the lease end to now again;
+* the reads (``iter_claimed``'s chunks, ``token_summary``, ``first_errors``, ``backlog``).
+
+``insert_requests`` (the producer's insert, used by the demo, tests and benchmarks) is not repeated: after a lost
+COMMIT it could hit the unique ``request_id``; it drops the connection and raises. A second loss in a row raises
+too: the task fails and Airflow retries it, which is safe for the same reasons.
 """
 
 from __future__ import annotations
 
+import functools
+import logging
 import re
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -24,9 +47,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import StrEnum
 from importlib import resources
-from typing import Any, Protocol
+from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
 
 from ticketsync.models import PRODUCER_COLUMNS, SourceRow, SyncStatus
+
+log = logging.getLogger(__name__)
 
 IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 ROW_COLUMNS: tuple[str, ...] = ("id", *PRODUCER_COLUMNS, "attempts", "error")
@@ -150,6 +175,46 @@ def _placeholders(count: int) -> str:
     return ", ".join("?" for _ in range(count))
 
 
+_DRIVERS = ("psycopg", "psycopg2")
+_CONNECTION_ERRORS = ("OperationalError", "InterfaceError")
+
+
+def is_connection_error(exc: BaseException) -> bool:
+    """A psycopg (3 or 2) ``OperationalError`` or ``InterfaceError``: the class of errors a lost server raises."""
+    return any(
+        cls.__name__ in _CONNECTION_ERRORS and cls.__module__.split(".")[0] in _DRIVERS for cls in type(exc).__mro__
+    )
+
+
+def _is_closed(conn: Any) -> bool:
+    """psycopg 3: ``closed``/``broken`` are True; psycopg2: ``closed`` is 1 or 2."""
+    return bool(getattr(conn, "closed", False)) or bool(getattr(conn, "broken", False))
+
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _reconnecting(method: Callable[Concatenate[SourceTable, _P], _R]) -> Callable[Concatenate[SourceTable, _P], _R]:
+    """Run the statement once more on a new connection if the connection was lost under it (see the module doc
+    for why each statement marked so is safe to repeat)."""
+
+    @functools.wraps(method)
+    def run(self: SourceTable, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return method(self, *args, **kwargs)
+        except Exception as exc:
+            if self._conn is not None or not is_connection_error(exc):
+                raise
+            log.warning(
+                "the source database connection was lost in %s (%s: %s); running it again on a new connection",
+                method.__name__, type(exc).__name__, " ".join(str(exc).split())[:200],
+            )
+        return method(self, *args, **kwargs)
+
+    return run
+
+
 class SourceTable:
     """Access to the ``ticket_requests`` table through one DB-API connection, opened on first use."""
 
@@ -206,8 +271,8 @@ class SourceTable:
 
     def close(self) -> None:
         if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+            conn, self._conn = self._conn, None
+            conn.close()
 
     def __enter__(self) -> SourceTable:
         return self
@@ -228,8 +293,9 @@ class SourceTable:
     @contextmanager
     def _transaction(self) -> Iterator[Any]:
         conn = self.conn
-        cursor = conn.cursor()
+        cursor = None
         try:
+            cursor = conn.cursor()
             if self._sql.begin:
                 cursor.execute(self._sql.begin)
             yield cursor
@@ -237,11 +303,31 @@ class SourceTable:
                 cursor.execute("COMMIT")
             else:
                 conn.commit()
-        except BaseException:
-            conn.rollback()
+        except BaseException as exc:
+            self._abort(conn, exc)
             raise
         finally:
-            cursor.close()
+            if cursor is not None:
+                cursor.close()
+
+    def _abort(self, conn: DBAPIConnection, exc: BaseException) -> None:
+        """Roll back after ``exc``; drop the connection if it is lost. Never raises over ``exc``."""
+        if is_connection_error(exc) and _is_closed(conn):
+            self._drop(conn)
+            return
+        try:
+            conn.rollback()
+        except Exception:
+            log.warning("rollback after %s failed; dropping the source connection", type(exc).__name__, exc_info=True)
+            self._drop(conn)
+
+    def _drop(self, conn: DBAPIConnection) -> None:
+        if self._conn is conn:
+            self._conn = None
+        try:
+            conn.close()
+        except Exception:
+            log.debug("closing a lost source connection failed", exc_info=True)
 
     # ----------------------------------------------------------------------------------------------------------
     # schema
@@ -252,6 +338,7 @@ class SourceTable:
         text = resources.files("ticketsync.sql").joinpath(name).read_text(encoding="utf-8")
         return text.replace("ticket_requests", self.table)
 
+    @_reconnecting
     def ensure_schema(self) -> None:
         """Create the table and its indexes if missing; safe to run on every DAG run."""
         statements = [s.strip() for s in _strip_comments(self.schema_sql()).split(";") if s.strip()]
@@ -290,6 +377,7 @@ class SourceTable:
             after = max(ids)
         return claimed
 
+    @_reconnecting
     def _claim_chunk(self, token: str, after: int, size: int, lease_seconds: float) -> list[int]:
         sql = self._sql
         # The pick is a CTE so PostgreSQL evaluates it exactly once (a LIMIT … SKIP LOCKED sub-select inside
@@ -312,20 +400,25 @@ class SourceTable:
     def iter_claimed(self, token: str, *, chunk_size: int) -> Iterator[list[SourceRow]]:
         """Stream the token's pending rows in id order, one chunk in memory at a time (read only)."""
         after = 0
-        columns = ", ".join(ROW_COLUMNS)
-        statement = self._q(
-            f"SELECT {columns} FROM {self.table} WHERE claim_token = ? AND status = 'pending' AND id > ? "
-            "ORDER BY id LIMIT ?"
-        )
         while True:
-            with self._transaction() as cursor:
-                cursor.execute(statement, (token, after, chunk_size))
-                rows = [_row(values) for values in cursor.fetchall()]
+            rows = self._claimed_after(token, after, chunk_size)
             if not rows:
                 return
             yield rows
             after = rows[-1].id
 
+    @_reconnecting
+    def _claimed_after(self, token: str, after: int, size: int) -> list[SourceRow]:
+        columns = ", ".join(ROW_COLUMNS)
+        statement = self._q(
+            f"SELECT {columns} FROM {self.table} WHERE claim_token = ? AND status = 'pending' AND id > ? "
+            "ORDER BY id LIMIT ?"
+        )
+        with self._transaction() as cursor:
+            cursor.execute(statement, (token, after, size))
+            return [_row(values) for values in cursor.fetchall()]
+
+    @_reconnecting
     def take_chunk(
         self, token: str, *, after: int, size: int, lease_seconds: float, shard: Shard | None = None
     ) -> list[SourceRow]:
@@ -352,6 +445,7 @@ class SourceTable:
             rows = [_row(values) for values in cursor.fetchall()]
         return sorted(rows, key=lambda row: row.id)
 
+    @_reconnecting
     def take_rows(
         self, token: str, ids: Sequence[int], *, lease_seconds: float, shard: Shard | None = None
     ) -> list[SourceRow]:
@@ -371,6 +465,7 @@ class SourceTable:
             rows = [_row(values) for values in cursor.fetchall()]
         return sorted(rows, key=lambda row: row.id)
 
+    @_reconnecting
     def release(self, token: str, *, shard: Shard | None = None) -> int:
         """End the lease on every row the token (or its ``shard``) still holds pending, so the next run need not
         wait for it. A loader releases only its own shard: the other loaders of the run may still be sending theirs.
@@ -383,6 +478,21 @@ class SourceTable:
         with self._transaction() as cursor:
             cursor.execute(statement, (token, *shard_params))
             return int(cursor.rowcount or 0)
+
+    @_reconnecting
+    def unreleased(self, token: str, *, shard: Shard | None = None) -> int:
+        """Pending rows the token (or its ``shard``) holds under a lease still running. Every load ends by releasing
+        its rows (even a failing one), so on a retry of the load these are the rows of a try that died: some may have
+        a POST the instance is still writing."""
+        in_shard, shard_params = self._shard_filter(shard)
+        statement = self._q(
+            f"SELECT COUNT(*) FROM {self.table} WHERE claim_token = ? AND status = 'pending' "
+            f"AND lease_expires_at > {self._sql.now}{in_shard}"
+        )
+        with self._transaction() as cursor:
+            cursor.execute(statement, (token, *shard_params))
+            row = cursor.fetchone()
+            return int(row[0]) if row else 0
 
     # ----------------------------------------------------------------------------------------------------------
     # writing back
@@ -409,6 +519,10 @@ class SourceTable:
             )
             for o in outcomes
         ]
+        return self._write_back(statement, params)
+
+    @_reconnecting
+    def _write_back(self, statement: str, params: list[tuple[Any, ...]]) -> int:
         return self._execute_many(statement, params)
 
     def _execute_many(self, statement: str, params: list[tuple[Any, ...]]) -> int:
@@ -423,6 +537,7 @@ class SourceTable:
     # reporting
     # ----------------------------------------------------------------------------------------------------------
 
+    @_reconnecting
     def token_summary(self, token: str) -> dict[str, int]:
         """Counts of the rows this token touched, by status, with ``created`` split into created/adopted."""
         statement = self._q(
@@ -437,6 +552,7 @@ class SourceTable:
                 counts[key] = counts.get(key, 0) + int(count)
         return counts
 
+    @_reconnecting
     def first_errors(self, token: str, statuses: Sequence[str], limit: int = 5) -> list[tuple[str, str, str]]:
         """(request_id, status, error) of the first rows in the given statuses, for summaries and alerts."""
         statement = self._q(
@@ -447,6 +563,7 @@ class SourceTable:
             cursor.execute(statement, (token, *statuses, limit))
             return [(_printable(r[0]), str(r[1]), str(r[2])) for r in cursor.fetchall()]
 
+    @_reconnecting
     def backlog(self) -> dict[str, int]:
         """The whole table by status: what is still pending after this run, and everything else."""
         statement = f"SELECT status, COUNT(*) FROM {self.table} GROUP BY status"
@@ -454,6 +571,7 @@ class SourceTable:
             cursor.execute(statement)
             return {str(status): int(count) for status, count in cursor.fetchall()}
 
+    @_reconnecting
     def oldest_pending_age(self) -> float | None:
         """Seconds since the oldest ``pending`` row was written by its producer, or None when none is pending.
 
@@ -468,6 +586,7 @@ class SourceTable:
             value = cursor.fetchone()[0]
         return None if value is None else max(0.0, float(value))
 
+    @_reconnecting
     def current_schema(self) -> str | None:
         """The schema the table's name resolves in on PostgreSQL (for lineage); None on SQLite."""
         if self.dialect is not Dialect.POSTGRES:
@@ -477,6 +596,7 @@ class SourceTable:
             value = cursor.fetchone()[0]
         return None if value is None else str(value)
 
+    @_reconnecting
     def created_request_ids(self, token: str, limit: int) -> list[str]:
         """Request ids (= correlation ids) of up to ``limit`` rows the token took to ``created``, in id order."""
         statement = self._q(
@@ -490,6 +610,7 @@ class SourceTable:
     # dry runs (read only) and replays
     # ----------------------------------------------------------------------------------------------------------
 
+    @_reconnecting
     def select_claimable(self, *, after: int, size: int) -> list[SourceRow]:
         """The next ``size`` rows after id ``after`` that a claim would take now; reads only (a dry run)."""
         sql = self._sql
@@ -502,6 +623,7 @@ class SourceTable:
             cursor.execute(statement, (after, size))
             return [_row(values) for values in cursor.fetchall()]
 
+    @_reconnecting
     def find_requests(self, request_ids: Sequence[str]) -> list[StoredRequest]:
         """The rows with these request ids, whatever their status, in id order; reads only."""
         if not request_ids:

@@ -9,6 +9,7 @@ import pytest
 import requests
 
 from ticketsync.emulator import FaultConfig, FaultConfigError, RunningEmulator
+from ticketsync.emulator.replies import RATE_LIMIT_RULE
 
 from .support import LOAN, PASSWORD, USER, assert_envelope, query
 
@@ -109,6 +110,46 @@ def test_malformed_json_commits_and_answers_a_truncated_body(
     with pytest.raises(requests.JSONDecodeError):
         response.json()
     assert committed(emulator) == 1
+
+
+def test_garbled_json_commits_and_answers_a_whole_body_that_is_not_json(
+    emulator: RunningEmulator, session: requests.Session, table_url: str
+) -> None:
+    emulator.set_faults(garbled_json=1.0)
+
+    response = session.post(table_url, json={"correlation_id": "REQ-1"})
+
+    assert response.status_code == 201
+    assert response.headers["Content-Type"].startswith("application/json")
+    assert response.text.startswith("{'result': {")
+    assert response.text.endswith("}}")
+    with pytest.raises(requests.JSONDecodeError):
+        response.json()
+    assert committed(emulator) == 1
+
+
+@pytest.mark.parametrize(
+    ("fault", "message", "headers"),
+    [
+        ("error_429", "Rate limit exceeded", {"Retry-After": "0.25", "X-RateLimit-Rule": RATE_LIMIT_RULE}),
+        ("error_429_busy", "Maximum number of concurrent requests exceeded", {}),
+    ],
+)
+def test_429_storms_commit_nothing_with_and_without_retry_after(
+    emulator: RunningEmulator, session: requests.Session, table_url: str, fault: str, message: str,
+    headers: dict[str, str],
+) -> None:
+    emulator.set_faults(**{fault: 1.0}, retry_after_seconds=0.25)
+
+    responses = [session.post(table_url, json={"correlation_id": f"REQ-{n}"}) for n in range(5)]
+
+    for response in responses:
+        assert_envelope(response, 429, message)
+        for name in ("Retry-After", "X-RateLimit-Rule", "X-RateLimit-Limit"):
+            assert response.headers.get(name) == headers.get(name)
+    assert committed(emulator) == 0
+    assert emulator.stats()["faults"][fault] == 5
+    assert emulator.stats()["throttled"] == 5
 
 
 def test_missing_sys_id_commits_and_answers_without_sys_id(
@@ -215,3 +256,19 @@ def test_invalid_fault_settings_are_refused(emulator: RunningEmulator) -> None:
     with pytest.raises(FaultConfigError, match="unknown methods"):
         FaultConfig(methods=("FETCH",))
     assert emulator.faults == FaultConfig()
+
+
+@pytest.mark.parametrize("sent", [b"", b'{"correlation_id": "REQ-'], ids=["headers only", "half a body"])
+def test_a_request_whose_client_dies_mid_body_creates_nothing(emulator: RunningEmulator, sent: bytes) -> None:
+    """A killed client leaves a request cut short; the emulator, like a real server, must not process it."""
+    import base64
+    import socket
+
+    auth = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+    head = (f"POST /api/now/table/{LOAN} HTTP/1.1\r\nHost: x\r\nAuthorization: Basic {auth}\r\n"
+            "Content-Type: application/json\r\nContent-Length: 100\r\n\r\n").encode()
+    with socket.create_connection((emulator.host, emulator.port), timeout=5) as client:
+        client.sendall(head + sent)
+        client.shutdown(socket.SHUT_WR)
+        client.recv(65536)
+    assert committed(emulator) == 0

@@ -106,6 +106,17 @@ def test_429_carries_retry_after(hook: ServiceNowHook, emulator: RunningEmulator
     assert caught.value.retry_after >= 1
 
 
+@pytest.mark.parametrize(("fault", "retry_after"), [("error_429", 0.5), ("error_429_busy", None)])
+def test_a_429_storm_answer_is_rate_limited_with_or_without_retry_after(
+    hook: ServiceNowHook, emulator: RunningEmulator, fault: str, retry_after: float | None
+) -> None:
+    emulator.set_faults(**{fault: 1.0}, retry_after_seconds=0.5)
+    with pytest.raises(ServiceNowRateLimited) as caught:
+        hook.create_record(TABLE, BODY)
+    assert caught.value.retry_after == retry_after
+    assert caught.value.limit_per_hour is None
+
+
 @pytest.mark.parametrize(
     ("fault", "expected"),
     [
@@ -117,6 +128,7 @@ def test_429_carries_retry_after(hook: ServiceNowHook, emulator: RunningEmulator
         ("cut_before_commit", "connection failed"),
         ("cut_after_commit", "connection failed"),
         ("malformed_json", "malformed JSON"),
+        ("garbled_json", "malformed JSON"),
         ("missing_sys_id", "without a sys_id"),
     ],
 )

@@ -31,6 +31,10 @@ _RATE_FLAGS: dict[str, str] = {
     "--slow-after-commit": "slow_after_commit",
     "--malformed-json": "malformed_json",
     "--missing-sys-id": "missing_sys_id",
+    "--garbled-json": "garbled_json",
+    "--error-429": "error_429",
+    "--error-429-busy": "error_429_busy",
+    "--slow-before-commit": "slow_before_commit",
 }
 # flag -> (FaultConfig field, help) for the other numeric fault settings
 _NUMBER_FLAGS: dict[str, tuple[str, str]] = {
@@ -39,6 +43,8 @@ _NUMBER_FLAGS: dict[str, tuple[str, str]] = {
     "--rate-limit": ("rate_limit_per_second", "requests per second of the shared token bucket (0: off)"),
     "--rate-limit-burst": ("rate_limit_burst", "token bucket size (0: the rate)"),
     "--slow-after-commit-ms": ("slow_after_commit_ms", "how long a slow_after_commit answer waits, in ms"),
+    "--slow-before-commit-ms": ("slow_before_commit_ms", "how long a slow_before_commit write takes, in ms"),
+    "--retry-after": ("retry_after_seconds", "the Retry-After of an --error-429 answer, in seconds (default 1)"),
 }
 
 
@@ -71,7 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     oauth.add_argument("--oauth-token-lifetime", type=float, default=1799.0, metavar="SECONDS")
     faults = parser.add_argument_group("faults")
     for flag, (name, help_text) in _NUMBER_FLAGS.items():
-        faults.add_argument(flag, dest=name, type=float, default=0.0, metavar="N", help=help_text)
+        default = float(getattr(FaultConfig(), name))
+        faults.add_argument(flag, dest=name, type=float, default=default, metavar="N", help=help_text)
     faults.add_argument("--concurrency-limit", type=int, default=0, help="429 beyond this many requests at once")
     for flag, name in _RATE_FLAGS.items():
         faults.add_argument(flag, dest=name, type=_rate, default=0.0, metavar="RATE")

@@ -21,21 +21,26 @@ PRE_COMMIT_FAULTS: tuple[str, ...] = (
     "error_504",
     "html_200",
     "cut_before_commit",
+    "error_429",
+    "error_429_busy",
 )
 POST_COMMIT_FAULTS: tuple[str, ...] = (
     "cut_after_commit",
     "slow_after_commit",
     "malformed_json",
     "missing_sys_id",
+    "garbled_json",
+    "slow_before_commit",
 )
 RANDOM_FAULTS: tuple[str, ...] = PRE_COMMIT_FAULTS + POST_COMMIT_FAULTS
 # Deterministic faults, counted in the stats next to the random ones.
 OTHER_FAULTS: tuple[str, ...] = ("fail_auth", "rate_limit", "concurrency_limit")
 ALL_METHODS: tuple[str, ...] = ("GET", "POST", "PATCH", "PUT", "DELETE")
 
-_FLOAT_FIELDS = frozenset(
-    {"latency_ms", "latency_jitter_ms", "rate_limit_per_second", "rate_limit_burst", "slow_after_commit_ms"}
-)
+_FLOAT_FIELDS = frozenset({
+    "latency_ms", "latency_jitter_ms", "rate_limit_per_second", "rate_limit_burst", "slow_after_commit_ms",
+    "retry_after_seconds", "slow_before_commit_ms",
+})
 _EPSILON = 1e-9
 
 
@@ -64,6 +69,16 @@ class FaultConfig:
     slow_after_commit_ms: float = 0
     malformed_json: float = 0
     missing_sys_id: float = 0
+    # A 429 storm regardless of load: `error_429` answers as a rate-limit rule does, with `Retry-After:
+    # retry_after_seconds`; `error_429_busy` as when every API semaphore is busy, without any rate-limit header.
+    error_429: float = 0
+    error_429_busy: float = 0
+    retry_after_seconds: float = 1
+    # A complete 2xx body that is not JSON (single quotes, Python literals), after the write was applied.
+    garbled_json: float = 0
+    # A write that takes longer than the client waits: the client times out, the insert is applied afterwards.
+    slow_before_commit: float = 0
+    slow_before_commit_ms: float = 0
     fail_auth: bool = False
     methods: tuple[str, ...] = ALL_METHODS
     seed: int | None = None

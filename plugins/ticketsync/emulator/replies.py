@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -35,6 +36,7 @@ class Reply:
     headers: dict[str, str] = field(default_factory=dict)
     html: str | None = None
     truncate: bool = False
+    garble: bool = False
 
     def encode(self) -> tuple[bytes, str]:
         """The body and its content type."""
@@ -42,6 +44,8 @@ class Reply:
             return self.html.encode("utf-8"), HTML_TYPE
         if self.payload is None:
             return b"", JSON_TYPE
+        if self.garble:
+            return repr(self.payload).encode("utf-8"), JSON_TYPE
         body = json.dumps(self.payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
         if self.truncate:
             body = body[: max(1, len(body) // 2)]
@@ -50,6 +54,10 @@ class Reply:
     def truncated(self) -> Reply:
         """The same reply with its JSON body cut in half (a malformed body)."""
         return replace(self, truncate=True)
+
+    def garbled(self) -> Reply:
+        """The same reply with a whole body that is not JSON (Python's repr: single quotes, None, True)."""
+        return replace(self, garble=True)
 
     def without_sys_id(self) -> Reply:
         """The same reply with `sys_id` taken out of its result object(s)."""
@@ -106,6 +114,13 @@ def rate_limited(wait_seconds: float, per_second: float) -> Reply:
     return error_reply(429, "Rate limit exceeded", detail, headers)
 
 
+def storm_rate_limited(retry_after: float) -> Reply:
+    """429 of a rate-limit rule in a storm: `Retry-After` (whole seconds as ServiceNow sends them, or a fraction
+    when configured so for fast tests) and the rule, without `X-RateLimit-Limit` (the storm is not a steady pace)."""
+    headers = {"Retry-After": f"{retry_after:g}", "X-RateLimit-Rule": RATE_LIMIT_RULE}
+    return error_reply(429, "Rate limit exceeded", "Too many requests; retry later", headers)
+
+
 def concurrency_exceeded() -> Reply:
     """429 when all API semaphores are busy: no rate-limit headers."""
     return error_reply(
@@ -121,17 +136,24 @@ def server_error() -> Reply:
     )
 
 
-def pre_commit_fault(kind: str) -> Reply | None:
+def data_policy_refusal() -> Reply:
+    """What a data policy or a business rule that aborts the insert answers: definitive, nothing written."""
+    return error_reply(
+        403, "Operation Failed", "Data Policy Exception: The following fields are mandatory: Assignment group"
+    )
+
+
+def pre_commit_fault(kind: str, retry_after: float = 1.0) -> Reply | None:
     """The answer of a fault that strikes before anything is written; None means: cut the connection."""
-    if kind == "error_403":
-        # What a data policy or a business rule that aborts the insert answers: definitive, nothing written.
-        return error_reply(
-            403, "Operation Failed", "Data Policy Exception: The following fields are mandatory: Assignment group"
-        )
-    if kind == "error_500":
-        return server_error()
-    if kind == "html_200":
-        return html_reply(200)
+    fixed: dict[str, Callable[[], Reply]] = {
+        "error_429": lambda: storm_rate_limited(retry_after),
+        "error_429_busy": concurrency_exceeded,
+        "error_403": data_policy_refusal,
+        "error_500": server_error,
+        "html_200": lambda: html_reply(200),
+    }
+    if kind in fixed:
+        return fixed[kind]()
     if kind.startswith("error_"):
         return html_reply(int(kind.removeprefix("error_")))
     return None

@@ -276,11 +276,13 @@ class EmulatorHandler(BaseHTTPRequestHandler):
         if kind is not None:
             self.server.stats.fault(kind)
         if kind in PRE_COMMIT_FAULTS:
-            return pre_commit_fault(kind)
+            return pre_commit_fault(kind, injector.config.retry_after_seconds)
+        if kind == "slow_before_commit":
+            time.sleep(injector.config.slow_before_commit_ms / 1000)
         path, _, query = self.path.partition("?")
         request = table_api.ApiRequest(method, path, dict(parse_qsl(query)), body, self._base_url(), user)
         reply = table_api.handle(self.server.store, request)
-        return reply if kind is None else self._after_commit(kind, reply)
+        return reply if kind in (None, "slow_before_commit") else self._after_commit(kind, reply)
 
     def _after_commit(self, kind: str, reply: Reply) -> Reply | None:
         if kind == "cut_after_commit":
@@ -290,6 +292,8 @@ class EmulatorHandler(BaseHTTPRequestHandler):
             return reply
         if kind == "malformed_json":
             return reply.truncated()
+        if kind == "garbled_json":
+            return reply.garbled()
         return reply.without_sys_id()
 
     def _authenticate(self) -> str | None:
@@ -324,15 +328,25 @@ class EmulatorHandler(BaseHTTPRequestHandler):
         except ValueError:
             self.close_connection = True
             return None
-        return self.rfile.read(length) if length > 0 else b""
+        body = self.rfile.read(length) if length > 0 else b""
+        if len(body) < length:  # the client went away mid-body (killed, say): a server never processes that
+            self.close_connection = True
+            return None
+        return body
 
     def _read_chunked(self) -> bytes:
         chunks: list[bytes] = []
         while True:
-            size = int(self.rfile.readline(65537).split(b";")[0].strip() or b"0", 16)
+            line = self.rfile.readline(65537)
+            if not line:
+                raise ValueError("the client went away mid-body")
+            size = int(line.split(b";")[0].strip() or b"0", 16)
             if size == 0:
                 break
-            chunks.append(self.rfile.read(size))
+            chunk = self.rfile.read(size)
+            if len(chunk) < size:
+                raise ValueError("the client went away mid-chunk")
+            chunks.append(chunk)
             self.rfile.readline()
         while self.rfile.readline(65537).strip():
             continue  # trailer fields

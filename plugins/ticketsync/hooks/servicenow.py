@@ -87,6 +87,10 @@ class ServiceNowTransientError(ServiceNowError):
     """
 
 
+class ServiceNowTimeout(ServiceNowTransientError):
+    """The client stopped waiting for the answer: the instance may still be working on the request, and commit it."""
+
+
 class ServiceNowRateLimited(ServiceNowTransientError):
     """429: the instance refused the request before doing anything. ``retry_after`` is in seconds, if given."""
 
@@ -219,7 +223,7 @@ def _transport_error(method: str, exc: BaseException) -> ServiceNowTransientErro
     reason = exc.reason if isinstance(exc, urllib3.exceptions.MaxRetryError) else exc
     timed_out = isinstance(reason, urllib3.exceptions.TimeoutError | TimeoutError)
     if timed_out and not isinstance(reason, urllib3.exceptions.NewConnectionError):
-        return ServiceNowTransientError(f"{method} timed out ({type(reason).__name__})")
+        return ServiceNowTimeout(f"{method} timed out ({type(reason).__name__})")
     return ServiceNowTransientError(f"{method} connection failed ({_short(exc)})")
 
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import time
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from airflow.sdk import Context
@@ -12,7 +13,7 @@ from ticketsync.hooks.servicenow import ServiceNowConfigurationError, ServiceNow
 from ticketsync.loader import CaseLoader, LoadSettings, ServiceNowUnavailable
 from ticketsync.operators.base import SourceTaskOperator, claim_token
 from ticketsync.operators.runinfo import LoadRunInfoMixin, as_bool, as_list
-from ticketsync.source import Shard
+from ticketsync.source import Shard, SourceTable
 
 
 class ServiceNowLoadOperator(LoadRunInfoMixin, SourceTaskOperator):
@@ -55,6 +56,7 @@ class ServiceNowLoadOperator(LoadRunInfoMixin, SourceTaskOperator):
         "request_ids",
         "shard_index",
         "shard_count",
+        "settle_seconds",
     )
     ui_color = "#e6f5e6"
 
@@ -74,6 +76,7 @@ class ServiceNowLoadOperator(LoadRunInfoMixin, SourceTaskOperator):
         request_ids: list[str] | str | None = None,
         shard_index: int | str | None = None,
         shard_count: int | str = 1,
+        settle_seconds: float | str = 60.0,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -90,6 +93,7 @@ class ServiceNowLoadOperator(LoadRunInfoMixin, SourceTaskOperator):
         self.request_ids = request_ids
         self.shard_index = shard_index
         self.shard_count = shard_count
+        self.settle_seconds = settle_seconds
 
     def shard(self) -> Shard | None:
         """This loader's share of the claim, or None for the whole of it (an unmapped load)."""
@@ -111,7 +115,21 @@ class ServiceNowLoadOperator(LoadRunInfoMixin, SourceTaskOperator):
             retry_rounds=self.retry_rounds,
             backoff_base=self.backoff_base,
             shard=shard,
+            settle_seconds=float(self.settle_seconds),
         )
+
+    def _settle_after_a_dead_try(self, context: Context, source: SourceTable, settings: LoadSettings) -> None:
+        """On a retry, if the previous try died (worker killed, node lost) its POSTs may still be being written by
+        the instance: wait until ``settle_seconds`` have passed since it could have sent them (the retry delay counts)
+        before any look-up, or the look-up could miss a record and a second would be created."""
+        if int(getattr(context["ti"], "try_number", 1) or 1) <= 1:
+            return
+        held = source.unreleased(claim_token(context), shard=settings.shard)
+        delay = self.retry_delay.total_seconds() if isinstance(self.retry_delay, timedelta) else 0.0
+        wait = settings.settle_seconds - delay
+        if held and wait > 0:
+            self.log.info("the previous try died holding %d rows; waiting %.0f s for its POSTs to settle", held, wait)
+            time.sleep(wait)
 
     def execute(self, context: Context) -> dict[str, Any]:
         if as_bool(self.is_dry_run):
@@ -127,6 +145,7 @@ class ServiceNowLoadOperator(LoadRunInfoMixin, SourceTaskOperator):
                 settings.max_in_flight, f"{settings.rate_limit:g}/s" if settings.rate_limit else "unlimited",
             )
             with self.open_source() as source:
+                self._settle_after_a_dead_try(context, source, settings)
                 loader = CaseLoader(hook, source, token, settings)
                 counts = loader.run()
         except ServiceNowConfigurationError as exc:  # 401, refused OAuth token, failed TLS verification
