@@ -6,6 +6,7 @@ import os
 import sqlite3
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ import psycopg
 import pytest
 
 from ticketsync.emulator import EmulatorConfig, RunningEmulator, start_emulator
+from ticketsync.local import LocalAirflow
 from ticketsync.source import Dialect, SourceTable
 
 PG_ADMIN_DSN = os.environ.get("TICKETSYNC_TEST_PG_DSN", "host=127.0.0.1 port=5432 user=postgres dbname=postgres")
@@ -54,6 +56,32 @@ def airflow_conn_json(params: dict[str, Any]) -> str:
         "login": params.get("user", "postgres"),
         "schema": params["dbname"],
     })
+
+
+@contextmanager
+def fresh_source_database(pg_database: dict[str, Any], prefix: str) -> Iterator[tuple[SourceTable, dict[str, Any]]]:
+    """A new database beside the session's, holding the default ``ticket_requests`` table (what the DAG reads);
+    yields the table and the connection parameters, and drops the database afterwards."""
+    admin = psycopg.connect(PG_ADMIN_DSN, autocommit=True)
+    name = f"ticketsync_{prefix}_{uuid.uuid4().hex[:8]}"
+    admin.execute(f'CREATE DATABASE "{name}"')
+    params = {**pg_database, "dbname": name}
+    source = SourceTable(pg_connector(params), Dialect.POSTGRES)
+    source.ensure_schema()
+    try:
+        yield source, params
+    finally:
+        source.close()
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
+
+
+@pytest.fixture(scope="session")
+def airflow_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One migrated Airflow home (SQLite metadata database) for every test that runs the DAG with ``dags test``."""
+    home = tmp_path_factory.mktemp("airflow")
+    LocalAirflow(home=home).migrate()
+    return home
 
 
 @pytest.fixture(params=[Dialect.SQLITE, Dialect.POSTGRES], ids=["sqlite", "postgres"])

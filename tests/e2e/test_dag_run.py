@@ -8,16 +8,14 @@ import os
 import signal
 import sqlite3
 import time
-import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 
-from tests.conftest import PG_ADMIN_DSN, airflow_conn_json, pg_connector
+from tests.conftest import airflow_conn_json, fresh_source_database
 from ticketsync.local import EmulatorProcess, LocalAirflow, sqlite_connection
 from ticketsync.samples import sample_requests
 from ticketsync.source import Dialect, SourceTable
@@ -32,28 +30,11 @@ FAULTS = (
 SUMMARY = {}
 
 
-@pytest.fixture(scope="session")
-def airflow_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    home = tmp_path_factory.mktemp("airflow")
-    LocalAirflow(home=home).migrate()
-    return home
-
-
 @pytest.fixture
 def pg_source(pg_database: dict[str, Any]) -> Iterator[tuple[SourceTable, str]]:
     """A fresh database holding the default ``ticket_requests`` table, and its Airflow connection JSON."""
-    admin = psycopg.connect(PG_ADMIN_DSN, autocommit=True)
-    name = f"ticketsync_e2e_{uuid.uuid4().hex[:8]}"
-    admin.execute(f'CREATE DATABASE "{name}"')
-    params = {**pg_database, "dbname": name}
-    source = SourceTable(pg_connector(params), Dialect.POSTGRES)
-    source.ensure_schema()
-    try:
+    with fresh_source_database(pg_database, "e2e") as (source, params):
         yield source, airflow_conn_json(params)
-    finally:
-        source.close()
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@ and when one loader fails the run fails (the report notices) and the next run fi
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -11,11 +10,11 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.conftest import PG_ADMIN_DSN, airflow_conn_json, pg_connector
+from tests.conftest import airflow_conn_json, fresh_source_database
 from tests.e2e.test_dag_run import check_exactly_once, rows
 from ticketsync.local import EmulatorProcess, LocalAirflow
 from ticketsync.samples import sample_requests
-from ticketsync.source import Dialect, SourceTable
+from ticketsync.source import SourceTable
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -35,27 +34,10 @@ CREATE TRIGGER refuse_shard_2 BEFORE UPDATE ON ticket_requests FOR EACH ROW EXEC
 """
 
 
-@pytest.fixture(scope="module")
-def airflow_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    home = tmp_path_factory.mktemp("airflow")
-    LocalAirflow(home=home).migrate()
-    return home
-
-
 @pytest.fixture
 def pg_source(pg_database: dict[str, Any]) -> Iterator[tuple[SourceTable, str, dict[str, Any]]]:
-    admin = psycopg.connect(PG_ADMIN_DSN, autocommit=True)
-    name = f"ticketsync_mapped_{uuid.uuid4().hex[:8]}"
-    admin.execute(f'CREATE DATABASE "{name}"')
-    params = {**pg_database, "dbname": name}
-    source = SourceTable(pg_connector(params), Dialect.POSTGRES)
-    source.ensure_schema()
-    try:
+    with fresh_source_database(pg_database, "mapped") as (source, params):
         yield source, airflow_conn_json(params), params
-    finally:
-        source.close()
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
 
 
 def test_a_failed_loader_fails_the_run_and_the_next_run_finishes_its_shard(

@@ -8,18 +8,16 @@ import json
 import re
 import sqlite3
 import subprocess
-import uuid
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
-import psycopg
 import pytest
 import requests
 
-from tests.conftest import PG_ADMIN_DSN, airflow_conn_json, pg_connector
+from tests.conftest import airflow_conn_json, fresh_source_database
 from tests.receivers import SmtpReceiver, WebhookReceiver, wait_until
 from ticketsync.local import BIN, EmulatorProcess, LocalAirflow, sqlite_connection
 from ticketsync.samples import sample_requests
@@ -29,13 +27,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 TABLE = "sn_bom_loan_service"
 UI_BASE = "http://airflow.bank.example:8080"
-
-
-@pytest.fixture(scope="module")
-def airflow_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    home = tmp_path_factory.mktemp("airflow_ops")
-    LocalAirflow(home=home).migrate()
-    return home
 
 
 @pytest.fixture
@@ -49,18 +40,8 @@ def sqlite_source(tmp_path: Path) -> Iterator[tuple[SourceTable, str]]:
 
 @pytest.fixture
 def pg_source(pg_database: dict[str, Any]) -> Iterator[tuple[SourceTable, str, str]]:
-    admin = psycopg.connect(PG_ADMIN_DSN, autocommit=True)
-    name = f"ticketsync_ops_{uuid.uuid4().hex[:8]}"
-    admin.execute(f'CREATE DATABASE "{name}"')
-    params = {**pg_database, "dbname": name}
-    source = SourceTable(pg_connector(params), Dialect.POSTGRES)
-    source.ensure_schema()
-    try:
-        yield source, airflow_conn_json(params), name
-    finally:
-        source.close()
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
+    with fresh_source_database(pg_database, "ops") as (source, params):
+        yield source, airflow_conn_json(params), params["dbname"]
 
 
 def airflow(home: Path, source_conn: str, emulator: EmulatorProcess, **extra: str) -> LocalAirflow:

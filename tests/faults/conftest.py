@@ -4,18 +4,14 @@ from __future__ import annotations
 
 import json
 import shutil
-import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 
-from tests.conftest import PG_ADMIN_DSN, airflow_conn_json, pg_connector
+from tests.conftest import airflow_conn_json, fresh_source_database
 from tests.faults.support import RESULTS
-from ticketsync.local import LocalAirflow
-from ticketsync.source import Dialect, SourceTable
+from ticketsync.source import SourceTable
 
 _SESSION = {"ran": False}
 
@@ -26,28 +22,11 @@ def _fresh_results() -> None:
     _SESSION["ran"] = True
 
 
-@pytest.fixture(scope="session")
-def airflow_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    home = tmp_path_factory.mktemp("airflow")
-    LocalAirflow(home=home).migrate()
-    return home
-
-
 @pytest.fixture
 def pg_source(pg_database: dict[str, Any]) -> Iterator[tuple[SourceTable, dict[str, Any]]]:
     """A fresh database holding the default ``ticket_requests`` table (what the DAG reads), and its parameters."""
-    admin = psycopg.connect(PG_ADMIN_DSN, autocommit=True)
-    name = f"ticketsync_faults_{uuid.uuid4().hex[:8]}"
-    admin.execute(f'CREATE DATABASE "{name}"')
-    params = {**pg_database, "dbname": name}
-    source = SourceTable(pg_connector(params), Dialect.POSTGRES)
-    source.ensure_schema()
-    try:
+    with fresh_source_database(pg_database, "faults") as (source, params):
         yield source, params
-    finally:
-        source.close()
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
 
 
 def conn_json(params: dict[str, Any]) -> str:

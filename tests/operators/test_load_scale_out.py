@@ -12,19 +12,17 @@ import os
 import subprocess
 import sys
 import time
-import uuid
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 
-from tests.conftest import PG_ADMIN_DSN, airflow_conn_json, pg_connector
+from tests.conftest import airflow_conn_json, fresh_source_database
 from ticketsync.local import REPO, EmulatorProcess
 from ticketsync.samples import sample_requests
-from ticketsync.source import Dialect, SourceTable
+from ticketsync.source import SourceTable
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -37,19 +35,9 @@ EMULATOR = ("--latency-ms", "10", "--cut-after-commit", "0.02", "--error-503", "
 @pytest.fixture
 def backlog(pg_database: dict[str, Any]) -> Iterator[tuple[SourceTable, str]]:
     """A fresh database holding ``ticket_requests`` with the sample backlog, and its connection JSON."""
-    admin = psycopg.connect(PG_ADMIN_DSN, autocommit=True)
-    name = f"ticketsync_scale_{uuid.uuid4().hex[:8]}"
-    admin.execute(f'CREATE DATABASE "{name}"')
-    params = {**pg_database, "dbname": name}
-    source = SourceTable(pg_connector(params), Dialect.POSTGRES)
-    source.ensure_schema()
-    source.insert_requests(sample_requests(ROWS, invalid_every=INVALID_EVERY))
-    try:
+    with fresh_source_database(pg_database, "scale") as (source, params):
+        source.insert_requests(sample_requests(ROWS, invalid_every=INVALID_EVERY))
         yield source, airflow_conn_json(params)
-    finally:
-        source.close()
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
 
 
 @pytest.fixture
