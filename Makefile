@@ -29,7 +29,7 @@ $(STAMP): requirements.txt requirements-dev.txt constraints.txt
 venv: $(STAMP)
 
 demo: $(STAMP)
-	PYTHONPATH=plugins $(PY) scripts/demo.py
+	PYTHONPATH=plugins:dev $(PY) scripts/demo.py
 
 # Debian's Chromium for the browser test (tests/ui): Playwright drives it and never downloads a browser of its own.
 $(CHROMIUM):
@@ -39,29 +39,29 @@ $(CHROMIUM):
 browser: $(CHROMIUM)
 
 ui: $(STAMP)
-	PYTHONPATH=plugins $(PY) scripts/ui.py $(UI_ARGS)
+	PYTHONPATH=plugins:dev $(PY) scripts/ui.py $(UI_ARGS)
 
 test: $(STAMP) $(CHROMIUM)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check plugins dags tests scripts bench
+	$(VENV)/bin/ruff check plugins dev dags tests scripts bench
 	$(VENV)/bin/mypy
 
 emulator: $(STAMP)
-	PYTHONPATH=plugins $(PY) -m ticketsync.emulator --port 8765
+	PYTHONPATH=plugins:dev $(PY) -m ticketsync_dev.emulator --port 8765
 
 # A throw-away CeleryExecutor deployment on loopback; SCALEOUT_ARGS e.g. "--rows 10000 --loaders 8 --keep".
 scaleout: $(STAMP)
-	PYTHONPATH=plugins $(PY) scripts/scaleout.py $(SCALEOUT_ARGS)
+	PYTHONPATH=plugins:dev $(PY) scripts/scaleout.py $(SCALEOUT_ARGS)
 
 # BENCH_ARGS="--quick --no-readme" for a smoke run; see bench/bench.py --help
 bench: $(STAMP)
-	PYTHONPATH=plugins $(PY) bench/bench.py $(BENCH_ARGS)
+	PYTHONPATH=plugins:dev $(PY) bench/bench.py $(BENCH_ARGS)
 
 clean:
 	rm -rf .demo .airflow .artifacts .pytest_cache .mypy_cache .ruff_cache
 
 # The soak (README "Reliability"): SOAK_ARGS="--rows 10000" for the CI size. Needs PostgreSQL at 127.0.0.1:5432.
 soak: $(STAMP)
-	PYTHONPATH=plugins $(PY) scripts/soak.py $(SOAK_ARGS)
+	PYTHONPATH=plugins:dev $(PY) scripts/soak.py $(SOAK_ARGS)

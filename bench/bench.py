@@ -15,7 +15,7 @@ one run:
 It prints one table and writes it between the markers of the README's performance section.
 
     make bench                                  # the full table (about 10 minutes on a quiet 2-core machine)
-    PYTHONPATH=plugins .venv/bin/python bench/bench.py --quick --no-readme
+    PYTHONPATH=plugins:dev .venv/bin/python bench/bench.py --quick --no-readme
 """
 
 from __future__ import annotations
@@ -40,11 +40,11 @@ from typing import Any
 import psycopg
 import requests
 
-from ticketsync.local import BIN, REPO, EmulatorProcess, LocalAirflow
 from ticketsync.models import PreparedCase, SourceRow
-from ticketsync.samples import sample_requests
 from ticketsync.source import Dialect, SourceTable
 from ticketsync.transform import prepare
+from ticketsync_dev.local import BIN, REPO, EmulatorProcess, LocalAirflow
+from ticketsync_dev.samples import sample_requests
 
 PG_ADMIN_DSN = os.environ.get("TICKETSYNC_TEST_PG_DSN", "host=127.0.0.1 port=5432 user=postgres dbname=postgres")
 TABLE = "sn_bom_loan_service"

@@ -18,7 +18,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = REPO / "docker-compose.yaml"
 SOURCE_SCHEMA = (
-    REPO / "plugins" / "ticketsync" / "sql" / "ticket_requests.postgresql.sql"
+    REPO / "plugins" / "ticketsync" / "source" / "sql" / "ticket_requests.postgresql.sql"
 )
 
 LONG_RUNNING_AIRFLOW_SERVICES = (
@@ -390,10 +390,15 @@ def test_emulator_runs_the_package_emulator_in_the_same_image(
 ) -> None:
     emulator = services["servicenow-emulator"]
     command = argv(emulator.get("entrypoint")) + argv(emulator["command"])
-    assert command[:3] == ["python", "-m", "ticketsync.emulator"]
+    assert command[:3] == ["python", "-m", "ticketsync_dev.emulator"]
     assert command[command.index("--host") + 1] == "0.0.0.0"  # noqa: S104 - inside its container
     assert emulator.get("image") == services["airflow-worker"].get("image")
-    assert ("./plugins", "/opt/airflow/plugins") in mounts(emulator)
+    # The emulator is development tooling: it runs from dev/, and the deployed plugins folder is not mounted.
+    assert ("./dev", "/opt/ticketsync-dev") in mounts(emulator)
+    assert environment(emulator)["PYTHONPATH"] == "/opt/ticketsync-dev"
+    assert not any(source == "./plugins" for source, _ in mounts(emulator))
+    module = REPO / "dev" / command[2].replace(".", "/") / "__main__.py"
+    assert module.is_file(), module
 
     port = command[command.index("--port") + 1]
     check = healthcheck_command(emulator)

@@ -8,8 +8,8 @@ import time
 import pytest
 
 from ticketsync.models import SyncStatus
-from ticketsync.samples import sample_requests
 from ticketsync.source import Outcome, Shard, SourceTable, validate_identifier
+from ticketsync_dev.samples import sample_requests
 
 
 def ids_of(rows: list) -> list[int]:

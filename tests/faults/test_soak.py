@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults.support import save_result
-from ticketsync.local import REPO
+from tests.support.faults import save_result
+from ticketsync_dev.local import REPO
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -10,8 +10,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from ticketsync.emulator import EmulatorConfig, RunningEmulator, start_emulator
 from ticketsync.hooks.servicenow import ServiceNowAuthError, ServiceNowHook
+from ticketsync_dev.emulator import EmulatorConfig, RunningEmulator, start_emulator
 
 TABLE = "sn_bom_loan_service"
 USER, PASSWORD = "integration.user", "user-pa55word-e7"

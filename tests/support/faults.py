@@ -9,9 +9,9 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ticketsync.local import REPO
-from ticketsync.samples import is_invalid, sample_requests
 from ticketsync.source import SourceTable
+from ticketsync_dev.local import REPO
+from ticketsync_dev.samples import is_invalid, sample_requests
 
 TABLE = "sn_bom_loan_service"
 RESULTS = REPO / ".artifacts" / "faults"
