@@ -21,6 +21,7 @@ from requests.cookies import extract_cookies_to_jar
 from requests.structures import CaseInsensitiveDict
 
 from ticketsync.hooks.servicenow.errors import (
+    NOT_RETRIED,
     ServiceNowError,
     ServiceNowTimeout,
     ServiceNowTLSError,
@@ -150,8 +151,8 @@ class PooledTransport:
         if is_certificate_error(exc):
             return ServiceNowTLSError(
                 f"TLS certificate verification failed for {urlparse(self.base_url).hostname} ({short(exc)}). If "
-                f"the instance uses a private CA, set the extra 'verify' of connection {self.conn_id!r} "
-                "to its CA bundle (the task is not retried for this)"
+                f"the instance uses a private CA, give connection {self.conn_id!r} its CA bundle (the extra "
+                f"'ca_bundle', or the extra 'verify' set to the bundle's path) {NOT_RETRIED}"
             )
         reason = exc.reason if isinstance(exc, urllib3.exceptions.MaxRetryError) else exc
         timed_out = isinstance(reason, urllib3.exceptions.TimeoutError | TimeoutError)
