@@ -123,6 +123,10 @@ class ServiceNowExtras(BaseModel):
 
 
 def is_loopback(host: str | None) -> bool:
+    """Whether ``host`` is ``localhost`` or a loopback address.
+
+    :param host: a host name or IP address (IPv6 in brackets or not).
+    """
     if not host:
         return False
     if host == "localhost":
@@ -134,7 +138,12 @@ def is_loopback(host: str | None) -> bool:
 
 
 def require_https(conn_id: str, base_url: str, *, allow_insecure_http: bool) -> None:
-    """Credentials travel over https; plain http only to a loopback emulator, or when the connection allows it."""
+    """Credentials travel over https; plain http only to a loopback emulator, or when the connection allows it.
+
+    :param conn_id: the connection, named in the error.
+    :param base_url: where the hook's requests go.
+    :param allow_insecure_http: the connection's ``allow_insecure_http`` extra.
+    """
     parsed = urlparse(base_url)
     if parsed.scheme == "https":
         return

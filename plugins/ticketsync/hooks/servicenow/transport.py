@@ -143,6 +143,7 @@ class PooledTransport:
         return Answer(raw.status, raw.reason or "", raw.headers, raw.data)
 
     def close(self) -> None:
+        """Close the session's connections; the pool is looked up again on the next exchange."""
         self._route = None
         self.session.close()
 
@@ -166,7 +167,10 @@ def _text_header(value: str | bytes) -> str:
 
 
 def is_certificate_error(exc: BaseException) -> bool:
-    """Whether a transport error is a failed certificate verification (and not, say, a cut handshake)."""
+    """Whether a transport error is a failed certificate verification (and not, say, a cut handshake).
+
+    :param exc: the error, with its causes and reasons searched too.
+    """
     seen: set[int] = set()
     pending: list[BaseException] = [exc]
     while pending:
@@ -183,6 +187,9 @@ def is_certificate_error(exc: BaseException) -> bool:
 
 
 def short(exc: BaseException) -> str:
-    """A one-line cause without the URL's query string (which may hold ids) or anything secret."""
+    """A one-line cause without the URL's query string (which may hold ids) or anything secret.
+
+    :param exc: the error to describe.
+    """
     text = str(exc).split("(Caused by")[-1] if "(Caused by" in str(exc) else str(exc)
     return " ".join(text.split())[:200]
