@@ -25,7 +25,7 @@ def test_ensure_schema_is_idempotent_and_keeps_rows(source: SourceTable) -> None
 
 def test_request_id_is_unique(source: SourceTable) -> None:
     source.insert_requests(sample_requests(1))
-    with pytest.raises(Exception, match=r"(?i)unique"):
+    with pytest.raises(Exception, match=r"(?i)unique|duplicate"):
         source.insert_requests(sample_requests(1))
 
 
