@@ -124,6 +124,27 @@ def fresh_source_database(pg_database: dict[str, Any], prefix: str) -> Iterator[
         admin.close()
 
 
+@contextmanager
+def fresh_mariadb_database(
+    mariadb_database: dict[str, Any], prefix: str
+) -> Iterator[tuple[SourceTable, dict[str, Any]]]:
+    """Like :func:`fresh_source_database`, on MariaDB: a new database holding ``ticket_requests``, dropped after."""
+    name = f"ticketsync_{prefix}_{uuid.uuid4().hex[:8]}"
+    admin = mariadb_admin()
+    with admin.cursor() as cursor:
+        cursor.execute(f"CREATE DATABASE `{name}`")
+    params = {**mariadb_database, "database": name}
+    source = SourceTable(mariadb_connector(params), Dialect.MYSQL)
+    source.ensure_schema()
+    try:
+        yield source, params
+    finally:
+        source.close()
+        with admin.cursor() as cursor:
+            cursor.execute(f"DROP DATABASE IF EXISTS `{name}`")
+        admin.close()
+
+
 @pytest.fixture(scope="session")
 def airflow_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One migrated Airflow home (SQLite metadata database) for every test that runs the DAG with ``dags test``."""
