@@ -17,5 +17,5 @@ RUN pip install --no-cache-dir "apache-airflow==${AIRFLOW_VERSION}" \
 RUN python -c "from airflow.providers.fab.auth_manager.fab_auth_manager import FabAuthManager"
 
 # The ticketsync package lives in plugins/ (mounted by docker-compose.yaml). Airflow puts the plugins folder on
-# sys.path itself; PYTHONPATH also covers plain `python -m ticketsync.…` processes such as the emulator.
+# sys.path itself; PYTHONPATH also covers plain `python -m ticketsync.…` processes. The emulator (dev/) sets its own.
 ENV PYTHONPATH="/opt/airflow/plugins${PYTHONPATH:+:${PYTHONPATH}}"

@@ -16,7 +16,7 @@ help:
 	@echo "make lint      ruff and mypy"
 	@echo "make emulator  run the ServiceNow emulator in the foreground on 127.0.0.1:8765"
 	@echo "make scaleout  one DAG run on the real CeleryExecutor, mapped loaders on two workers (PostgreSQL + Redis)"
-	@echo "make bench     benchmark: the DAG vs a sequential loop and a naive mapped DAG; writes README's table"
+	@echo "make bench     benchmark: the DAG vs a sequential loop and a naive mapped DAG; writes docs/performance.md"
 	@echo "make soak      100,000 requests through the DAG with ~10% faults and two worker kills, then checks"
 
 # The virtual environment, rebuilt when a requirements file changes. Exact pins, full lock in constraints.txt.
@@ -29,7 +29,7 @@ $(STAMP): requirements.txt requirements-dev.txt constraints.txt
 venv: $(STAMP)
 
 demo: $(STAMP)
-	PYTHONPATH=plugins $(PY) scripts/demo.py
+	PYTHONPATH=plugins:dev $(PY) scripts/demo.py
 
 # Debian's Chromium for the browser test (tests/ui): Playwright drives it and never downloads a browser of its own.
 $(CHROMIUM):
@@ -39,29 +39,29 @@ $(CHROMIUM):
 browser: $(CHROMIUM)
 
 ui: $(STAMP)
-	PYTHONPATH=plugins $(PY) scripts/ui.py $(UI_ARGS)
+	PYTHONPATH=plugins:dev $(PY) scripts/ui.py $(UI_ARGS)
 
 test: $(STAMP) $(CHROMIUM)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check plugins dags tests scripts bench
+	$(VENV)/bin/ruff check plugins dev dags tests scripts bench
 	$(VENV)/bin/mypy
 
 emulator: $(STAMP)
-	PYTHONPATH=plugins $(PY) -m ticketsync.emulator --port 8765
+	PYTHONPATH=plugins:dev $(PY) -m ticketsync_dev.emulator --port 8765
 
 # A throw-away CeleryExecutor deployment on loopback; SCALEOUT_ARGS e.g. "--rows 10000 --loaders 8 --keep".
 scaleout: $(STAMP)
-	PYTHONPATH=plugins $(PY) scripts/scaleout.py $(SCALEOUT_ARGS)
+	PYTHONPATH=plugins:dev $(PY) scripts/scaleout.py $(SCALEOUT_ARGS)
 
-# BENCH_ARGS="--quick --no-readme" for a smoke run; see bench/bench.py --help
+# BENCH_ARGS="--quick --no-write" for a smoke run; see bench/bench.py --help
 bench: $(STAMP)
-	PYTHONPATH=plugins $(PY) bench/bench.py $(BENCH_ARGS)
+	PYTHONPATH=plugins:dev $(PY) bench/bench.py $(BENCH_ARGS)
 
 clean:
 	rm -rf .demo .airflow .artifacts .pytest_cache .mypy_cache .ruff_cache
 
-# The soak (README "Reliability"): SOAK_ARGS="--rows 10000" for the CI size. Needs PostgreSQL at 127.0.0.1:5432.
+# The soak (docs/reliability.md): SOAK_ARGS="--rows 10000" for the CI size. Needs PostgreSQL at 127.0.0.1:5432.
 soak: $(STAMP)
-	PYTHONPATH=plugins $(PY) scripts/soak.py $(SOAK_ARGS)
+	PYTHONPATH=plugins:dev $(PY) scripts/soak.py $(SOAK_ARGS)

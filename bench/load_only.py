@@ -1,7 +1,7 @@
 """The load alone, without Airflow: a PostgreSQL source in a throw-away database, the emulator as a process, one
 CaseLoader over the real hook. For profiling (``py-spy record -- python bench/load_only.py``) and CPU per row.
 
-    PYTHONPATH=plugins .venv/bin/python bench/load_only.py --rows 5000 --latency-ms 20 --concurrency 16
+    PYTHONPATH=plugins:dev .venv/bin/python bench/load_only.py --rows 5000 --latency-ms 20 --concurrency 16
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ import psycopg
 
 from ticketsync.hooks.servicenow import ServiceNowHook
 from ticketsync.loader import CaseLoader, LoadSettings
-from ticketsync.local import EmulatorProcess
-from ticketsync.samples import sample_requests
 from ticketsync.source import Dialect, SourceTable
+from ticketsync_dev.local import EmulatorProcess
+from ticketsync_dev.samples import sample_requests
 
 PG_ADMIN_DSN = os.environ.get("TICKETSYNC_TEST_PG_DSN", "host=127.0.0.1 port=5432 user=postgres dbname=postgres")
 

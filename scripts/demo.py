@@ -15,9 +15,9 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from ticketsync.local import REPO, EmulatorProcess, LocalAirflow, sqlite_connection
-from ticketsync.samples import sample_requests
 from ticketsync.source import Dialect, SourceTable
+from ticketsync_dev.local import REPO, EmulatorProcess, LocalAirflow, sqlite_connection
+from ticketsync_dev.samples import sample_requests
 
 ROWS = 200
 INVALID_EVERY = 12

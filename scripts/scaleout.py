@@ -38,9 +38,9 @@ from typing import Any
 import psycopg
 import requests
 
-from ticketsync.local import BIN, DAG_ID, REPO, EmulatorProcess
-from ticketsync.samples import sample_requests
 from ticketsync.source import Dialect, SourceTable
+from ticketsync_dev.local import BIN, DAG_ID, REPO, EmulatorProcess
+from ticketsync_dev.samples import sample_requests
 
 PG_ADMIN_DSN = os.environ.get("TICKETSYNC_TEST_PG_DSN", "host=127.0.0.1 port=5432 user=postgres dbname=postgres")
 REDIS_URL = os.environ.get("TICKETSYNC_SCALEOUT_REDIS", "redis://127.0.0.1:6379/13")

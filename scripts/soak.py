@@ -32,10 +32,10 @@ import psutil
 import psycopg
 import requests
 
-from ticketsync.emulator.faults import RANDOM_FAULTS
-from ticketsync.local import EmulatorProcess, LocalAirflow
-from ticketsync.samples import sample_requests
 from ticketsync.source import Dialect, SourceTable
+from ticketsync_dev.emulator.faults import RANDOM_FAULTS
+from ticketsync_dev.local import EmulatorProcess, LocalAirflow
+from ticketsync_dev.samples import sample_requests
 
 TABLE = "sn_bom_loan_service"
 INVALID_EVERY = 25

@@ -1,6 +1,6 @@
 """`make ui`: the Airflow UI on loopback with the project's DAG, the ServiceNow emulator and a seeded SQLite source.
 
-Runs until Ctrl-C or SIGTERM, then stops every process it started. See ``ticketsync.standalone`` for what runs and
+Runs until Ctrl-C or SIGTERM, then stops every process it started. See ``ticketsync_dev.standalone`` for what runs and
 why; everything lives under ``.airflow/`` (git-ignored). Options: ``--help``.
 """
 
@@ -14,8 +14,8 @@ from collections import Counter
 from pathlib import Path
 from types import FrameType
 
-from ticketsync.local import DAG_ID, REPO
-from ticketsync.standalone import ADMIN_USER, LocalStack, StackError
+from ticketsync_dev.local import DAG_ID, REPO
+from ticketsync_dev.standalone import ADMIN_USER, LocalStack, StackError
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

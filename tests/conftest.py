@@ -15,9 +15,9 @@ import pymysql
 import pytest
 from pymysql.constants import CLIENT
 
-from ticketsync.emulator import EmulatorConfig, RunningEmulator, start_emulator
-from ticketsync.local import LocalAirflow
 from ticketsync.source import Dialect, SourceTable
+from ticketsync_dev.emulator import EmulatorConfig, RunningEmulator, start_emulator
+from ticketsync_dev.local import LocalAirflow
 
 PG_ADMIN_DSN = os.environ.get("TICKETSYNC_TEST_PG_DSN", "host=127.0.0.1 port=5432 user=postgres dbname=postgres")
 REQUIRE_POSTGRES = os.environ.get("TICKETSYNC_REQUIRE_POSTGRES") == "1" or os.environ.get("CI") == "true"

@@ -17,8 +17,8 @@ import pytest
 
 from tests.conftest import mariadb_connector
 from ticketsync.models import SyncStatus
-from ticketsync.samples import sample_requests
 from ticketsync.source import Dialect, Outcome, SourceTable
+from ticketsync_dev.samples import sample_requests
 
 pytestmark = pytest.mark.integration
 

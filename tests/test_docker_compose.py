@@ -1,4 +1,4 @@
-"""docker-compose.yaml and the Dockerfile keep the promises the README makes.
+"""docker-compose.yaml and the Dockerfile keep the promises docs/getting-started.md makes.
 
 No Docker needed: the compose file is parsed with PyYAML (which applies the `<<`
 merges) and its ${VAR:-default} references are resolved the way Compose does.
@@ -390,10 +390,15 @@ def test_emulator_runs_the_package_emulator_in_the_same_image(
 ) -> None:
     emulator = services["servicenow-emulator"]
     command = argv(emulator.get("entrypoint")) + argv(emulator["command"])
-    assert command[:3] == ["python", "-m", "ticketsync.emulator"]
+    assert command[:3] == ["python", "-m", "ticketsync_dev.emulator"]
     assert command[command.index("--host") + 1] == "0.0.0.0"  # noqa: S104 - inside its container
     assert emulator.get("image") == services["airflow-worker"].get("image")
-    assert ("./plugins", "/opt/airflow/plugins") in mounts(emulator)
+    # The emulator is development tooling: it runs from dev/, and the deployed plugins folder is not mounted.
+    assert ("./dev", "/opt/ticketsync-dev") in mounts(emulator)
+    assert environment(emulator)["PYTHONPATH"] == "/opt/ticketsync-dev"
+    assert not any(source == "./plugins" for source, _ in mounts(emulator))
+    module = REPO / "dev" / command[2].replace(".", "/") / "__main__.py"
+    assert module.is_file(), module
 
     port = command[command.index("--port") + 1]
     check = healthcheck_command(emulator)

@@ -8,12 +8,12 @@ from collections.abc import Iterator
 
 import pytest
 
-from ticketsync.emulator import RunningEmulator
 from ticketsync.hooks.servicenow import ServiceNowAuthError, ServiceNowHook
 from ticketsync.loader import CaseLoader, LoadSettings, ServiceNowUnavailable
-from ticketsync.samples import sample_requests
 from ticketsync.source import SourceTable
 from ticketsync.transform import prepare
+from ticketsync_dev.emulator import RunningEmulator
+from ticketsync_dev.samples import sample_requests
 
 TABLE = "sn_bom_loan_service"
 FAST = LoadSettings(chunk_size=25, max_in_flight=8, retry_rounds=4, backoff_base=0.05, backoff_cap=0.2)

@@ -3,7 +3,7 @@ the real transform and CaseLoader run against the emulator over real HTTP. Every
 ``rejected`` with a reason naming its columns, each created record holds exactly the body that was sent, and one
 bad row never stops or loses the others.
 
-What each database can hold decides what is generated (see ``tests.hostile.storable``): NUL only reaches
+What each database can hold decides what is generated (see ``tests.support.hostile.storable``): NUL only reaches
 ticketsync from SQLite (PostgreSQL TEXT refuses it at the producer's insert), blobs arrive as bytes from SQLite and
 as PostgreSQL's hex text of the bytea, and bytes that are not UTF-8 are written to SQLite TEXT columns with a cast.
 """
@@ -23,13 +23,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.hostile import hostile_row, storable, valid_row
-from ticketsync.emulator import RunningEmulator
+from tests.support.hostile import hostile_row, storable, valid_row
 from ticketsync.hooks.servicenow import ServiceNowHook
 from ticketsync.loader import CaseLoader, LoadSettings
 from ticketsync.models import PRODUCER_COLUMNS, PreparedCase, Rejection, SourceRow
 from ticketsync.source import Dialect, SourceTable
 from ticketsync.transform import prepare
+from ticketsync_dev.emulator import RunningEmulator
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

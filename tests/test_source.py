@@ -12,9 +12,9 @@ import pytest
 
 from tests.conftest import mariadb_conn_json
 from ticketsync.models import SyncStatus
-from ticketsync.samples import sample_requests
 from ticketsync.source import Dialect, Outcome, Shard, SourceTable, validate_identifier
 from ticketsync.source.mysql import connect_kwargs
+from ticketsync_dev.samples import sample_requests
 
 
 def ids_of(rows: list) -> list[int]:

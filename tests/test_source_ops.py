@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from ticketsync.models import SyncStatus
-from ticketsync.samples import sample_requests
 from ticketsync.source import Outcome, SourceTable
+from ticketsync_dev.samples import sample_requests
 
 
 def snapshot(source: SourceTable) -> list[tuple[object, ...]]:

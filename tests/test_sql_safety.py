@@ -11,14 +11,14 @@ from typing import Any
 
 import pytest
 
-from ticketsync.emulator import RunningEmulator
 from ticketsync.hooks.servicenow import ServiceNowHook
 from ticketsync.loader import CaseLoader, LoadSettings
 from ticketsync.models import SourceRow
 from ticketsync.operators.extract import ClaimRequestsOperator
-from ticketsync.samples import sample_requests
 from ticketsync.source import Dialect, SourceTable
 from ticketsync.transform import prepare
+from ticketsync_dev.emulator import RunningEmulator
+from ticketsync_dev.samples import sample_requests
 
 HOSTILE_NAMES = [
     "ticket_requests; DROP TABLE ticket_requests",

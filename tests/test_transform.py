@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 
 from ticketsync.models import CaseBody, PreparedCase, Rejection, SourceRow
-from ticketsync.samples import INVALID_CHANGES, sample_requests
 from ticketsync.transform import prepare
+from ticketsync_dev.samples import INVALID_CHANGES, sample_requests
 
 CONSUMER = "0f2c6e1a9b3d4c5e8f7a6b5c4d3e2f1a"
 ACCOUNT = "a1b2c3d4e5f60718293a4b5c6d7e8f90"

@@ -10,7 +10,7 @@ from typing import Any
 
 from hypothesis import HealthCheck, example, given, settings
 
-from tests.hostile import hostile_row, valid_row
+from tests.support.hostile import hostile_row, valid_row
 from ticketsync.models import (
     MAX_CORRELATION,
     MAX_JOURNAL,

@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 
 from tests.conftest import airflow_conn_json, fresh_mariadb_database, fresh_source_database, mariadb_conn_json
-from ticketsync.local import EmulatorProcess, LocalAirflow, sqlite_connection
-from ticketsync.samples import sample_requests
 from ticketsync.source import Dialect, SourceTable
+from ticketsync_dev.local import EmulatorProcess, LocalAirflow, sqlite_connection
+from ticketsync_dev.samples import sample_requests
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

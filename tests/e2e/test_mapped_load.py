@@ -12,9 +12,9 @@ import pytest
 
 from tests.conftest import airflow_conn_json, fresh_source_database
 from tests.e2e.test_dag_run import check_exactly_once, rows
-from ticketsync.local import EmulatorProcess, LocalAirflow
-from ticketsync.samples import sample_requests
 from ticketsync.source import SourceTable
+from ticketsync_dev.local import EmulatorProcess, LocalAirflow
+from ticketsync_dev.samples import sample_requests
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

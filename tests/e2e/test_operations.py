@@ -18,10 +18,10 @@ import pytest
 import requests
 
 from tests.conftest import airflow_conn_json, fresh_source_database
-from tests.receivers import SmtpReceiver, WebhookReceiver, wait_until
-from ticketsync.local import BIN, EmulatorProcess, LocalAirflow, sqlite_connection
-from ticketsync.samples import sample_requests
+from tests.support.receivers import SmtpReceiver, WebhookReceiver, wait_until
 from ticketsync.source import Dialect, SourceTable
+from ticketsync_dev.local import BIN, EmulatorProcess, LocalAirflow, sqlite_connection
+from ticketsync_dev.samples import sample_requests
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

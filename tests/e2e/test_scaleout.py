@@ -12,7 +12,7 @@ import pytest
 import redis
 
 from tests.conftest import REQUIRE_POSTGRES
-from ticketsync.local import REPO
+from ticketsync_dev.local import REPO
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

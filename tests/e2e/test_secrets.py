@@ -18,12 +18,12 @@ from typing import Any
 
 import pytest
 
-from ticketsync.emulator import EmulatorConfig, RunningEmulator, start_emulator
-from ticketsync.emulator.faults import RANDOM_FAULTS
 from ticketsync.hooks.servicenow import ServiceNowError, ServiceNowHook
-from ticketsync.local import LocalAirflow, sqlite_connection
-from ticketsync.samples import sample_requests
 from ticketsync.source import Dialect, SourceTable
+from ticketsync_dev.emulator import EmulatorConfig, RunningEmulator, start_emulator
+from ticketsync_dev.emulator.faults import RANDOM_FAULTS
+from ticketsync_dev.local import LocalAirflow, sqlite_connection
+from ticketsync_dev.samples import sample_requests
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -7,9 +7,8 @@ from collections.abc import Iterator
 import pytest
 import requests
 
-from ticketsync.emulator import EmulatorConfig, RunningEmulator, start_emulator
-
-from .support import LOAN, PASSWORD, USER
+from tests.support.emulator import LOAN, PASSWORD, USER
+from ticketsync_dev.emulator import EmulatorConfig, RunningEmulator, start_emulator
 
 
 @pytest.fixture(scope="module")

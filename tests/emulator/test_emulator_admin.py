@@ -13,11 +13,10 @@ from pathlib import Path
 import pytest
 import requests
 
-from ticketsync.emulator import EmulatorConfig, FaultConfig, RunningEmulator, start_emulator
+from tests.support.emulator import LOAN, PASSWORD, USER, create
+from ticketsync_dev.emulator import EmulatorConfig, FaultConfig, RunningEmulator, start_emulator
 
-from .support import LOAN, PASSWORD, USER, create
-
-PLUGINS = Path(__file__).resolve().parents[2] / "plugins"
+DEV = Path(__file__).resolve().parents[2] / "dev"
 pytestmark = pytest.mark.integration
 
 
@@ -122,8 +121,8 @@ def test_running_emulator_reports_its_address() -> None:
 def test_cli_serves_until_sigterm_and_exits_cleanly(tmp_path: Path) -> None:
     port_file = tmp_path / "port"
     secret = "from-the-environment"
-    env = {**os.environ, "PYTHONPATH": str(PLUGINS), "TICKETSYNC_EMULATOR_PASSWORD": secret}
-    command = [sys.executable, "-m", "ticketsync.emulator", "--port", "0", "--port-file", str(port_file)]
+    env = {**os.environ, "PYTHONPATH": str(DEV), "TICKETSYNC_EMULATOR_PASSWORD": secret}
+    command = [sys.executable, "-m", "ticketsync_dev.emulator", "--port", "0", "--port-file", str(port_file)]
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         line = process.stdout.readline() if process.stdout else ""
@@ -141,8 +140,8 @@ def test_cli_serves_until_sigterm_and_exits_cleanly(tmp_path: Path) -> None:
 
 
 def test_cli_refuses_bad_fault_settings() -> None:
-    env = {**os.environ, "PYTHONPATH": str(PLUGINS)}
-    command = [sys.executable, "-m", "ticketsync.emulator", "--error-500", "0.7", "--error-503", "0.7"]
+    env = {**os.environ, "PYTHONPATH": str(DEV)}
+    command = [sys.executable, "-m", "ticketsync_dev.emulator", "--error-500", "0.7", "--error-503", "0.7"]
 
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=10, check=False)
 

@@ -8,10 +8,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from ticketsync.emulator import FaultConfig, FaultConfigError, RunningEmulator
-from ticketsync.emulator.replies import RATE_LIMIT_RULE
-
-from .support import LOAN, PASSWORD, USER, assert_envelope, query
+from tests.support.emulator import LOAN, PASSWORD, USER, assert_envelope, query
+from ticketsync_dev.emulator import FaultConfig, FaultConfigError, RunningEmulator
+from ticketsync_dev.emulator.replies import RATE_LIMIT_RULE
 
 pytestmark = pytest.mark.integration
 

@@ -8,10 +8,9 @@ from collections.abc import Iterator
 import pytest
 import requests
 
-from ticketsync.emulator import EmulatorConfig, RunningEmulator, start_emulator
-from ticketsync.emulator.__main__ import build_parser, config_from_args
-
-from .support import LOAN, PASSWORD, USER
+from tests.support.emulator import LOAN, PASSWORD, USER
+from ticketsync_dev.emulator import EmulatorConfig, RunningEmulator, start_emulator
+from ticketsync_dev.emulator.__main__ import build_parser, config_from_args
 
 CLIENT_ID = "ticketsync-client"
 CLIENT_SECRET = "cl1ent-s3cret"

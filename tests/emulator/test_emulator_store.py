@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from ticketsync.emulator import Store
-from ticketsync.emulator.query import parse_query
+from ticketsync_dev.emulator import Store
+from ticketsync_dev.emulator.query import parse_query
 
 LOAN = "sn_bom_loan_service"
 POSITIONS = {"sys_id": 0, "state": 1, "priority": 2, "correlation_id": 3}

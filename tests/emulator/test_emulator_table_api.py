@@ -7,9 +7,8 @@ import re
 import pytest
 import requests
 
-from ticketsync.emulator import RunningEmulator
-
-from .support import LOAN, PASSWORD, USER, assert_envelope, create, query
+from tests.support.emulator import LOAN, PASSWORD, USER, assert_envelope, create, query
+from ticketsync_dev.emulator import RunningEmulator
 
 SYS_ID = re.compile(r"[0-9a-f]{32}")
 TIMESTAMP = re.compile(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}")

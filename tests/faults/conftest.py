@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import airflow_conn_json, fresh_source_database
-from tests.faults.support import RESULTS
+from tests.support.faults import RESULTS
 from ticketsync.source import SourceTable
 
 _SESSION = {"ran": False}

@@ -23,13 +23,13 @@ from typing import Any
 import pytest
 
 from tests.faults.conftest import conn_json
-from tests.faults.support import TABLE, Backlog, save_result, verdict
-from ticketsync.emulator import EmulatorConfig, RunningEmulator, start_emulator
-from ticketsync.emulator.faults import RANDOM_FAULTS
+from tests.support.faults import TABLE, Backlog, save_result, verdict
 from ticketsync.hooks.servicenow import ServiceNowHook
 from ticketsync.loader import CaseLoader, LoadSettings, ServiceNowUnavailable
-from ticketsync.local import EmulatorProcess, LocalAirflow
 from ticketsync.source import Dialect, SourceTable
+from ticketsync_dev.emulator import EmulatorConfig, RunningEmulator, start_emulator
+from ticketsync_dev.emulator.faults import RANDOM_FAULTS
+from ticketsync_dev.local import EmulatorProcess, LocalAirflow
 
 pytestmark = pytest.mark.integration
 

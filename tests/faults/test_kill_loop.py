@@ -1,8 +1,8 @@
 """The worker killed with SIGKILL at random points of the load, over and over: after each kill a normal run, and at
 the end every valid row of every backlog is created exactly once, every invalid one rejected, none pending.
 
-Each iteration adds a small backlog, starts a run on the worker (``tests/faults/worker.py``: a forked child, as in a
-Celery prefork pool, running the DAG's operators in order in its own process group) and SIGKILLs that group at a
+Each iteration adds a small backlog, starts a run on the worker (``tests/support/fault_worker.py``: a forked child,
+as in a Celery prefork pool, running the DAG's operators in order in its own process group) and SIGKILLs that group at a
 random moment after its load started. The normal run that
 follows alternates between the two ways a dead run's rows come back: an immediate retry of the same run (the same
 claim token takes its rows back; the load operator sees the dead try's unreleased rows and first waits
@@ -27,9 +27,9 @@ from typing import Any
 import pytest
 
 from tests.faults.conftest import conn_json
-from tests.faults.support import TABLE, Backlog, save_result, source_rows, verdict
-from ticketsync.local import REPO, EmulatorProcess
+from tests.support.faults import TABLE, Backlog, save_result, source_rows, verdict
 from ticketsync.source import SourceTable
+from ticketsync_dev.local import REPO, EmulatorProcess
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -45,11 +45,11 @@ WORKER = ["--lease-seconds", str(LEASE_SECONDS), "--max-in-flight", "2", "--chun
 
 
 class Workers:
-    """The worker parent (``tests/faults/worker.py``); each run is a forked child in its own process group."""
+    """The worker parent (``tests/support/fault_worker.py``); each run is a forked child in its own process group."""
 
     def __init__(self, env: dict[str, str], log: Path) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "tests.faults.worker", *WORKER], cwd=REPO, env=env, stdin=subprocess.PIPE,
+            [sys.executable, "-m", "tests.support.fault_worker", *WORKER], cwd=REPO, env=env, stdin=subprocess.PIPE,
             stdout=subprocess.PIPE, stderr=log.open("wb"), text=True, bufsize=1,
         )
         assert self._answer() == "ready"

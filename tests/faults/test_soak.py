@@ -1,4 +1,4 @@
-"""The soak at CI size: `scripts/soak.py --rows 10000` (the README reports the 100,000-row run of `make soak`)."""
+"""The soak at CI size: `scripts/soak.py` (docs/reliability.md reports the 100,000-row run of `make soak`)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults.support import save_result
-from ticketsync.local import REPO
+from tests.support.faults import save_result
+from ticketsync_dev.local import REPO
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -25,12 +25,12 @@ from tests.conftest import (
     mariadb_connector,
 )
 from tests.faults.conftest import conn_json
-from tests.faults.support import TABLE, Backlog, save_result, verdict
-from ticketsync.emulator import EmulatorConfig, RunningEmulator, start_emulator
+from tests.support.faults import TABLE, Backlog, save_result, verdict
 from ticketsync.hooks.servicenow import ServiceNowHook
 from ticketsync.loader import CaseLoader, LoadSettings
-from ticketsync.local import EmulatorProcess, LocalAirflow
 from ticketsync.source import Dialect, SourceTable, is_connection_error
+from ticketsync_dev.emulator import EmulatorConfig, RunningEmulator, start_emulator
+from ticketsync_dev.local import EmulatorProcess, LocalAirflow
 
 pytestmark = pytest.mark.integration
 

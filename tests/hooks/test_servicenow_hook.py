@@ -8,7 +8,6 @@ from collections.abc import Iterator
 import pytest
 import requests
 
-from ticketsync.emulator import RunningEmulator
 from ticketsync.hooks.servicenow import (
     ServiceNowAuthError,
     ServiceNowHook,
@@ -16,6 +15,7 @@ from ticketsync.hooks.servicenow import (
     ServiceNowRequestError,
     ServiceNowTransientError,
 )
+from ticketsync_dev.emulator import RunningEmulator
 
 TABLE = "sn_bom_loan_service"
 BODY = {"correlation_id": "REQ-1", "short_description": "Request for loan forgiveness", "work_notes": "Prêt 💸"}

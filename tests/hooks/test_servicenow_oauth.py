@@ -10,8 +10,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from ticketsync.emulator import EmulatorConfig, RunningEmulator, start_emulator
 from ticketsync.hooks.servicenow import ServiceNowAuthError, ServiceNowHook
+from ticketsync_dev.emulator import EmulatorConfig, RunningEmulator, start_emulator
 
 TABLE = "sn_bom_loan_service"
 USER, PASSWORD = "integration.user", "user-pa55word-e7"
@@ -129,7 +129,7 @@ def test_a_wrong_user_password_with_the_password_grant_is_an_auth_error(
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        ({"auth_type": "kerberos"}, "auth_type 'kerberos' is not one of basic"),
+        ({"auth_type": "kerberos"}, "extra auth_type must be one of basic, oauth_client_credentials, oauth_pass"),
         ({"auth_type": "oauth_client_credentials", "client_id": "x"}, "has no client_secret"),
         ({"auth_type": "oauth_client_credentials", "client_secret": "s"}, "has no client_id"),
     ],

@@ -13,13 +13,13 @@ from typing import Any
 import pytest
 from airflow.sdk.exceptions import AirflowFailException
 
-from tests.tls import ServerCert, make_server_cert
-from ticketsync.emulator import EmulatorConfig, RunningEmulator, start_emulator
+from tests.support.tls import ServerCert, make_server_cert
 from ticketsync.hooks.servicenow import ServiceNowHook, ServiceNowTLSError, ServiceNowTransientError
 from ticketsync.loader import CaseLoader, LoadSettings
 from ticketsync.operators.load import ServiceNowLoadOperator
-from ticketsync.samples import sample_requests
 from ticketsync.source import Dialect, SourceTable
+from ticketsync_dev.emulator import EmulatorConfig, RunningEmulator, start_emulator
+from ticketsync_dev.samples import sample_requests
 
 TABLE = "sn_bom_loan_service"
 PASSWORD = "tls-s3cret"

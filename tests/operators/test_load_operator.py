@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.operators.loader_process import context
-from ticketsync.emulator import RunningEmulator
+from tests.support.loader_process import context
 from ticketsync.hooks.servicenow import ServiceNowHook
 from ticketsync.operators.load import ServiceNowLoadOperator
-from ticketsync.samples import sample_requests
 from ticketsync.source import Dialect, Shard, SourceTable
+from ticketsync_dev.emulator import RunningEmulator
+from ticketsync_dev.samples import sample_requests
 
 
 def set_servicenow(monkeypatch: pytest.MonkeyPatch, port: int, **extra: object) -> None:

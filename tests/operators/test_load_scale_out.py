@@ -20,9 +20,9 @@ from typing import Any
 import pytest
 
 from tests.conftest import airflow_conn_json, fresh_source_database
-from ticketsync.local import REPO, EmulatorProcess
-from ticketsync.samples import sample_requests
 from ticketsync.source import SourceTable
+from ticketsync_dev.local import REPO, EmulatorProcess
+from ticketsync_dev.samples import sample_requests
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -60,7 +60,7 @@ def run_loaders(tmp_path: Path, conn: str, emulator: EmulatorProcess, argv: list
     processes = []
     for out, args in zip(outs, argv, strict=True):
         log = (tmp_path / f"{out.stem}.log").open("wb")
-        command = [sys.executable, "-m", "tests.operators.loader_process", *args, "--go", str(go), "--out", str(out)]
+        command = [sys.executable, "-m", "tests.support.loader_process", *args, "--go", str(go), "--out", str(out)]
         processes.append(subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT))
     try:
         deadline = time.monotonic() + 180

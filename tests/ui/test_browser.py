@@ -26,8 +26,8 @@ import pytest
 from playwright.sync_api import BrowserContext, Locator, Page, expect, sync_playwright
 from playwright.sync_api import Error as PlaywrightError
 
-from ticketsync.local import DAG_ID, REPO
-from ticketsync.standalone import ADMIN_USER, LocalStack
+from ticketsync_dev.local import DAG_ID, REPO
+from ticketsync_dev.standalone import ADMIN_USER, LocalStack
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -7,7 +7,7 @@ import time
 from collections import Counter
 from typing import Any
 
-from ticketsync.emulator.faults import OTHER_FAULTS, RANDOM_FAULTS
+from ticketsync_dev.emulator.faults import OTHER_FAULTS, RANDOM_FAULTS
 
 
 class Stats:

@@ -1,4 +1,4 @@
-"""One loader as its own OS process, the way a Celery worker runs it: ``python -m tests.operators.loader_process``.
+"""One loader as its own OS process, the way a Celery worker runs it: ``python -m tests.support.loader_process``.
 
 It builds its own operators (and so its own ``ServiceNowHook`` and ``SourceTable``) from the ``AIRFLOW_CONN_*``
 variables it inherits, waits for a start signal so that several processes really run at the same time, and writes

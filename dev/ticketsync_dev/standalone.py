@@ -12,7 +12,7 @@ SimpleAuthManager, SQLite metadata in a project-local ``AIRFLOW_HOME``), started
   including task processes the supervisors put in groups of their own.
 
 Beside Airflow: the ServiceNow emulator as a process, and an embedded SQLite source seeded with sample requests; the
-connections reach Airflow as ``AIRFLOW_CONN_*`` variables (:meth:`ticketsync.local.LocalAirflow.env`).
+connections reach Airflow as ``AIRFLOW_CONN_*`` variables (:meth:`ticketsync_dev.local.LocalAirflow.env`).
 """
 
 from __future__ import annotations
@@ -32,9 +32,9 @@ from typing import Any
 
 import requests
 
-from ticketsync.local import BIN, DAG_ID, EmulatorProcess, LocalAirflow, sqlite_connection
-from ticketsync.samples import sample_requests
 from ticketsync.source import Dialect, SourceTable
+from ticketsync_dev.local import BIN, DAG_ID, EmulatorProcess, LocalAirflow, sqlite_connection
+from ticketsync_dev.samples import sample_requests
 
 ADMIN_USER = "admin"
 SIMPLE_AUTH_MANAGER = "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"

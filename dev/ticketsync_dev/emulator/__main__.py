@@ -1,4 +1,4 @@
-"""`python -m ticketsync.emulator`: run the emulator until SIGTERM or SIGINT."""
+"""`python -m ticketsync_dev.emulator`: run the emulator until SIGTERM or SIGINT."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import FrameType
 
-from ticketsync.emulator.faults import FaultConfig, FaultConfigError
-from ticketsync.emulator.server import EmulatorConfig, start_emulator
-from ticketsync.emulator.store import DEFAULT_TABLES
+from ticketsync_dev.emulator.faults import FaultConfig, FaultConfigError
+from ticketsync_dev.emulator.server import EmulatorConfig, start_emulator
+from ticketsync_dev.emulator.store import DEFAULT_TABLES
 
 PASSWORD_ENV = "TICKETSYNC_EMULATOR_PASSWORD"  # noqa: S105 - the name of a variable, not a secret
 CLIENT_SECRET_ENV = "TICKETSYNC_EMULATOR_CLIENT_SECRET"  # noqa: S105 - the name of a variable, not a secret
@@ -57,7 +57,7 @@ def _rate(text: str) -> float:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m ticketsync.emulator",
+        prog="python -m ticketsync_dev.emulator",
         description="A local ServiceNow Table API emulator with injectable faults.",
         epilog=f"The password is best given in the environment variable {PASSWORD_ENV} (it wins over --password), "
         f"the OAuth client secret in {CLIENT_SECRET_ENV}.",

@@ -96,7 +96,7 @@ def http_connection(port: int, password: str, *, user: str = "admin", timeout: f
 
 
 class EmulatorProcess:
-    """The emulator in its own process (``python -m ticketsync.emulator``), controlled over its admin endpoints."""
+    """The emulator in its own process (``python -m ticketsync_dev.emulator``), controlled over its admin endpoints."""
 
     def __init__(self, workdir: Path, *args: str, password: str | None = None) -> None:
         self.password = password or secrets.token_urlsafe(16)
@@ -110,10 +110,10 @@ class EmulatorProcess:
         port_file = self.workdir / "emulator.port"
         port_file.unlink(missing_ok=True)
         env = dict(os.environ, TICKETSYNC_EMULATOR_PASSWORD=self.password)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "plugins"), env.get("PYTHONPATH")]))
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "dev"), env.get("PYTHONPATH")]))
         log = (self.workdir / "emulator.log").open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "ticketsync.emulator", "--port", str(port or self.port), "--port-file",
+            [sys.executable, "-m", "ticketsync_dev.emulator", "--port", str(port or self.port), "--port-file",
              str(port_file), *self.args],
             env=env, stdout=log, stderr=subprocess.STDOUT,
         )

@@ -6,10 +6,10 @@ import json
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from ticketsync.emulator.faults import FaultConfig, FaultConfigError
-from ticketsync.emulator.oauth import TokenIssuer
-from ticketsync.emulator.replies import Reply, error_reply
-from ticketsync.emulator.store import Store
+from ticketsync_dev.emulator.faults import FaultConfig, FaultConfigError
+from ticketsync_dev.emulator.oauth import TokenIssuer
+from ticketsync_dev.emulator.replies import Reply, error_reply
+from ticketsync_dev.emulator.store import Store
 
 PREFIX = "/_emulator/"
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Any
 
-from ticketsync.emulator.query import EncodedQuery, Part, parse_query
+from ticketsync_dev.emulator.query import EncodedQuery, Part, parse_query
 
 Row = list[str]
 Record = dict[str, str]

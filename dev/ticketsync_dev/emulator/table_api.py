@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlencode
 
-from ticketsync.emulator.replies import Reply, error_reply, not_found
-from ticketsync.emulator.store import Record, Store, TableSchema
+from ticketsync_dev.emulator.replies import Reply, error_reply, not_found
+from ticketsync_dev.emulator.store import Record, Store, TableSchema
 
 DEFAULT_LIMIT = 10_000
 _PATH = re.compile(r"/api/now/(?:(?P<version>v[12])/)?table/(?P<table>[^/]+)(?:/(?P<sys_id>[^/]+))?/?")

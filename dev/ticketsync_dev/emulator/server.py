@@ -18,10 +18,10 @@ from types import TracebackType
 from typing import Any, Self
 from urllib.parse import parse_qsl
 
-from ticketsync.emulator import admin, table_api
-from ticketsync.emulator.faults import PRE_COMMIT_FAULTS, FaultConfig, FaultInjector
-from ticketsync.emulator.oauth import TokenIssuer, token_reply
-from ticketsync.emulator.replies import (
+from ticketsync_dev.emulator import admin, table_api
+from ticketsync_dev.emulator.faults import PRE_COMMIT_FAULTS, FaultConfig, FaultInjector
+from ticketsync_dev.emulator.oauth import TokenIssuer, token_reply
+from ticketsync_dev.emulator.replies import (
     Reply,
     concurrency_exceeded,
     error_reply,
@@ -29,8 +29,8 @@ from ticketsync.emulator.replies import (
     rate_limited,
     unauthorized,
 )
-from ticketsync.emulator.stats import Stats
-from ticketsync.emulator.store import DEFAULT_TABLES, Store
+from ticketsync_dev.emulator.stats import Stats
+from ticketsync_dev.emulator.store import DEFAULT_TABLES, Store
 
 _QUIET_ERRORS = (ConnectionError, TimeoutError, ssl.SSLError)
 

@@ -16,7 +16,7 @@ from collections import deque
 from typing import Any
 from urllib.parse import parse_qsl
 
-from ticketsync.emulator.replies import Reply
+from ticketsync_dev.emulator.replies import Reply
 
 GRANTS = ("client_credentials", "password")
 

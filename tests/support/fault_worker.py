@@ -2,7 +2,7 @@
 forks one child per DAG run; the child runs that run's tasks in order (extract, transform, load) with the DAG's own
 operators, in its own process group, printing each task's name to its log as it starts.
 
-``python -m tests.faults.worker``, then one command per line on stdin: ``RUN_ID TRY_NUMBER LOG_PATH`` (a try
+``python -m tests.support.fault_worker``, then one command per line on stdin: ``RUN_ID TRY_NUMBER LOG_PATH`` (a try
 number above 1 is a retry of that run, immediate: the operator's retry delay is 0). The parent answers
 ``pid N`` when the child started and ``exit N CODE`` when it ended (CODE -9 if it was SIGKILLed; 1 when the load
 ended with rows still pending, what fails an Airflow task, which is then retried). Options: ``--lease-seconds``,
