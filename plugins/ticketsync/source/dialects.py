@@ -27,7 +27,6 @@ class DialectSql:
     modulo: str  # takes one parameter: the divisor (psycopg reads a bare % as a placeholder, so PostgreSQL uses MOD)
     pending_age: str  # seconds since MIN(created_at)
     lock_for_update: str  # appended to a SELECT that must lock the rows it reads in a write transaction
-    schema_file: str
     paramstyle_format: bool  # the driver wants %s instead of ?
     returning: bool = True  # UPDATE … RETURNING and WITH … UPDATE; without them a claim is SELECT … FOR UPDATE + UPDATE
     session_setup: tuple[str, ...] = ()  # run on every new connection
@@ -42,7 +41,6 @@ SQL: dict[Dialect, DialectSql] = {
         modulo="MOD(id, ?)",
         pending_age="EXTRACT(EPOCH FROM (now() - MIN(created_at)))",
         lock_for_update="FOR UPDATE",
-        schema_file="ticket_requests.postgresql.sql",
         paramstyle_format=True,
     ),
     Dialect.SQLITE: DialectSql(
@@ -53,7 +51,6 @@ SQL: dict[Dialect, DialectSql] = {
         modulo="(id % ?)",
         pending_age="(julianday('now') - julianday(MIN(created_at))) * 86400.0",
         lock_for_update="",
-        schema_file="ticket_requests.sqlite.sql",
         paramstyle_format=False,
     ),
     # Timestamps are DATETIME(6) in UTC. READ COMMITTED as on PostgreSQL: a locking read takes no gap locks, so a
@@ -66,7 +63,6 @@ SQL: dict[Dialect, DialectSql] = {
         modulo="MOD(id, ?)",
         pending_age="TIMESTAMPDIFF(MICROSECOND, MIN(created_at), UTC_TIMESTAMP(6)) / 1000000.0",
         lock_for_update="FOR UPDATE",
-        schema_file="ticket_requests.mysql.sql",
         paramstyle_format=True,
         returning=False,
         session_setup=(
@@ -95,8 +91,3 @@ def lease_param(seconds: float, dialect: Dialect) -> Any:
     if dialect is Dialect.MYSQL:
         return round(float(seconds) * 1_000_000)
     return float(seconds)
-
-
-def strip_comments(script: str) -> str:
-    """Drop ``--`` comment lines (the shipped schema has no ``--`` inside string literals)."""
-    return "\n".join(line.split("--", 1)[0] for line in script.splitlines())
