@@ -25,6 +25,9 @@ class DBAPIConnection(Protocol):
 
 
 _DRIVERS = ("psycopg", "psycopg2", "pymysql")
+# Extras of the source connection that ticketsync reads itself (docs/migrations.md), not driver options.
+AUTO_MIGRATE_EXTRA = "ticketsync_auto_migrate"
+TICKETSYNC_EXTRAS = (AUTO_MIGRATE_EXTRA,)
 _CONNECTION_ERRORS = ("OperationalError", "InterfaceError")
 # MySQL / MariaDB client and server codes that mean the connection is gone (PyMySQL raises OperationalError for
 # these, but also for deadlocks and lock wait timeouts, which leave the connection open)
@@ -93,7 +96,11 @@ class SourceConnection:
         if conn_type in ("postgres", "postgresql"):
             from airflow.providers.postgres.hooks.postgres import PostgresHook
 
-            connect: Callable[[], Any] = PostgresHook(postgres_conn_id=conn_id).get_conn
+            class SourcePostgresHook(PostgresHook):
+                # PostgresHook hands every other extra to the driver as a connection option
+                ignored_extra_options = PostgresHook.ignored_extra_options | set(TICKETSYNC_EXTRAS)
+
+            connect: Callable[[], Any] = SourcePostgresHook(postgres_conn_id=conn_id).get_conn
             return cls(connect, Dialect.POSTGRES, table)
         if conn_type == "sqlite":
             from airflow.providers.sqlite.hooks.sqlite import SqliteHook

@@ -20,7 +20,7 @@ from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
-from ticketsync.source.connection import SourceConnection
+from ticketsync.source.connection import AUTO_MIGRATE_EXTRA, SourceConnection
 from ticketsync.source.dialects import Dialect
 
 log = logging.getLogger(__name__)
@@ -28,7 +28,6 @@ log = logging.getLogger(__name__)
 MIGRATIONS_PACKAGE = "ticketsync.source.migrations"
 TEMPLATE_TABLE = "ticket_requests"
 FILE_NAME = re.compile(r"(?P<version>\d{4})_(?P<name>[a-z0-9_]+)\.(?P<suffix>[a-z]+)\.sql")
-AUTO_MIGRATE_EXTRA = "ticketsync_auto_migrate"
 # How long a migration waits for a table lock held by a running statement before it gives up (PostgreSQL): better a
 # failed task, retried, than every reader of the table queued behind a waiting ALTER.
 PG_LOCK_TIMEOUT = "30s"
