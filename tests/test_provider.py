@@ -123,6 +123,8 @@ def test_the_wheel_holds_the_runtime_package_only(wheel: Path) -> None:
     }
     assert {name for name in names if name.startswith("ticketsync/")} == expected
     assert "ticketsync/source/migrations/0001_initial.postgresql.sql" in names
+    for dialect in ("postgresql", "mysql", "sqlite"):  # the schema ships as migrations, loaded as package resources
+        assert f"ticketsync/source/migrations/0001_initial.{dialect}.sql" in names
     entry_points = zipfile.ZipFile(wheel).read("ticketsync-0.1.0.dist-info/entry_points.txt").decode()
     assert "[apache_airflow_provider]\nprovider_info = ticketsync.get_provider_info:get_provider_info" in entry_points
 
