@@ -62,6 +62,6 @@ bench: $(STAMP)
 clean:
 	rm -rf .demo .airflow .artifacts .pytest_cache .mypy_cache .ruff_cache
 
-# The soak (docs/reliability.md): SOAK_ARGS="--rows 10000" for the CI size. Needs PostgreSQL at 127.0.0.1:5432.
+# The soak (docs/reliability.md): SOAK_ARGS="--rows 5000" for the CI size. Needs PostgreSQL at 127.0.0.1:5432.
 soak: $(STAMP)
 	PYTHONPATH=plugins:dev $(PY) scripts/soak.py $(SOAK_ARGS)

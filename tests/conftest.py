@@ -13,12 +13,24 @@ from typing import Any
 import psycopg
 import pytest
 
+from tests.support.faults import clear_results, print_results
 from ticketsync.source import Dialect, SourceTable
 from ticketsync_dev.emulator import EmulatorConfig, RunningEmulator, start_emulator
 from ticketsync_dev.local import LocalAirflow
 
 PG_ADMIN_DSN = os.environ.get("TICKETSYNC_TEST_PG_DSN", "host=127.0.0.1 port=5432 user=postgres dbname=postgres")
 REQUIRE_POSTGRES = os.environ.get("TICKETSYNC_REQUIRE_POSTGRES") == "1" or os.environ.get("CI") == "true"
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Once per test session: in the pytest-xdist controller (``-n``), or in the one process of a plain run."""
+    if not hasattr(session.config, "workerinput"):
+        clear_results()
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """The figures the fault tests saved (``.artifacts/faults/*.json``)."""
+    print_results(terminalreporter)
 
 
 @pytest.fixture(scope="session")
@@ -77,10 +89,26 @@ def fresh_source_database(pg_database: dict[str, Any], prefix: str) -> Iterator[
 
 
 @pytest.fixture(scope="session")
-def airflow_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One migrated Airflow home (SQLite metadata database) for every test that runs the DAG with ``dags test``."""
-    home = tmp_path_factory.mktemp("airflow")
+def airflow_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The one ``airflow db migrate`` of the session (per pytest-xdist worker): a home nothing runs in, cloned."""
+    home = tmp_path_factory.mktemp("airflow-template")
     LocalAirflow(home=home).migrate()
+    return home
+
+
+@pytest.fixture(scope="session")
+def airflow_home(airflow_template: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One Airflow home (SQLite metadata database) for every test that runs the DAG with ``dags test``."""
+    home = tmp_path_factory.mktemp("airflow")
+    LocalAirflow(home=home).clone_from(airflow_template)
+    return home
+
+
+@pytest.fixture
+def fresh_airflow_home(airflow_template: Path, tmp_path: Path) -> Path:
+    """An Airflow home of the test's own, with an empty metadata database (for tests that search all of it)."""
+    home = tmp_path / "airflow"
+    LocalAirflow(home=home).clone_from(airflow_template)
     return home
 
 

@@ -79,8 +79,9 @@ def emulator() -> Iterator[RunningEmulator]:
 
 
 def test_no_secret_in_logs_database_errors_or_exceptions(emulator: RunningEmulator, tmp_path: Path,
-                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    home = tmp_path / "airflow"
+                                                         monkeypatch: pytest.MonkeyPatch,
+                                                         fresh_airflow_home: Path) -> None:
+    home = fresh_airflow_home
     db_path = tmp_path / "source.db"
     source = SourceTable(lambda: sqlite3.connect(db_path), Dialect.SQLITE)
     source.ensure_schema()

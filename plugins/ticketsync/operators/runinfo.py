@@ -1,12 +1,15 @@
-"""What the load leaves for people and tools besides its rows: OpenLineage facets, the "ServiceNow records" link,
-and the dry-run plan. A mixin, so the load operator's own code stays about loading."""
+"""What the load leaves for people and tools besides its rows: the Asset event of the cases, OpenLineage facets, the
+"ServiceNow records" link, and the dry-run plan. A mixin, so the load operator's own code stays about loading."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 from typing import Any
 
+from airflow.sdk import Asset, AssetAlias
+
 from ticketsync import dryrun
+from ticketsync.assets import SERVICENOW_ASSET_SCHEME, cases_event_extra, servicenow_asset
 from ticketsync.hooks.servicenow import ServiceNowHook
 from ticketsync.links import MAX_LINKED_IDS, ServiceNowRecordsLink, records_url
 from ticketsync.models import DEFAULT_TARGET_TABLE
@@ -38,6 +41,28 @@ class LoadRunInfoMixin:
     _lineage_counts: dict[str, Any] | None = None
     _lineage_base_url: str | None = None
     _lineage_dry_run: bool = False
+
+    # -- the Asset event: "cases were created", with the counts ---------------------------------------------------
+
+    def announce_cases(self, context: Any, summary: dict[str, int], shard: tuple[int, int]) -> dict[str, Any] | None:
+        """Attach this loader's counts (``summary``: its rows of the run by outcome, over all tries) to the event of
+        the ServiceNow table. Through an ``AssetAlias`` outlet (the DAG's) the event is emitted only when some rows
+        came to cases (created or adopted); an ``Asset`` outlet is emitted by Airflow after every successful load, and
+        gets the counts too. Returns the extra, or None when no event is emitted."""
+        ti = context["ti"]
+        extra = cases_event_extra(ti.dag_id, ti.run_id, shard, summary)
+        announced = extra["created"] + extra["adopted"] > 0
+        for outlet in self.outlets:  # type: ignore[attr-defined]
+            if isinstance(outlet, AssetAlias) and announced:
+                asset = servicenow_asset(self.servicenow_conn_id, self.target_table)  # type: ignore[attr-defined]
+                context["outlet_events"][outlet].add(asset, extra=extra)
+            elif isinstance(outlet, Asset) and outlet.uri.startswith(f"{SERVICENOW_ASSET_SCHEME}://"):
+                context["outlet_events"][outlet].extra.update(extra)
+                announced = True
+        self.log.info(  # type: ignore[attr-defined]
+            "asset event %s: %s", "emitted" if announced else "not emitted (no row came to a case)", extra
+        )
+        return extra if announced else None
 
     # -- the run's record, for the link and for OpenLineage ------------------------------------------------------
 
