@@ -28,6 +28,30 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         clear_results()
 
 
+# The slowest test files, longest first (from `--durations` of CI runs): they start first, so that with pytest-xdist
+# (`make test`, --dist loadfile) the two workers end close together instead of one starting a long file last.
+SLOWEST_FIRST = (
+    "tests/ui/test_browser.py",
+    "tests/e2e/test_scaleout.py",
+    "tests/faults/test_soak.py",
+    "tests/e2e/test_operations.py",
+    "tests/faults/test_fault_matrix.py",
+    "tests/faults/test_kill_loop.py",
+    "tests/e2e/test_secrets.py",
+    "tests/e2e/test_dag_run.py",
+    "tests/operators/test_load_scale_out.py",
+    "tests/e2e/test_mapped_load.py",
+    "tests/faults/test_source_connection_loss.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Order the files as SLOWEST_FIRST says, then the rest as collected; tests keep their order within a file."""
+    rank = {path: index for index, path in enumerate(SLOWEST_FIRST)}
+    root = f"{Path(__file__).resolve().parent.parent}/"
+    items.sort(key=lambda item: rank.get(str(item.path).removeprefix(root), len(rank)))
+
+
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     """The figures the fault tests saved (``.artifacts/faults/*.json``)."""
     print_results(terminalreporter)

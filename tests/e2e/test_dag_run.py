@@ -97,7 +97,9 @@ def last_event_id(airflow_home: Path) -> int:
 
 
 def run_sync_twice(airflow_home: Path, source: SourceTable, conn: str, tmp_path: Path, count: int,
-                   faults: tuple[str, ...]) -> dict[str, Any]:
+                   faults: tuple[str, ...], lineage: Path | None = None) -> dict[str, Any]:
+    """Two runs: the first syncs ``count`` rows under ``faults`` (OpenLineage events to the file ``lineage``, if
+    given), the second finds nothing to do."""
     requests = list(sample_requests(count, invalid_every=15))
     source.insert_requests(requests)
     invalid_ids = {r["request_id"] for i, r in enumerate(requests, start=1) if i % 15 == 0}
@@ -105,8 +107,12 @@ def run_sync_twice(airflow_home: Path, source: SourceTable, conn: str, tmp_path:
         airflow = LocalAirflow(home=airflow_home, connections={
             "ticket_source": conn, "servicenow_default": emulator.connection(timeout=3),
         })
+        if lineage is not None:
+            transport = {"type": "file", "log_file_path": str(lineage), "append": True}
+            airflow.extra_env["AIRFLOW__OPENLINEAGE__TRANSPORT"] = json.dumps(transport)
         before = last_event_id(airflow_home)
         code = airflow.run_dag(tmp_path / "run1.log")
+        airflow.extra_env.pop("AIRFLOW__OPENLINEAGE__TRANSPORT", None)
         assert code == 0, (tmp_path / "run1.log").read_text()[-5000:]
         outcome = check_exactly_once(source, emulator, requests, invalid_ids)
         stats = emulator.stats()
@@ -129,7 +135,7 @@ def run_sync_twice(airflow_home: Path, source: SourceTable, conn: str, tmp_path:
         # A run that created nothing emits no event: a DAG scheduled on the table is not woken for nothing.
         assert cases_events(airflow_home, before) == []
         assert "asset event not emitted (no row came to a case)" in (tmp_path / "run2.log").read_text()
-    return {"rows": count, "invalid": len(invalid_ids), "outcome": outcome, "posts": posts,
+    return {"rows": count, "invalid": len(invalid_ids), "outcome": outcome, "posts": posts, "port": emulator.port,
             "requests": stats["requests_total"], "throttled": stats["throttled"],
             "faults": {k: v for k, v in stats["faults"].items() if v}}
 
@@ -138,13 +144,36 @@ def test_dag_run_on_postgresql_with_faults_creates_each_case_exactly_once(
     airflow_home: Path, pg_source: tuple[SourceTable, str], tmp_path: Path
 ) -> None:
     source, conn = pg_source
-    result = run_sync_twice(airflow_home, source, conn, tmp_path, 600, FAULTS)
-    assert result["outcome"].get("rejected") == 40
-    assert result["outcome"].get("created_created", 0) + result["outcome"].get("created_adopted", 0) == 560
+    events_file = tmp_path / "openlineage.jsonl"
+    result = run_sync_twice(airflow_home, source, conn, tmp_path, 600, FAULTS, lineage=events_file)
+    outcome = result["outcome"]
+    assert outcome.get("rejected") == 40
+    assert outcome.get("created_created", 0) + outcome.get("created_adopted", 0) == 560
     # The faults really happened: every kind the issue names was injected and survived.
     assert {"error_500", "error_503", "cut_after_commit", "html_200"} <= set(result["faults"])
     assert result["throttled"] > 0
+    # OpenLineage (file transport): the load's COMPLETE event names the PostgreSQL table and the instance, with counts.
+    [event] = load_lineage_events(events_file)
+    database = json.loads(conn)["schema"]
+    assert [(d["namespace"], d["name"]) for d in event["inputs"]] == [
+        ("postgres://127.0.0.1:5432", f"{database}.public.ticket_requests")
+    ]
+    assert [(d["namespace"], d["name"]) for d in event["outputs"]] == [(f"http://127.0.0.1:{result['port']}", TABLE)]
+    facet = event["run"]["facets"]["ticketsync"]
+    # The counts of the load's last try (a task retry under faults counts only what was left); exact counts of a
+    # fault-free run: tests/e2e/test_operations.py (SQLite).
+    assert (facet["failed"], facet["dryRun"]) == (0, False)
+    assert 0 < facet["created"] + facet["adopted"] <= facet["taken"] <= 560
+    assert facet["posts"] >= facet["created"]
     print("\nPostgreSQL end-to-end:", json.dumps(result))
+    print("OpenLineage load COMPLETE datasets:", json.dumps({"inputs": event["inputs"], "outputs": event["outputs"],
+                                                            "ticketsync": facet}))
+
+
+def load_lineage_events(path: Path) -> list[dict[str, Any]]:
+    """The load's COMPLETE events in an OpenLineage file transport's output."""
+    events = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [e for e in events if e["job"]["name"] == "servicenow_ticket_sync.load" and e["eventType"] == "COMPLETE"]
 
 
 def test_dag_run_on_sqlite_with_faults_creates_each_case_exactly_once(
