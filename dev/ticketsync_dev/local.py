@@ -10,6 +10,7 @@ import json
 import os
 import secrets
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -58,6 +59,14 @@ class LocalAirflow:
         with log.open("w") as out:
             subprocess.run([str(BIN / "airflow"), "db", "migrate"], env=self.env(), stdout=out, stderr=out, check=True)
         stamp.touch()
+
+    def clone_from(self, template: Path) -> None:
+        """Start from a copy of another home's migrated metadata database instead of migrating (milliseconds
+        instead of tens of seconds); Airflow writes this home's own ``airflow.cfg`` on its first start."""
+        self.home.mkdir(parents=True, exist_ok=True)
+        with sqlite3.connect(template / "airflow.db") as source, sqlite3.connect(self.home / "airflow.db") as copy:
+            source.backup(copy)
+        (self.home / ".migrated").touch()
 
     def dags_test_command(self, conf: dict[str, Any] | None = None) -> list[str]:
         command = [str(BIN / "airflow"), "dags", "test", DAG_ID]

@@ -32,7 +32,8 @@ class ServiceNowLoadOperator(LoadRunInfoOperator):
     * returns the per-outcome counts (XCom carries counts, never bodies);
     * ``is_dry_run``: looks the rows a run would take up (GET only) and returns the plan; writes nothing (extract
       then plans a single loader, which plans the whole selection);
-    * reports OpenLineage facets and the "ServiceNow records" extra link (:class:`LoadRunInfoOperator`).
+    * emits the event of the ServiceNow table with this loader's counts when some of its rows came to cases, and
+      reports OpenLineage facets and the "ServiceNow records" extra link (:class:`LoadRunInfoOperator`).
 
     Scale-out: as a mapped task (``.partial(shard_count=N).expand(shard_index=[0, …, N-1])``) each of the N loaders
     takes only the rows of the run's claim with ``id % N = shard_index``, so the N task instances (on any workers)
@@ -166,6 +167,7 @@ class ServiceNowLoadOperator(LoadRunInfoOperator):
                 self._settle_after_a_dead_try(context, source, settings)
                 loader = CaseLoader(hook, source, token, settings)
                 counts = loader.run()
+                summary = source.shard_summary(token, shard=settings.shard)
         except ServiceNowConfigurationError as exc:  # 401, refused OAuth token, failed TLS verification
             raise AirflowFailException(str(exc)) from exc
         except ServiceNowRequestError as exc:
@@ -183,5 +185,7 @@ class ServiceNowLoadOperator(LoadRunInfoOperator):
                 f"{counts.still_pending} rows are still pending after transient errors (their error column says "
                 "why); the task retry or the next run takes them again, looking each up before any new POST"
             )
+        shard = settings.shard or Shard(0, 1)
+        self.announce_cases(context, summary, (shard.index, shard.count))
         return counts.as_dict()
 

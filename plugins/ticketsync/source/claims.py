@@ -202,3 +202,20 @@ class Claims(SourceConnection):
         cursor.execute(self._q(update), (*assign_params, *where_params))
         cursor.execute(self._q(f"SELECT {returning} FROM {self.table} WHERE {where} ORDER BY id"), where_params)
         return list(cursor.fetchall())
+
+    @reconnecting
+    def shard_summary(self, token: str, *, shard: Shard | None = None) -> dict[str, int]:
+        """Counts of the rows the token (or its ``shard``) holds, by status, ``created`` split into ``created`` and
+        ``adopted``: what one loader's part of a run came to, over all its tries."""
+        in_shard, shard_params = self._shard_filter(shard)
+        statement = self._q(
+            f"SELECT status, sync_action, COUNT(*) FROM {self.table} WHERE claim_token = ?{in_shard} "
+            "GROUP BY status, sync_action"
+        )
+        counts: dict[str, int] = {}
+        with self._transaction() as cursor:
+            cursor.execute(statement, (token, *shard_params))
+            for status, action, count in cursor.fetchall():
+                key = "adopted" if status == "created" and action == "adopted" else str(status)
+                counts[key] = counts.get(key, 0) + int(count)
+        return counts
