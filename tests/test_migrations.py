@@ -163,15 +163,16 @@ def test_statements_split_on_semicolons_outside_quotes_blocks_and_comments() -> 
     assert split_statements(script) == ["SELECT 'a;b''c;'", "DO $$ BEGIN PERFORM 1; END $$", "SELECT 2"]
 
 
-@pytest.mark.parametrize(("value", "expected"), [(True, True), (False, False), ("false", False), (" TRUE ", True)])
+@pytest.mark.parametrize(("value", "expected"), [(True, True), (False, False), ("false", False), (" TRUE ", True),
+                                               ("no", False), ("", True), (None, True)])
 def test_auto_migrate_extra_is_a_boolean(value: Any, expected: bool) -> None:
     assert auto_migrate_enabled({"ticketsync_auto_migrate": value}) is expected
     assert auto_migrate_enabled({}) is True
 
 
 def test_auto_migrate_extra_refuses_anything_else() -> None:
-    with pytest.raises(ValueError, match="ticketsync_auto_migrate must be true or false, got 'no'"):
-        auto_migrate_enabled({"ticketsync_auto_migrate": "no"})
+    with pytest.raises(ValueError, match="extra ticketsync_auto_migrate must be true or false, got 'maybe'"):
+        auto_migrate_enabled({"ticketsync_auto_migrate": "maybe"})
 
 
 # --- upgrading a version-1 table ----------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from typing import Any
 
 from ticketsync.source.connection import AUTO_MIGRATE_EXTRA, SourceConnection
 from ticketsync.source.dialects import Dialect
+from ticketsync.typed import flag
 
 log = logging.getLogger(__name__)
 
@@ -263,12 +264,7 @@ class Migrator:
 
 def auto_migrate_enabled(extra: dict[str, Any]) -> bool:
     """The source connection's extra ``ticketsync_auto_migrate``: true (the default) or false."""
-    value = extra.get(AUTO_MIGRATE_EXTRA, True)
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
-        return value.strip().lower() == "true"
-    raise ValueError(f"the source connection's extra {AUTO_MIGRATE_EXTRA} must be true or false, got {value!r}")
+    return flag(extra.get(AUTO_MIGRATE_EXTRA), name=f"the source connection's extra {AUTO_MIGRATE_EXTRA}", default=True)
 
 
 def migrate_command(conn_id: str, table: str) -> str:
