@@ -3,7 +3,7 @@
 Migration ``N`` of a dialect is the file ``migrations/NNNN_<name>.<dialect>.sql`` (written for the table name
 ``ticket_requests``, replaced by the configured one). Version 1 is the schema shipped before migrations existed. The
 versions applied are rows of ``<table>_schema_version``. How to add one: docs/migrations.md; why a runner of our own
-rather than Alembic: docs/adr/0008.
+rather than Alembic: docs/adr/0009.
 
 The command line is :mod:`ticketsync.source.migrate`.
 """
@@ -42,6 +42,7 @@ class DialectMigrations:
     lock: str | None  # run first in each migration's transaction: serialises migrators (None: BEGIN IMMEDIATE does)
     record: str  # the version row's insert, safe to repeat; takes version and name
     begin: str  # what opens a migration's transaction in the printed script
+    unlock: str | None = None  # releases a session-level lock after each migration (None: the transaction's end does)
 
 
 DIALECTS: dict[Dialect, DialectMigrations] = {
@@ -62,6 +63,18 @@ DIALECTS: dict[Dialect, DialectMigrations] = {
         lock=None,
         record="INSERT OR IGNORE INTO {table} (version, name) VALUES (?, ?)",
         begin="BEGIN IMMEDIATE",
+    ),
+    # DDL commits by itself here, so a migration is not one transaction: each mysql migration must be safe to run
+    # again from any point (IF NOT EXISTS, MODIFY). The lock is a named session lock, held across those commits.
+    Dialect.MYSQL: DialectMigrations(
+        suffix="mysql",
+        version_table="CREATE TABLE IF NOT EXISTS {table} (version INTEGER PRIMARY KEY, name VARCHAR(255) NOT NULL, "
+        "applied_at DATETIME(6) NOT NULL DEFAULT (UTC_TIMESTAMP(6))) ENGINE = InnoDB",
+        table_exists="SELECT 1 FROM information_schema.tables WHERE table_schema = DATABASE() AND table_name = ?",
+        lock="SELECT GET_LOCK(CONCAT('ticketsync.migrate:', ?), 600)",
+        record="INSERT IGNORE INTO {table} (version, name) VALUES (?, ?)",
+        begin="START TRANSACTION",
+        unlock="SELECT RELEASE_LOCK(CONCAT('ticketsync.migrate:', ?))",
     ),
 }
 
@@ -197,12 +210,25 @@ class Migrator:
         parts = []
         for migration in self.pending():
             statements = [self._lock_sql(), self._version_table_sql(), *migration.statements(self.source.table),
-                          self._literal_record(migration)]
+                          self._literal_record(migration), self._unlock_sql()]
             body = "".join(f"{s};\n" for s in statements if s)
             parts.append(f"-- migration {migration.version}: {migration.name}\n{self.dialect.begin};\n{body}COMMIT;\n")
         return "\n".join(parts)
 
     def _apply_one(self, migration: Migration) -> bool:
+        try:
+            return self._apply_locked(migration)
+        finally:
+            self._unlock()
+
+    def _unlock(self) -> None:
+        """Release a session-level migration lock; a lost session released it with it."""
+        if self.dialect.unlock is None or self.source._conn is None:
+            return
+        with self.source._transaction() as cursor:
+            cursor.execute(self.source._q(self.dialect.unlock), (self._lock_key(),))
+
+    def _apply_locked(self, migration: Migration) -> bool:
         source = self.source
         statements = migration.statements(source.table)
         with source._transaction() as cursor:
@@ -256,6 +282,9 @@ class Migrator:
 
     def _lock_sql(self) -> str | None:
         return self.dialect.lock.replace("?", str(self._lock_key())) if self.dialect.lock else None
+
+    def _unlock_sql(self) -> str | None:
+        return self.dialect.unlock.replace("?", str(self._lock_key())) if self.dialect.unlock else None
 
     def _literal_record(self, migration: Migration) -> str:
         record = self.dialect.record.format(table=self.version_table)
