@@ -260,3 +260,50 @@ def test_with_auto_migrate_off_the_dag_fails_at_once_then_the_command_then_a_goo
         assert [r for r in dump(source)[source.table] if r[0] in (*CREATED, REJECTED, FAILED, REPLAYED)] == [
             r for r in before[source.table] if r[0] in (*CREATED, REJECTED, FAILED, REPLAYED)]
         check_exactly_once(source, emulator, (*CREATED, *range(FIRST_PENDING, LAST_PENDING + 1)))
+
+
+# The last main without migrations (the source package split in, the runner not yet): what banks run today.
+PREVIOUS_RELEASE = "14fd9b3"
+
+
+def previous_release(tmp_path: Path) -> Path:
+    """The previous release's ``dags/`` and ``plugins/``, exported from git into ``tmp_path``."""
+    if subprocess.run(["git", "-C", str(REPO), "cat-file", "-e", f"{PREVIOUS_RELEASE}^{{commit}}"],
+                      capture_output=True, check=False).returncode:
+        pytest.skip(f"the previous release {PREVIOUS_RELEASE} is not in this clone (shallow?)")
+    target = tmp_path / "previous"
+    target.mkdir()
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", PREVIOUS_RELEASE, "dags", "plugins"],
+                             capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(target)], input=archive, check=True)
+    assert not (target / "plugins" / "ticketsync" / "source" / "migrations").exists()
+    return target
+
+
+@pytest.mark.parametrize("dialect", [Dialect.SQLITE, Dialect.POSTGRES], ids=["sqlite", "postgres"])
+def test_the_previous_release_runs_on_a_migrated_table_and_corrupts_nothing(
+    dialect: Dialect, airflow_home: Path, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """Rolled back after the upgrade: the previous release's DAG (from git) runs on the version-2 table, creates the
+    pending rows exactly once, and leaves every other row, the newer state and the version as they were."""
+    previous = previous_release(tmp_path)
+    with v1_database(dialect, tmp_path, request) as (source, conn), EmulatorProcess(tmp_path / "emulator") as emulator:
+        fill_every_state(source, emulator)
+        assert source.ensure_schema() == [1, 2]
+        execute(source, f"UPDATE {source.table} SET status = 'update_pending' WHERE id = 1")  # a newer state
+        before = settled_rows(source)
+        airflow = LocalAirflow(
+            home=airflow_home,
+            connections={"ticket_source": conn, "servicenow_default": emulator.connection()},
+            extra_env={"AIRFLOW__CORE__DAGS_FOLDER": str(previous / "dags"),
+                       "AIRFLOW__CORE__PLUGINS_FOLDER": str(previous / "plugins"),
+                       "PYTHONPATH": str(previous / "plugins")},
+        )
+        code = run(airflow, tmp_path / "previous.log")
+        log = (tmp_path / "previous.log").read_text()
+        assert code == 0, log[-5000:]
+        assert str(previous / "dags") in log, "the previous release was not the one run"
+        assert settled_rows(source) == before
+        assert version_rows(source) == [(1, "initial"), (2, "status_update_pending")]
+        check_exactly_once(source, emulator, range(FIRST_PENDING, LAST_PENDING + 1))
+        assert states(source)[1][1] == "update_pending"
