@@ -186,6 +186,24 @@ def is_connection_error(exc: BaseException) -> bool:
     )
 
 
+_ROW_REFUSALS = ("IntegrityError", "DataError", "InternalError")
+
+
+def is_row_refusal(exc: BaseException) -> bool:
+    """An error the database raises about the data of a statement (a constraint, a trigger's ``RAISE``, a value
+    too long), as opposed to the connection or the permissions: psycopg's ``IntegrityError``/``DataError``/
+    ``InternalError`` (PL/pgSQL ``RAISE EXCEPTION`` is one), sqlite3's ``IntegrityError`` (``RAISE(ABORT)``)."""
+    return any(
+        cls.__name__ in _ROW_REFUSALS and cls.__module__.split(".")[0] in (*_DRIVERS, "sqlite3")
+        for cls in type(exc).__mro__
+    )
+
+
+def refusal_text(exc: BaseException) -> str:
+    """A database error on one line, for a row's ``error`` column."""
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:500]
+
+
 def _is_closed(conn: Any) -> bool:
     """psycopg 3: ``closed``/``broken`` are True; psycopg2: ``closed`` is 1 or 2."""
     return bool(getattr(conn, "closed", False)) or bool(getattr(conn, "broken", False))
@@ -520,6 +538,45 @@ class SourceTable:
             for o in outcomes
         ]
         return self._write_back(statement, params)
+
+    @_reconnecting
+    def note_error(self, token: str, row_id: int, error: str) -> int:
+        """Set only the ``error`` of a pending row the token holds, and end its lease: what is left to say about a
+        row whose outcome the database refused to store (see :meth:`write_outcomes`)."""
+        statement = self._q(
+            f"UPDATE {self.table} SET error = ?, lease_expires_at = {self._sql.now} "
+            "WHERE id = ? AND claim_token = ? AND status = 'pending'"
+        )
+        with self._transaction() as cursor:
+            cursor.execute(statement, (error[:4000], row_id, token))
+            return int(cursor.rowcount or 0)
+
+    @_reconnecting
+    def note_held_back(self, token: str, note: str, *, shard: Shard | None = None) -> int:
+        """Give every pending row the token (or its ``shard``) holds without an ``error`` this one: rows a load
+        stopped before sending say why they are still pending."""
+        in_shard, shard_params = self._shard_filter(shard)
+        statement = self._q(
+            f"UPDATE {self.table} SET error = ? WHERE claim_token = ? AND status = 'pending' AND error IS NULL"
+            f"{in_shard}"
+        )
+        with self._transaction() as cursor:
+            cursor.execute(statement, (note[:4000], token, *shard_params))
+            return int(cursor.rowcount or 0)
+
+    @_reconnecting
+    def case_twins(self) -> list[tuple[int, str, str, str | None]]:
+        """(id, request_id, status, number) of every row whose request id equals another row's up to case, in id
+        order: usually none. ServiceNow compares correlation ids without case, so such rows conflict. One scan of
+        the table (no index on ``lower(request_id)``)."""
+        statement = (
+            f"SELECT id, request_id, status, number FROM {self.table} WHERE lower(request_id) IN "
+            f"(SELECT lower(request_id) FROM {self.table} GROUP BY lower(request_id) HAVING COUNT(*) > 1) "
+            "ORDER BY id"
+        )
+        with self._transaction() as cursor:
+            cursor.execute(statement)
+            return [(int(r[0]), _printable(r[1]), str(r[2]), r[3]) for r in cursor.fetchall()]
 
     @_reconnecting
     def _write_back(self, statement: str, params: list[tuple[Any, ...]]) -> int:

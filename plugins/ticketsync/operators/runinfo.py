@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ticketsync import dryrun
+from ticketsync.correlation import CaseTwins, SourceTwin
 from ticketsync.hooks.servicenow import ServiceNowHook
 from ticketsync.links import MAX_LINKED_IDS, ServiceNowRecordsLink, records_url
 from ticketsync.models import DEFAULT_TARGET_TABLE
@@ -104,8 +105,9 @@ class LoadRunInfoMixin:
             with self.open_source() as source:  # type: ignore[attr-defined]
                 chunks = dryrun.selection(source, limit=int(self.limit), chunk_size=settings.chunk_size,  # type: ignore[attr-defined]
                                           request_ids=request_ids)
+                twins = CaseTwins(SourceTwin(*twin) for twin in source.case_twins())
                 for rows in chunks:
-                    dryrun.plan_chunk(hook, rows, plan, max_attempts=settings.max_attempts)
+                    dryrun.plan_chunk(hook, rows, plan, max_attempts=settings.max_attempts, twins=twins)
         finally:
             hook.close()
         result = plan.as_dict()
