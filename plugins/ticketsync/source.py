@@ -186,17 +186,21 @@ def is_connection_error(exc: BaseException) -> bool:
     )
 
 
-_ROW_REFUSALS = ("IntegrityError", "DataError", "InternalError")
+# SQLSTATE classes of an error about the data of a statement: 22 data exception (a value too long…), 23 integrity
+# constraint violation (CHECK, NOT NULL, UNIQUE…), P0 PL/pgSQL (a trigger's RAISE EXCEPTION).
+_ROW_REFUSAL_SQLSTATES = ("22", "23", "P0")
 
 
 def is_row_refusal(exc: BaseException) -> bool:
     """An error the database raises about the data of a statement (a constraint, a trigger's ``RAISE``, a value
-    too long), as opposed to the connection or the permissions: psycopg's ``IntegrityError``/``DataError``/
-    ``InternalError`` (PL/pgSQL ``RAISE EXCEPTION`` is one), sqlite3's ``IntegrityError`` (``RAISE(ABORT)``)."""
-    return any(
-        cls.__name__ in _ROW_REFUSALS and cls.__module__.split(".")[0] in (*_DRIVERS, "sqlite3")
-        for cls in type(exc).__mro__
-    )
+    too long), as opposed to the connection or the permissions: on PostgreSQL by SQLSTATE class (22, 23, P0), on
+    SQLite ``sqlite3.IntegrityError`` (constraints and a trigger's ``RAISE(ABORT, …)``) or ``DataError``."""
+    if isinstance(exc, sqlite3.IntegrityError | sqlite3.DataError):
+        return True
+    if type(exc).__module__.split(".")[0] not in _DRIVERS:
+        return False
+    code = getattr(exc, "sqlstate", None) or getattr(exc, "pgcode", None)
+    return isinstance(code, str) and code[:2] in _ROW_REFUSAL_SQLSTATES
 
 
 def refusal_text(exc: BaseException) -> str:
