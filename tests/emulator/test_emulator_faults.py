@@ -316,7 +316,8 @@ def test_a_rule_answers_with_another_correlation_id_but_stores_the_right_one(
     answered = response.json()["result"]
     assert answered["correlation_id"] == "REQ-9"
     stored = emulator.store.get(LOAN, answered["sys_id"])
-    assert stored is not None and stored["correlation_id"] == "REQ-MIX"
+    assert stored is not None
+    assert stored["correlation_id"] == "REQ-MIX"
 
 
 def test_truncate_stores_overlong_values_cut_to_the_field_length(
