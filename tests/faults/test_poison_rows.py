@@ -254,7 +254,6 @@ def test_dag_run_with_one_poison_row_per_kind_among_50_good_rows(
         for poison in POISONS:
             if poison.reason:
                 assert f"{poison.status} {poison.request_id}: " in text, (poison, text[-5000:])
-        assert "load of servicenow_ticket_sync" in text or "'still_pending': 0" in text
         stats = emulator.stats()
     save_result("poison", f"DAG run [{dialect}]", {
         "good": GOOD, "poison": len(POISONS), "requests": stats["requests_total"],
