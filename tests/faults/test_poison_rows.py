@@ -260,3 +260,28 @@ def test_dag_run_with_one_poison_row_per_kind_among_50_good_rows(
         "faults": {k: v for k, v in stats["faults"].items() if v},
         "rows": {p.request_id[:20]: final_rows(source)[p.request_id]["status"] for p in POISONS},
     })
+
+
+def test_a_dry_run_plans_each_poison_row_by_the_same_rules_and_writes_nothing(
+    source: SourceTable, hook: ServiceNowHook, emulator: RunningEmulator
+) -> None:
+    from ticketsync import dryrun
+    from ticketsync.correlation import CaseTwins, SourceTwin
+
+    emulator.store.create(TABLE, {"correlation_id": EXISTING_CASE_ID, "short_description": "x"}, "admin")
+    emulator.set_faults(**emulator_faults())
+    source.insert_requests(backlog())
+    plan = dryrun.DryRunPlan()
+    twins = CaseTwins(SourceTwin(*twin) for twin in source.case_twins())
+    for rows in dryrun.selection(source, limit=1000, chunk_size=20):
+        dryrun.plan_chunk(hook, rows, plan, max_attempts=3, twins=twins)
+    rejected = dict(plan.reject)
+    assert "differs only in case from the correlation_id 'PSN-CASE-a1'" in rejected["psn-case-A1"]
+    assert "differs only in case from request 'PSN-PAIR-b1'" in rejected["psn-pair-B1"]
+    assert set(rejected) == {"PSN-INVALID", "psn-case-A1", "psn-pair-B1"}
+    failing = dict(plan.fail)
+    assert set(failing) == {"PSN-LOOKUP-500", "PSN-LOOKUP-403"}
+    assert failing["PSN-LOOKUP-403"].startswith("its look-up fails: 403")
+    assert len(plan.create) == GOOD + len(POISONS) - 5
+    assert emulator.stats()["by_method"].get("POST", 0) == 0
+    assert {row["status"] for row in final_rows(source).values()} == {"pending"}
