@@ -30,6 +30,7 @@ from tests.support.poison import (
     check,
     emulator_faults,
     final_rows,
+    refusing_trigger_sql,
 )
 from ticketsync.hooks.servicenow import ServiceNowHook, ServiceNowRequestError
 from ticketsync.loader import CaseLoader, LoadSettings, ServiceNowUnavailable
@@ -192,8 +193,7 @@ def test_a_trigger_refusing_every_change_of_a_row_leaves_it_pending_with_the_rea
             f"CREATE TRIGGER {table}_no BEFORE UPDATE ON {table} FOR EACH ROW EXECUTE FUNCTION {table}_no()",
         ]
     else:
-        statements = [f"CREATE TRIGGER {table}_no BEFORE UPDATE ON {table} FOR EACH ROW WHEN {refuse} "
-                      "BEGIN SELECT RAISE(ABORT, 'no final status for this request'); END"]
+        statements = [refusing_trigger_sql(source, f"{table}_no", refuse, "no final status for this request")]
     with source._transaction() as cursor:
         for statement in statements:
             cursor.execute(statement)

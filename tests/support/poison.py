@@ -113,14 +113,23 @@ def add_refusing_trigger(source: SourceTable, request_id: str = DB_REFUSED_ID) -
             f"CREATE TRIGGER {table}_refuse BEFORE UPDATE ON {table} FOR EACH ROW EXECUTE FUNCTION {table}_refuse()",
         ]
     else:
-        statements = [
-            f"""CREATE TRIGGER {table}_refuse BEFORE UPDATE ON {table} FOR EACH ROW
-                WHEN NEW.request_id = '{request_id}' AND NEW.status = 'created'
-                BEGIN SELECT RAISE(ABORT, 'request may not be marked created (bank rule 7)'); END"""
-        ]
+        statements = [refusing_trigger_sql(
+            source, f"{table}_refuse", f"NEW.request_id = '{request_id}' AND NEW.status = 'created'",
+            "request may not be marked created (bank rule 7)",
+        )]
     with source._transaction() as cursor:
         for statement in statements:
             cursor.execute(statement)
+
+
+def refusing_trigger_sql(source: SourceTable, name: str, condition: str, message: str) -> str:
+    """A BEFORE UPDATE trigger that raises ``message`` when ``condition`` holds, on SQLite or MySQL / MariaDB."""
+    table = source.table
+    if source.dialect is Dialect.SQLITE:
+        return (f"CREATE TRIGGER {name} BEFORE UPDATE ON {table} FOR EACH ROW WHEN {condition} "
+                f"BEGIN SELECT RAISE(ABORT, '{message}'); END")
+    return (f"CREATE TRIGGER {name} BEFORE UPDATE ON {table} FOR EACH ROW BEGIN IF {condition} THEN "
+            f"SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = '{message}'; END IF; END")
 
 
 def final_rows(source: SourceTable) -> dict[str, dict[str, Any]]:
