@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Any
 
-from ticketsync_dev.emulator.query import EncodedQuery, Part, parse_query
+from ticketsync_dev.emulator.query import EncodedQuery, Part, fold, parse_query
 
 Row = list[str]
 Record = dict[str, str]
@@ -150,7 +150,8 @@ class Table:
         self.rows: dict[str, Row] = {}  # by sys_id, in insertion order
         self._seq: dict[str, int] = {}
         self._next_seq = 0
-        self._indexes: dict[int, dict[str, dict[str, None]]] = {}  # position -> value -> sys_ids
+        # position -> case-folded value -> sys_ids (queries compare without case, as on the instance)
+        self._indexes: dict[int, dict[str, dict[str, None]]] = {}
         self._sys_id_pos = self.positions["sys_id"]
         self.counter = FIRST_NUMBER - 1
 
@@ -175,15 +176,15 @@ class Table:
         self._seq[sys_id] = self._next_seq
         self._next_seq += 1
         for pos, index in self._indexes.items():
-            index.setdefault(row[pos], {})[sys_id] = None
+            index.setdefault(fold(row[pos]), {})[sys_id] = None
 
     def replace(self, sys_id: str, new: Row) -> None:
         old = self.rows[sys_id]
         self.rows[sys_id] = new
         for pos, index in self._indexes.items():
-            if old[pos] != new[pos]:
-                _unlink(index, old[pos], sys_id)
-                index.setdefault(new[pos], {})[sys_id] = None
+            if fold(old[pos]) != fold(new[pos]):
+                _unlink(index, fold(old[pos]), sys_id)
+                index.setdefault(fold(new[pos]), {})[sys_id] = None
 
     def remove(self, sys_id: str) -> bool:
         row = self.rows.pop(sys_id, None)
@@ -191,7 +192,7 @@ class Table:
             return False
         del self._seq[sys_id]
         for pos, index in self._indexes.items():
-            _unlink(index, row[pos], sys_id)
+            _unlink(index, fold(row[pos]), sys_id)
         return True
 
     def select(self, query: EncodedQuery) -> list[Row]:
@@ -238,13 +239,14 @@ class Table:
         return best
 
     def _lookup(self, pos: int, key: str) -> Iterable[str]:
+        """The sys_ids whose value at ``pos`` folds to ``key`` (a case-folded value)."""
         if pos == self._sys_id_pos:
-            return (key,) if key in self.rows else ()
+            return (key,) if key in self.rows else ()  # sys_ids are generated in lower case
         index = self._indexes.get(pos)
         if index is None:
             index = {}
             for sys_id, row in self.rows.items():
-                index.setdefault(row[pos], {})[sys_id] = None
+                index.setdefault(fold(row[pos]), {})[sys_id] = None
             self._indexes[pos] = index
         return index.get(key, {}).keys()
 

@@ -173,13 +173,23 @@ class ServiceNowLoadOperator(LoadRunInfoOperator):
         except ServiceNowRequestError as exc:
             # Only a look-up raises this out of the loader (a refused POST fails its row, not the task): without
             # a trustworthy look-up nothing can be created safely, and retrying will not change the answer.
-            raise AirflowFailException(f"the idempotency look-up was refused: {exc}") from exc
+            raise AirflowFailException(
+                f"the idempotency look-up was refused for every row, a probe look-up included: {exc}. This is "
+                "about the instance or the connection, not one row: check the integration user's read access to "
+                "the table and its correlation_id field; nothing is sent until a look-up succeeds"
+            ) from exc
         except ServiceNowUnavailable as exc:
             raise AirflowException(f"ServiceNow unavailable; the task will be retried: {exc}") from exc
         finally:
             self.remember_load(context, hook, loader.counts.as_dict() if loader else None, started)
             hook.close()
         self.log.info("load of %s: %s", token, counts.as_dict())
+        if counts.unwritable:
+            raise AirflowException(
+                f"the source database refused to store the outcome of {counts.unwritable} rows, even as failed (the "
+                "task log names each row and the database's reason): fix the trigger or constraint on the source "
+                "table; their next attempt looks each up first and adopts any case created, never duplicating it"
+            )
         if counts.still_pending:
             raise AirflowException(
                 f"{counts.still_pending} rows are still pending after transient errors (their error column says "

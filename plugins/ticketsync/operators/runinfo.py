@@ -11,6 +11,7 @@ from airflow.sdk import Asset, AssetAlias, Context
 
 from ticketsync import dryrun
 from ticketsync.assets import SERVICENOW_ASSET_SCHEME, cases_event_extra, servicenow_asset
+from ticketsync.correlation import CaseTwins, SourceTwin
 from ticketsync.hooks.servicenow import ServiceNowHook
 from ticketsync.links import MAX_LINKED_IDS, ServiceNowRecordsLink, records_url
 from ticketsync.models import DEFAULT_TARGET_TABLE
@@ -142,8 +143,9 @@ class LoadRunInfoOperator(SourceTaskOperator):
             with self.open_source() as source:
                 chunks = dryrun.selection(source, limit=int(self.limit), chunk_size=settings.chunk_size,
                                           request_ids=request_ids)
+                twins = CaseTwins(SourceTwin(*twin) for twin in source.case_twins())
                 for rows in chunks:
-                    dryrun.plan_chunk(hook, rows, plan, max_attempts=settings.max_attempts)
+                    dryrun.plan_chunk(hook, rows, plan, max_attempts=settings.max_attempts, twins=twins)
         finally:
             hook.close()
         result = plan.as_dict()

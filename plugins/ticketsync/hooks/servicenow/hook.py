@@ -9,8 +9,8 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
@@ -51,10 +51,12 @@ TEST_TABLE = "sn_bom_loan_service"  # "Test" reads one sys_id of it: the table t
 
 @dataclass(frozen=True)
 class CreatedRecord:
-    """A record the hook created: its ``sys_id`` and ``number``."""
+    """A record the hook created: its ``sys_id`` and ``number``, and the fields it was asked to echo as the
+    instance stored them (``values``; a field not answered is absent)."""
 
     sys_id: str
     number: str | None
+    values: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -268,13 +270,14 @@ class ServiceNowHook(HttpHook):
             raise ValueError(f"invalid ServiceNow table name {table!r}")
         return f"/api/now/table/{table}"
 
-    def create_record(self, table: str, body: dict[str, str]) -> CreatedRecord:
+    def create_record(self, table: str, body: dict[str, str], echo: Sequence[str] = ()) -> CreatedRecord:
         """``POST /api/now/table/{table}``; a 2xx without a sys_id is treated as unknown, not as success.
 
         :param table: the table to insert into.
         :param body: the record's field values, as strings.
+        :param echo: fields to read back from the answer, as the instance stored them, into ``values``.
         """
-        params = {"sysparm_fields": "sys_id,number", "sysparm_exclude_reference_link": "true"}
+        params = {"sysparm_fields": ",".join(("sys_id", "number", *echo)), "sysparm_exclude_reference_link": "true"}
         response = self._send("POST", self.table_path(table), params=params, body=body)
         result = _json_result(response)
         sys_id = result.get("sys_id") if isinstance(result, dict) else None
@@ -284,7 +287,8 @@ class ServiceNowHook(HttpHook):
                 status=response.status_code,
             )
         number = result.get("number")
-        return CreatedRecord(sys_id=sys_id, number=str(number) if number else None)
+        values = {name: str(result[name]) for name in echo if isinstance(result.get(name), str | int | float)}
+        return CreatedRecord(sys_id=sys_id, number=str(number) if number else None, values=values)
 
     def list_records(
         self,
@@ -317,13 +321,15 @@ class ServiceNowHook(HttpHook):
 
     def find_by_correlation(self, table: str, correlation_ids: Iterable[str]) -> dict[str, list[ExistingRecord]]:
         """Every record of ``table`` whose ``correlation_id`` is one of the given ids, oldest first, in one
-        ``correlation_idIN…`` query (paged if more records than a page come back).
+        ``correlation_idIN…`` query (paged if more records than a page come back), keyed by the record's own
+        ``correlation_id``. The instance compares without regard to case, so a key may differ from the id asked
+        for in case only: which record belongs to which request is the caller's decision.
 
         :param table: the table to search.
         :param correlation_ids: the ids to look up.
         """
         ids = sorted(set(correlation_ids))
-        wanted = set(ids)
+        wanted = {correlation.lower() for correlation in ids}
         found: dict[str, list[ExistingRecord]] = {}
         if not ids:
             return found
@@ -333,7 +339,7 @@ class ServiceNowHook(HttpHook):
         while True:
             page = self.list_records(table, query=query, fields=fields, limit=LOOKUP_PAGE, offset=offset)
             for record in page:
-                existing = _existing_record(record, wanted)
+                existing = _existing_record(record, wanted, table, len(ids))
                 found.setdefault(existing.correlation_id, []).append(existing)
             if len(page) < LOOKUP_PAGE:
                 return found
@@ -418,20 +424,25 @@ class ServiceNowHook(HttpHook):
                 )
         return widgets
 
-def _existing_record(record: dict[str, Any], wanted: set[str]) -> ExistingRecord:
+def _existing_record(record: dict[str, Any], wanted: set[str], table: str, asked: int) -> ExistingRecord:
     """One record of a look-up answer. Idempotency rests on this answer, so anything odd in it is an error:
-    a record without sys_id means the answer is damaged, and a correlation id we did not ask for means the
-    instance dropped the query term (it does that silently for an unknown field), so "not found" proves nothing."""
+    a record without sys_id means the answer is damaged, and a correlation id we did not ask for (even without
+    regard to case, as the instance compares) means the instance dropped the query term (it does that silently for
+    an unknown field), so "not found" proves nothing. ``wanted`` holds the ids asked for, in lower case."""
     sys_id = record.get("sys_id")
     correlation = record.get("correlation_id")
     if not isinstance(sys_id, str) or not sys_id:
         raise ServiceNowTransientError("look-up answer holds a record without sys_id; not trusted", status=200)
-    if correlation not in wanted:
+    if not isinstance(correlation, str) or correlation.lower() not in wanted:
+        seen = f"correlation_id {correlation!r}"[:140] if correlation is not None else "no correlation_id field"
         raise ServiceNowRequestError(
             200,
             "look-up answer holds records that do not match the query",
-            "the instance ignored 'correlation_idIN…' (does the table have a correlation_id field the "
-            "integration user can read?); without it ticketsync cannot prevent duplicates",
+            f"asked {table} for {asked} correlation ids with 'correlation_idIN…' and got record "
+            f"{record.get('number') or sys_id} with {seen}, which matches none of them even without regard to "
+            "case: the instance ignored the query term. Check that the table has a field correlation_id and "
+            "that the integration user can read it (sys_dictionary, read ACLs); until then ticketsync cannot "
+            "prevent duplicates and sends nothing",
         )
     return ExistingRecord(
         sys_id=sys_id,
