@@ -201,6 +201,25 @@ def test_existence_check_goes_round_the_table_in_slices(source: SourceTable, hoo
     assert source.status_pull(KEY).verify_after_id == 3
 
 
+def test_list_requests_that_fail_transiently_are_tried_again_and_the_result_is_the_same(
+    source: SourceTable, hook: ServiceNowHook, emulator: RunningEmulator
+) -> None:
+    create_cases(source, hook, 40)
+    for sys_id in [r["sys_id"] for r in emulator.store.records(TABLE)][:10]:
+        emulator.work(TABLE, sys_id, state="6")
+    emulator.set_faults(error_503=0.2, error_429=0.1, cut_before_commit=0.05, methods=("GET",), seed=13)
+
+    counts = CaseStatusPuller(
+        hook, source, "servicenow_default", StatusSettings(page_size=4, attempts=8), sleep=lambda _: None
+    ).run()
+
+    assert counts.retries > 0
+    assert counts.list_requests == counts.pages + 1 + counts.retries
+    assert (counts.rows_changed, counts.not_found) == (40, 0)
+    states = [(r["case_state"], r["case_state_label"]) for r in rows(source).values()]
+    assert sorted(states).count(("6", "Resolved")) == 10
+
+
 # ---- pure parts ------------------------------------------------------------------------------------------------
 
 

@@ -4,7 +4,9 @@ then check that the stored cases still exist (a bounded slice per run)."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import random
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import timedelta
 from typing import Any, Protocol
@@ -20,6 +22,7 @@ from ticketsync.casestatus.models import (
     not_found_message,
     window_start,
 )
+from ticketsync.hooks.servicenow import ServiceNowRateLimited, ServiceNowTransientError
 from ticketsync.source import SourceTable
 
 log = logging.getLogger(__name__)
@@ -50,15 +53,20 @@ class StatusSettings:
     :param overlap_seconds: how far before the watermark each pull starts again
     :param max_pages: most pages per table and run (the watermark holds what was written; the next run goes on)
     :param verify_batch: stored cases whose existence one run checks, per table (0: none)
+    :param attempts: tries of one list request that fails transiently (reads are safe to repeat)
+    :param backoff_base: seconds before the second try, doubled for each next one (with jitter), unless the
+        instance sent ``Retry-After``
     """
 
     page_size: int = 1000
     overlap_seconds: float = 600.0
     max_pages: int = 100
     verify_batch: int = 1000
+    attempts: int = 4
+    backoff_base: float = 1.0
 
     def __post_init__(self) -> None:
-        if self.page_size < 1 or self.max_pages < 1 or self.overlap_seconds < 0 or self.verify_batch < 0:
+        if min(self.page_size, self.max_pages, self.attempts) < 1 or min(self.overlap_seconds, self.verify_batch) < 0:
             raise ValueError(f"invalid status settings {self}")
 
 
@@ -69,6 +77,7 @@ class StatusCounts:
     tables: int = 0
     pages: int = 0
     list_requests: int = 0
+    retries: int = 0
     cases_read: int = 0
     rows_changed: int = 0
     rows_unchanged: int = 0
@@ -91,12 +100,37 @@ class CaseStatusPuller:
     :param settings: paging, overlap and existence-check sizes
     """
 
-    def __init__(self, client: StatusClient, source: SourceTable, instance: str, settings: StatusSettings) -> None:
+    def __init__(
+        self,
+        client: StatusClient,
+        source: SourceTable,
+        instance: str,
+        settings: StatusSettings,
+        *,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         self.client = client
         self.source = source
         self.instance = instance
         self.settings = settings
         self.counts = StatusCounts()
+        self._sleep = sleep
+
+    def _list(self, table: str, query: str, fields: Sequence[str], limit: int, **kwargs: Any) -> list[dict[str, Any]]:
+        """One list request, tried again after a transient failure (429, 5xx, timeout, reset)."""
+        for attempt in range(1, self.settings.attempts + 1):
+            self.counts.list_requests += 1
+            try:
+                return self.client.list_records(table, query=query, fields=fields, limit=limit, **kwargs)
+            except ServiceNowTransientError as exc:
+                if attempt == self.settings.attempts:
+                    raise
+                wait = exc.retry_after if isinstance(exc, ServiceNowRateLimited) and exc.retry_after else None
+                wait = wait or self.settings.backoff_base * 2 ** (attempt - 1) * (0.5 + random.random())
+                log.info("%s: list request failed (%s); trying again in %.1f s", table, exc, wait)
+                self.counts.retries += 1
+                self._sleep(wait)
+        raise AssertionError("unreachable")
 
     def run(self) -> StatusCounts:
         for table in self.source.case_status_targets():
@@ -124,10 +158,7 @@ class CaseStatusPuller:
         query = first_page_query(start)
         previous: CaseState | None = None
         for _ in range(self.settings.max_pages):
-            records = self.client.list_records(
-                table, query=query, fields=STATUS_FIELDS, limit=self.settings.page_size, display_value="all"
-            )
-            self.counts.list_requests += 1
+            records = self._list(table, query, STATUS_FIELDS, self.settings.page_size, display_value="all")
             self.counts.pages += 1
             states = [case_state(record) for record in records]
             _check_order(states, start, previous)
@@ -157,10 +188,7 @@ class CaseStatusPuller:
 
     def _verify_chunk(self, table: str, rows: list[tuple[int, str, str | None]]) -> None:
         asked = {sys_id for _, sys_id, _ in rows}
-        records = self.client.list_records(
-            table, query=f"sys_idIN{','.join(sorted(asked))}", fields=("sys_id",), limit=len(asked)
-        )
-        self.counts.list_requests += 1
+        records = self._list(table, f"sys_idIN{','.join(sorted(asked))}", ("sys_id",), len(asked))
         found = {str(record.get("sys_id")) for record in records}
         if not found <= asked:
             raise UnexpectedAnswer(

@@ -1,0 +1,123 @@
+"""The status operator: the case status pull as an Airflow task (status back, issue 13)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from airflow.sdk import Context
+from airflow.sdk.exceptions import AirflowException, AirflowFailException
+
+from ticketsync import alerts
+from ticketsync.casestatus.models import UnexpectedAnswer
+from ticketsync.casestatus.puller import CaseStatusPuller, StatusCounts, StatusSettings
+from ticketsync.hooks.servicenow import (
+    ServiceNowConfigurationError,
+    ServiceNowHook,
+    ServiceNowRequestError,
+    ServiceNowTransientError,
+)
+from ticketsync.operators.base import SourceTaskOperator
+
+
+class CaseStatusOperator(SourceTaskOperator):
+    """Write the state of every case changed on the instance since the last pull into its source row.
+
+    * reads in pages of ``page_size`` (never one request per row), from the stored watermark less
+      ``overlap_seconds``, and writes each page with the watermark in one transaction; a row is written only
+      when its case changed;
+    * then checks that ``verify_batch`` stored cases still exist; a case not found is reported in its row's
+      ``error`` (its status and last known state stay);
+    * 401, a refused read (ACL), or an answer the pull cannot trust fails the task at once; an instance that stays
+      unreachable fails it normally (Airflow retries; the watermark holds what was written);
+    * alerts when a pull has not read to its end for longer than Variable
+      ``ticketsync_alert_max_status_age_minutes``;
+    * returns the counts (pages, list requests, rows changed / unchanged, cases not found…).
+
+    :param servicenow_conn_id: the instance (templated)
+    :param page_size: cases per list request (templated)
+    :param overlap_seconds: how far before the watermark each pull starts again (templated)
+    :param max_pages: most pages per instance table and run (templated)
+    :param verify_batch: stored cases whose existence one run checks per table, 0 for none (templated)
+    """
+
+    template_fields = (
+        *SourceTaskOperator.template_fields,
+        "servicenow_conn_id",
+        "page_size",
+        "overlap_seconds",
+        "max_pages",
+        "verify_batch",
+    )
+    ui_color = "#e8f0fd"
+
+    def __init__(
+        self,
+        *,
+        servicenow_conn_id: str = "servicenow_default",
+        page_size: int | str = 1000,
+        overlap_seconds: float | str = 600,
+        max_pages: int | str = 100,
+        verify_batch: int | str = 1000,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.servicenow_conn_id = servicenow_conn_id
+        self.page_size = page_size
+        self.overlap_seconds = overlap_seconds
+        self.max_pages = max_pages
+        self.verify_batch = verify_batch
+
+    def settings(self) -> StatusSettings:
+        return StatusSettings(
+            page_size=int(self.page_size),
+            overlap_seconds=float(self.overlap_seconds),
+            max_pages=int(self.max_pages),
+            verify_batch=int(self.verify_batch),
+        )
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        settings = self.settings()
+        hook = ServiceNowHook(self.servicenow_conn_id, pool_size=1)
+        try:
+            with self.open_source() as source:
+                source.ensure_schema()
+                if source.ensure_case_status_schema():
+                    self.log.info("added the case status columns to %s (pending migration 0001)", source.table)
+                counts = CaseStatusPuller(hook, source, self.servicenow_conn_id, settings).run()
+                pulls = {
+                    f"{self.servicenow_conn_id}/{table}": source.status_pull(f"{self.servicenow_conn_id}/{table}")
+                    for table in source.case_status_targets()
+                }
+        except ServiceNowConfigurationError as exc:
+            raise AirflowFailException(str(exc)) from exc
+        except (ServiceNowRequestError, UnexpectedAnswer) as exc:
+            raise AirflowFailException(f"the status pull cannot go on: {exc}") from exc
+        except ServiceNowTransientError as exc:
+            raise AirflowException(f"ServiceNow unavailable; the task will be retried: {exc}") from exc
+        finally:
+            hook.close()
+        self.log.info("case status:\n%s", format_counts(counts))
+        for key, pull in pulls.items():
+            self.log.info("%s: watermark %s", key, pull.watermark)
+        stale = {key: (pull.watermark, pull.completed_seconds_ago) for key, pull in pulls.items()}
+        for alert in alerts.stuck_status_alerts(context, stale):
+            alerts.send_alert(alert, context)
+        return counts.as_dict()
+
+
+def format_counts(counts: StatusCounts) -> str:
+    rows = [
+        ("instance tables", counts.tables),
+        ("pages read", counts.pages),
+        ("list requests", counts.list_requests),
+        ("of them retries", counts.retries),
+        ("cases read", counts.cases_read),
+        ("rows changed", counts.rows_changed),
+        ("rows unchanged", counts.rows_unchanged),
+        ("cases of no row", counts.cases_not_ours),
+        ("cases checked", counts.verified),
+        ("cases not found", counts.not_found),
+        ("tables not finished", counts.incomplete_tables),
+    ]
+    width = max(len(label) for label, _ in rows)
+    return "\n".join(f"{label.ljust(width)}  {value}" for label, value in rows)
