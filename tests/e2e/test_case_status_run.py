@@ -1,0 +1,86 @@
+"""End to end: the status DAG run by Airflow (`airflow dags test`) after the sync DAG, against PostgreSQL and the
+emulator in its own process: cases worked on the instance (states changed, some closed, one deleted) come back."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import airflow_conn_json, fresh_source_database
+from ticketsync.source import SourceTable
+from ticketsync_dev.local import EmulatorProcess, LocalAirflow
+from ticketsync_dev.samples import sample_requests
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+TABLE = "sn_bom_loan_service"
+
+
+@pytest.fixture
+def pg_source(pg_database: dict[str, Any]) -> Iterator[tuple[SourceTable, str]]:
+    with fresh_source_database(pg_database, "status") as (source, params):
+        yield source, airflow_conn_json(params)
+
+
+def case_rows(source: SourceTable) -> dict[str, tuple[Any, ...]]:
+    columns = "request_id, sys_id, status, case_state, case_state_label, case_updated_at, updated_at, error"
+    with source._transaction() as cursor:
+        cursor.execute(f"SELECT {columns} FROM ticket_requests ORDER BY id")
+        return {row[0]: row[1:] for row in cursor.fetchall()}
+
+
+def summary(log: Path) -> dict[str, int]:
+    """The counts the status task logged (its summary table)."""
+    text = log.read_text()
+    found = {}
+    for label in ("pages read", "list requests", "cases read", "rows changed", "rows unchanged", "cases not found"):
+        match = re.search(rf"^{label}\s+(\d+)$", text, re.MULTILINE)
+        assert match, f"{label!r} not in the log:\n{text[-3000:]}"
+        found[label] = int(match.group(1))
+    return found
+
+
+def test_status_dag_brings_worked_cases_back_paged_and_a_second_run_changes_nothing(
+    airflow_home: Path, pg_source: tuple[SourceTable, str], tmp_path: Path
+) -> None:
+    source, conn = pg_source
+    source.insert_requests(sample_requests(60))
+    with EmulatorProcess(tmp_path / "emulator") as emulator:
+        connections = {"ticket_source": conn, "servicenow_default": emulator.connection()}
+        sync = LocalAirflow(home=airflow_home, connections=connections)
+        status = LocalAirflow(home=airflow_home, connections=connections, dag_id="servicenow_case_status")
+        assert sync.run_dag(tmp_path / "sync.log") == 0, (tmp_path / "sync.log").read_text()[-5000:]
+        conf = {"page_size": 25}
+        assert status.run_dag(tmp_path / "status1.log", conf=conf) == 0, (tmp_path / "status1.log").read_text()[-5000:]
+        first = case_rows(source)
+        ids = list(first)
+        sys_ids = {request_id: row[0] for request_id, row in first.items()}
+        for request_id in ids[:6]:
+            emulator.work(TABLE, sys_ids[request_id], state="10", work_notes="Taken")
+        for request_id in ids[6:9]:
+            emulator.work(TABLE, sys_ids[request_id], state="3", comments="Resolved with the customer")
+        emulator.delete(TABLE, sys_ids[ids[9]])
+        gets_before = emulator.stats()["by_method"].get("GET", 0)
+
+        assert status.run_dag(tmp_path / "status2.log", conf=conf) == 0, (tmp_path / "status2.log").read_text()[-5000:]
+        gets = emulator.stats()["by_method"].get("GET", 0) - gets_before
+        worked = case_rows(source)
+        assert status.run_dag(tmp_path / "status3.log", conf=conf) == 0, (tmp_path / "status3.log").read_text()[-5000:]
+
+    assert all(row[2:4] == ("1", "New") for row in first.values())
+    second, third = summary(tmp_path / "status2.log"), summary(tmp_path / "status3.log")
+    assert second["rows changed"] == 9
+    assert second["cases not found"] == 1
+    assert gets == second["list requests"]
+    assert second["list requests"] == second["pages read"] + 1  # 59 cases in pages of 25, one existence query
+    assert second["pages read"] == 3
+    assert [worked[r][2:4] for r in ids[:9]] == [("10", "Open")] * 6 + [("3", "Closed")] * 3
+    assert worked[ids[9]][1:4] == ("created", "1", "New")
+    assert worked[ids[9]][6].startswith("case not found")
+    assert all(worked[r] == first[r] for r in ids[10:])  # not written: updated_at is the same
+    assert (third["rows changed"], third["cases not found"]) == (0, 1)
+    assert case_rows(source) == worked
+    print(f"\nstatus end-to-end: run 2 {second}; run 3 {third}")
