@@ -278,6 +278,7 @@ class ServiceNowHook(HttpHook):
         fields: Sequence[str],
         limit: int = LOOKUP_PAGE,
         offset: int = 0,
+        display_value: str | None = None,
     ) -> list[dict[str, Any]]:
         """``GET /api/now/table/{table}``: one page of the records matching ``query``.
 
@@ -286,6 +287,7 @@ class ServiceNowHook(HttpHook):
         :param fields: the fields to return.
         :param limit: the page size.
         :param offset: the records to skip.
+        :param display_value: ``sysparm_display_value`` (``all``: each field as ``{"value", "display_value"}``).
         """
         params = {
             "sysparm_query": query,
@@ -294,6 +296,8 @@ class ServiceNowHook(HttpHook):
             "sysparm_offset": str(offset),
             "sysparm_exclude_reference_link": "true",
         }
+        if display_value is not None:
+            params["sysparm_display_value"] = display_value
         result = _json_result(self._send("GET", self.table_path(table), params=params))
         if not isinstance(result, list):
             raise ServiceNowTransientError("list answer whose 'result' is not a list", status=200)
