@@ -175,6 +175,20 @@ def test_a_case_changed_during_a_pull_is_brought_back_by_the_next_pull(
     assert (after[agent.changed]["case_state"], after[agent.changed]["case_state_label"]) == ("18", "Awaiting Info")
 
 
+def test_status_pulls_is_empty_until_the_status_dag_ran(source: SourceTable, hook: ServiceNowHook) -> None:
+    assert source.status_pulls() == {}
+    create_cases(source, hook, 2)
+    assert source.status_pulls() == {}  # the table exists now, with no pull in it
+
+    pull(source, hook)
+
+    [(key, state)] = source.status_pulls().items()
+    assert key == KEY
+    assert state.watermark is not None
+    assert state.completed_seconds_ago is not None
+    assert 0 <= state.completed_seconds_ago < 60
+
+
 def test_max_pages_leaves_the_watermark_at_the_last_page_written_and_the_next_run_goes_on(
     source: SourceTable, hook: ServiceNowHook
 ) -> None:

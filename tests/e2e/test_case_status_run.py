@@ -4,6 +4,7 @@ emulator in its own process: cases worked on the instance (states changed, some 
 from __future__ import annotations
 
 import re
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -11,8 +12,9 @@ from typing import Any
 import pytest
 
 from tests.conftest import airflow_conn_json, fresh_source_database
-from ticketsync.source import SourceTable
-from ticketsync_dev.local import EmulatorProcess, LocalAirflow
+from tests.support.receivers import WebhookReceiver, wait_until
+from ticketsync.source import Dialect, SourceTable
+from ticketsync_dev.local import EmulatorProcess, LocalAirflow, sqlite_connection
 from ticketsync_dev.samples import sample_requests
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -84,3 +86,38 @@ def test_status_dag_brings_worked_cases_back_paged_and_a_second_run_changes_noth
     assert (third["rows changed"], third["cases not found"]) == (0, 1)
     assert case_rows(source) == worked
     print(f"\nstatus end-to-end: run 2 {second}; run 3 {third}")
+
+
+def test_the_sync_report_alerts_when_the_status_pull_is_stuck(airflow_home: Path, tmp_path: Path) -> None:
+    """The status DAG cannot alert while it is paused: the sync DAG's report checks its watermark's age too."""
+    path = tmp_path / "source.db"
+    with SourceTable(lambda: sqlite3.connect(path), Dialect.SQLITE) as source:
+        source.ensure_schema()
+        source.ensure_case_status_schema()
+        source.insert_requests(sample_requests(3))
+        source.finish_status_pull(f"servicenow_default/{TABLE}", 0)
+        with source._transaction() as cursor:  # the last complete pull was two hours ago
+            cursor.execute(
+                "UPDATE ticket_requests_status_pulls SET watermark = '2026-01-01 00:00:00', "
+                "completed_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-2 hours')"
+            )
+    with EmulatorProcess(tmp_path / "emulator") as emulator, WebhookReceiver() as webhook:
+        sync = LocalAirflow(
+            home=airflow_home,
+            connections={
+                "ticket_source": sqlite_connection(path),
+                "servicenow_default": emulator.connection(),
+                "ticketsync_alert_webhook": webhook.connection("/hooks/ops"),
+            },
+            extra_env={"AIRFLOW_VAR_TICKETSYNC_ALERT_MAX_STATUS_AGE_MINUTES": "60"},
+        )
+        assert sync.run_dag(tmp_path / "sync.log") == 0, (tmp_path / "sync.log").read_text()[-5000:]
+        assert wait_until(lambda: len(webhook.posts) >= 1)
+
+    [post] = webhook.posts
+    assert post.body["ticketsync"]["kind"] == "stuck_status"
+    text = post.body["text"]
+    # two hours when written, plus however long the run took
+    assert re.search(rf"case status of servicenow_default/{TABLE} is stuck \(last complete: 12\d minutes ago\)", text)
+    assert "alert above 60 minutes, Variable ticketsync_alert_max_status_age_minutes" in text
+    assert "its watermark is 2026-01-01 00:00:00" in text

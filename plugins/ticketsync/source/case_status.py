@@ -93,6 +93,24 @@ class CaseStatusRows(SourceConnection):
         return PullState(None if row[0] is None else str(row[0]), int(row[1]), age)
 
     @reconnecting
+    def status_pulls(self) -> dict[str, PullState]:
+        """Every instance table's pull state; empty when the status DAG never ran (no watermark table)."""
+        if self.dialect is Dialect.SQLITE:
+            exists = "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = ?"
+        else:
+            exists = (
+                "SELECT COUNT(*) FROM information_schema.tables "
+                "WHERE table_schema = current_schema() AND table_name = ?"
+            )
+        with self._transaction() as cursor:
+            cursor.execute(self._q(exists), (self.status_pulls_table,))
+            if not int(cursor.fetchone()[0]):
+                return {}
+            cursor.execute(f"SELECT instance_table FROM {self.status_pulls_table} ORDER BY instance_table")
+            keys = [str(row[0]) for row in cursor.fetchall()]
+        return {key: self.status_pull(key) for key in keys}
+
+    @reconnecting
     def first_case_requested_at(self, target_table: str) -> datetime | None:
         """When the oldest row with a case in ``target_table`` was written: no case of ours is older."""
         statement = self._q(f"SELECT MIN(created_at) FROM {self.table} WHERE sys_id IS NOT NULL AND target_table = ?")
