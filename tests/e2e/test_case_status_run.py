@@ -3,6 +3,7 @@ emulator in its own process: cases worked on the instance (states changed, some 
 
 from __future__ import annotations
 
+import json
 import re
 import sqlite3
 from collections.abc import Iterator
@@ -22,9 +23,14 @@ TABLE = "sn_bom_loan_service"
 
 
 @pytest.fixture
-def pg_source(pg_database: dict[str, Any]) -> Iterator[tuple[SourceTable, str]]:
+def pg_source(pg_database: dict[str, Any]) -> Iterator[tuple[SourceTable, str, str]]:
     with fresh_source_database(pg_database, "status") as (source, params):
-        yield source, airflow_conn_json(params)
+        yield source, airflow_conn_json(params), params["dbname"]
+
+
+def status_events(path: Path) -> list[dict[str, Any]]:
+    events = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [e for e in events if e["job"]["name"] == "servicenow_case_status.pull" and e["eventType"] == "COMPLETE"]
 
 
 def case_rows(source: SourceTable) -> dict[str, tuple[Any, ...]]:
@@ -46,14 +52,21 @@ def summary(log: Path) -> dict[str, int]:
 
 
 def test_status_dag_brings_worked_cases_back_paged_and_a_second_run_changes_nothing(
-    airflow_home: Path, pg_source: tuple[SourceTable, str], tmp_path: Path
+    airflow_home: Path, pg_source: tuple[SourceTable, str, str], tmp_path: Path
 ) -> None:
-    source, conn = pg_source
+    source, conn, database = pg_source
     source.insert_requests(sample_requests(60))
+    events_file = tmp_path / "openlineage.jsonl"
+    transport = json.dumps({"type": "file", "log_file_path": str(events_file), "append": True})
     with EmulatorProcess(tmp_path / "emulator") as emulator:
         connections = {"ticket_source": conn, "servicenow_default": emulator.connection()}
         sync = LocalAirflow(home=airflow_home, connections=connections)
-        status = LocalAirflow(home=airflow_home, connections=connections, dag_id="servicenow_case_status")
+        status = LocalAirflow(
+            home=airflow_home,
+            connections=connections,
+            dag_id="servicenow_case_status",
+            extra_env={"AIRFLOW__OPENLINEAGE__TRANSPORT": transport},
+        )
         assert sync.run_dag(tmp_path / "sync.log") == 0, (tmp_path / "sync.log").read_text()[-5000:]
         conf = {"page_size": 25}
         assert status.run_dag(tmp_path / "status1.log", conf=conf) == 0, (tmp_path / "status1.log").read_text()[-5000:]
@@ -71,6 +84,7 @@ def test_status_dag_brings_worked_cases_back_paged_and_a_second_run_changes_noth
         gets = emulator.stats()["by_method"].get("GET", 0) - gets_before
         worked = case_rows(source)
         assert status.run_dag(tmp_path / "status3.log", conf=conf) == 0, (tmp_path / "status3.log").read_text()[-5000:]
+        port = emulator.port
 
     assert all(row[2:4] == ("1", "New") for row in first.values())
     second, third = summary(tmp_path / "status2.log"), summary(tmp_path / "status3.log")
@@ -85,6 +99,14 @@ def test_status_dag_brings_worked_cases_back_paged_and_a_second_run_changes_noth
     assert all(worked[r] == first[r] for r in ids[10:])  # not written: updated_at is the same
     assert (third["rows changed"], third["cases not found"]) == (0, 1)
     assert case_rows(source) == worked
+    events = status_events(events_file)
+    assert len(events) == 3
+    assert [(d["namespace"], d["name"]) for d in events[1]["inputs"]] == [(f"http://127.0.0.1:{port}", TABLE)]
+    assert [(d["namespace"], d["name"]) for d in events[1]["outputs"]] == [
+        ("postgres://127.0.0.1:5432", f"{database}.public.ticket_requests")
+    ]
+    facet = events[1]["run"]["facets"]["ticketsyncStatus"]
+    assert (facet["pages"], facet["listRequests"], facet["rowsChanged"], facet["notFound"]) == (3, 4, 9, 1)
     print(f"\nstatus end-to-end: run 2 {second}; run 3 {third}")
 
 

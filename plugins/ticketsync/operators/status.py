@@ -49,6 +49,9 @@ class CaseStatusOperator(SourceTaskOperator):
         "verify_batch",
     )
     ui_color = "#e8f0fd"
+    _lineage_counts: dict[str, Any] | None = None
+    _lineage_base_url: str | None = None
+    _lineage_tables: tuple[str, ...] = ()
 
     def __init__(
         self,
@@ -83,7 +86,10 @@ class CaseStatusOperator(SourceTaskOperator):
                 source.ensure_schema()
                 if source.ensure_case_status_schema():
                     self.log.info("added the case status columns to %s (pending migration 0001)", source.table)
+                self._lineage_tables = tuple(source.case_status_targets())
                 counts = CaseStatusPuller(hook, source, self.servicenow_conn_id, settings).run()
+                self._lineage_counts = counts.as_dict()
+                self._lineage_base_url = str(hook.base_url)
                 pulls = {
                     f"{self.servicenow_conn_id}/{table}": source.status_pull(f"{self.servicenow_conn_id}/{table}")
                     for table in source.case_status_targets()
@@ -103,6 +109,30 @@ class CaseStatusOperator(SourceTaskOperator):
         for alert in alerts.stuck_status_alerts(context, stale):
             alerts.send_alert(alert, context)
         return counts.as_dict()
+
+
+    # -- OpenLineage (called by the provider's listener; only when a transport is configured) --------------------
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        from airflow.sdk import BaseHook
+
+        from ticketsync import lineage
+
+        conn = BaseHook.get_connection(self.source_conn_id)
+        schema = None
+        if conn.conn_type in ("postgres", "postgresql"):
+            try:
+                with self.open_source() as source:
+                    schema = source.current_schema()
+            except Exception:  # lineage is best effort; PostgreSQL's default schema is the usual answer
+                self.log.debug("no current schema for lineage", exc_info=True)
+        target = lineage.source_dataset(conn, self.source_table, schema)
+        base_url = self._lineage_base_url
+        tables = [lineage.servicenow_dataset(base_url, table) for table in self._lineage_tables] if base_url else []
+        return lineage.status_lineage(tables, target, self._lineage_counts)
+
+    def get_openlineage_facets_on_failure(self, task_instance: Any) -> Any:
+        return self.get_openlineage_facets_on_complete(task_instance)
 
 
 def format_counts(counts: StatusCounts) -> str:
