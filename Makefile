@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 CHROMIUM := /usr/bin/chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: help venv demo ui browser test lint emulator scaleout bench soak clean
+.PHONY: help venv demo ui browser test lint emulator scaleout bench soak clean migrate
 
 help:
 	@echo "make demo      run the whole sync end to end on the embedded defaults (SQLite + local emulator)"
@@ -17,6 +17,7 @@ help:
 	@echo "make emulator  run the ServiceNow emulator in the foreground on 127.0.0.1:8765"
 	@echo "make scaleout  one DAG run on the real CeleryExecutor, mapped loaders on two workers (PostgreSQL + Redis)"
 	@echo "make bench     benchmark: the DAG vs a sequential loop and a naive mapped DAG; writes docs/performance.md"
+	@echo "make migrate   apply the source table's schema migrations (MIGRATE_ARGS=\"--conn-id ticket_source --sql\")"
 	@echo "make soak      100,000 requests through the DAG with ~10% faults and two worker kills, then checks"
 
 # The virtual environment, rebuilt when a requirements file changes. Exact pins, full lock in constraints.txt.
@@ -65,3 +66,8 @@ clean:
 # The soak (docs/reliability.md): SOAK_ARGS="--rows 10000" for the CI size. Needs PostgreSQL at 127.0.0.1:5432.
 soak: $(STAMP)
 	PYTHONPATH=plugins:dev $(PY) scripts/soak.py $(SOAK_ARGS)
+
+# Schema migrations of the source table (docs/migrations.md): MIGRATE_ARGS="--conn-id ticket_source --sql" prints
+# the SQL; without --sql / --status it applies them.
+migrate: $(STAMP)
+	PYTHONPATH=plugins $(PY) -m ticketsync.source.migrate $(MIGRATE_ARGS)

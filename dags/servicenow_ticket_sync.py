@@ -22,7 +22,7 @@ ServiceNow (connection `servicenow_default`), or are rejected with a reason nami
 
 | task | does |
 | --- | --- |
-| `extract` | creates the table if missing, claims up to `limit` pending rows for this run under a lease |
+| `extract` | creates the table or applies its pending migrations; claims up to `limit` pending rows under a lease |
 | `transform` | validates the claimed rows; invalid ones become `rejected` with the reason, and are never sent |
 | `load` | looks up each chunk by `correlation_id` (= `request_id`), adopts existing records, creates the rest |
 | `report` | logs claimed / created / adopted / rejected / failed / still pending; fails the run if a row failed |

@@ -115,7 +115,6 @@ def test_the_sync_report_alerts_when_the_status_pull_is_stuck(airflow_home: Path
     path = tmp_path / "source.db"
     with SourceTable(lambda: sqlite3.connect(path), Dialect.SQLITE) as source:
         source.ensure_schema()
-        source.ensure_case_status_schema()
         source.insert_requests(sample_requests(3))
         source.finish_status_pull(f"servicenow_default/{TABLE}", 0)
         with source._transaction() as cursor:  # the last complete pull was two hours ago

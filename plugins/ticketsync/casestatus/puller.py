@@ -95,7 +95,7 @@ class CaseStatusPuller:
     """One status run over every instance table that holds cases of the source table's rows.
 
     :param client: the instance (a :class:`~ticketsync.hooks.servicenow.ServiceNowHook`)
-    :param source: the source table, with the case status columns (``ensure_case_status_schema``)
+    :param source: the source table, with the case status columns (schema version 3 or later)
     :param instance: names the instance in the watermark key (the ServiceNow connection id)
     :param settings: paging, overlap and existence-check sizes
     """

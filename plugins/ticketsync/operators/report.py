@@ -76,7 +76,7 @@ class SyncReportOperator(SourceTaskOperator):
             return self.report_dry_run(context)
         token = claim_token(context)
         with self.open_source() as source:
-            source.ensure_schema()
+            self.ensure_schema(source)
             by_status = source.token_summary(token)
             errors = source.first_errors(token, ("failed", "pending", "rejected"))
             backlog = source.backlog()

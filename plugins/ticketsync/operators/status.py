@@ -83,9 +83,7 @@ class CaseStatusOperator(SourceTaskOperator):
         hook = ServiceNowHook(self.servicenow_conn_id, pool_size=1)
         try:
             with self.open_source() as source:
-                source.ensure_schema()
-                if source.ensure_case_status_schema():
-                    self.log.info("added the case status columns to %s (pending migration 0001)", source.table)
+                self.ensure_schema(source)
                 self._lineage_tables = tuple(source.case_status_targets())
                 counts = CaseStatusPuller(hook, source, self.servicenow_conn_id, settings).run()
                 self._lineage_counts = counts.as_dict()

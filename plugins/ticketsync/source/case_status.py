@@ -1,22 +1,30 @@
-"""The case's state on its source row (status back, issue 13): the pending migration that adds the columns, the
-pull's watermark, the write-back of changed cases, and the existence check's report of cases not found."""
+"""The case's state on its source row (status back, issue 13; the columns and the watermark table come with
+migration 3, ``0003_case_status``): the pull's watermark, the write-back of changed cases, and the existence check's
+report of cases not found."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from importlib import resources
 from typing import Any
 
 from ticketsync.casestatus.models import NOT_FOUND_PREFIX, CaseState
 from ticketsync.source.connection import SourceConnection, reconnecting
-from ticketsync.source.dialects import Dialect, placeholders, strip_comments
+from ticketsync.source.dialects import Dialect, placeholders
 
-CASE_STATUS_COLUMNS: tuple[str, ...] = ("case_state", "case_state_label", "case_updated_at", "case_checked_at")
-MIGRATION = "0001_case_status"
-_MIGRATION_FILES = {Dialect.POSTGRES: "postgresql", Dialect.SQLITE: "sqlite"}
-_DISTINCT = {Dialect.POSTGRES: "IS DISTINCT FROM", Dialect.SQLITE: "IS NOT"}
+# "column differs from the parameter", NULL-safe, per dialect
+_DIFFERS = {
+    Dialect.POSTGRES: "{column} IS DISTINCT FROM ?",
+    Dialect.SQLITE: "{column} IS NOT ?",
+    Dialect.MYSQL: "NOT ({column} <=> ?)",
+}
+_TABLE_EXISTS = {
+    Dialect.POSTGRES: "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = current_schema() "
+    "AND table_name = ?",
+    Dialect.SQLITE: "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = ?",
+    Dialect.MYSQL: "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = DATABASE() AND table_name = ?",
+}
 
 
 @dataclass(frozen=True)
@@ -37,6 +45,8 @@ class CaseStatusRows(SourceConnection):
         """A UTC time as the dialect stores it (SQLite: ISO text that sorts like time)."""
         if self.dialect is Dialect.SQLITE:
             return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+        if self.dialect is Dialect.MYSQL:
+            return moment.astimezone(UTC).replace(tzinfo=None)  # DATETIME(6) in UTC
         return moment
 
     def _as_datetime(self, value: Any) -> datetime | None:
@@ -45,29 +55,6 @@ class CaseStatusRows(SourceConnection):
         if isinstance(value, datetime):
             return value if value.tzinfo else value.replace(tzinfo=UTC)
         return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-
-    def case_status_migration_sql(self) -> str:
-        """The pending migration (issue 13) for this dialect and table name."""
-        name = f"migrations_pending/{MIGRATION}.{_MIGRATION_FILES[self.dialect]}.sql"
-        text = resources.files("ticketsync.source.sql").joinpath(name).read_text(encoding="utf-8")
-        return text.replace("ticket_requests", self.table)
-
-    @reconnecting
-    def ensure_case_status_schema(self) -> bool:
-        """Add the case status columns and the watermark table when missing; True when they were added.
-
-        A stopgap until the migration runner (issue 14) applies ``migrations_pending/0001_case_status``.
-        """
-        with self._transaction() as cursor:
-            cursor.execute(f"SELECT * FROM {self.table} WHERE 1 = 0")
-            present = {str(column[0]).lower() for column in cursor.description}
-        if set(CASE_STATUS_COLUMNS) <= present:
-            return False
-        statements = [s.strip() for s in strip_comments(self.case_status_migration_sql()).split(";") if s.strip()]
-        with self._transaction() as cursor:
-            for statement in statements:
-                cursor.execute(statement)
-        return True
 
     @reconnecting
     def case_status_targets(self) -> list[str]:
@@ -94,14 +81,8 @@ class CaseStatusRows(SourceConnection):
 
     @reconnecting
     def status_pulls(self) -> dict[str, PullState]:
-        """Every instance table's pull state; empty when the status DAG never ran (no watermark table)."""
-        if self.dialect is Dialect.SQLITE:
-            exists = "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = ?"
-        else:
-            exists = (
-                "SELECT COUNT(*) FROM information_schema.tables "
-                "WHERE table_schema = current_schema() AND table_name = ?"
-            )
+        """Every instance table's pull state; empty when no status pull ran (or the table is not at version 3)."""
+        exists = _TABLE_EXISTS[self.dialect]
         with self._transaction() as cursor:
             cursor.execute(self._q(exists), (self.status_pulls_table,))
             if not int(cursor.fetchone()[0]):
@@ -127,14 +108,16 @@ class CaseStatusRows(SourceConnection):
         page again (the overlap), which is safe because an unchanged case writes nothing.
         """
         now = self._sql.now
-        distinct = _DISTINCT[self.dialect]
+        differs = _DIFFERS[self.dialect]
+        state_differs = differs.format(column="case_state")
+        label_differs = differs.format(column="case_state_label")
         update = self._q(f"""
             UPDATE {self.table}
                SET case_state = ?, case_state_label = ?, case_updated_at = ?, case_checked_at = {now},
                    updated_at = {now}
              WHERE sys_id = ?
                AND (case_updated_at IS NULL OR case_updated_at < ?
-                    OR (case_updated_at = ? AND (case_state {distinct} ? OR case_state_label {distinct} ?)))""")
+                    OR (case_updated_at = ? AND ({state_differs} OR {label_differs})))""")
         ids = sorted({state.sys_id for state in states})
         known_sql = self._q(f"SELECT COUNT(*) FROM {self.table} WHERE sys_id IN ({placeholders(len(ids))})")
         changed = 0
@@ -150,13 +133,21 @@ class CaseStatusRows(SourceConnection):
             self._move_watermark(cursor, key, watermark)
         return matched, changed
 
+    def _pull_row_exists(self, cursor: Any, key: str) -> bool:
+        """Whether the pull state row exists (MariaDB counts changed rows, not matched ones: no rowcount test)."""
+        cursor.execute(self._q(f"SELECT COUNT(*) FROM {self.status_pulls_table} WHERE instance_table = ?"), (key,))
+        return bool(int(cursor.fetchone()[0]))
+
     def _move_watermark(self, cursor: Any, key: str, watermark: str) -> None:
         now = self._sql.now
-        cursor.execute(
-            self._q(f"UPDATE {self.status_pulls_table} SET watermark = ?, updated_at = {now} WHERE instance_table = ?"),
-            (watermark, key),
-        )
-        if cursor.rowcount == 0:
+        if self._pull_row_exists(cursor, key):
+            cursor.execute(
+                self._q(
+                    f"UPDATE {self.status_pulls_table} SET watermark = ?, updated_at = {now} WHERE instance_table = ?"
+                ),
+                (watermark, key),
+            )
+        else:
             cursor.execute(
                 self._q(f"INSERT INTO {self.status_pulls_table} (instance_table, watermark) VALUES (?, ?)"),
                 (key, watermark),
@@ -167,14 +158,15 @@ class CaseStatusRows(SourceConnection):
         """Record a pull that read to its end, and where the next existence check starts."""
         now = self._sql.now
         with self._transaction() as cursor:
-            cursor.execute(
-                self._q(
-                    f"UPDATE {self.status_pulls_table} SET completed_at = {now}, verify_after_id = ?, "
-                    f"updated_at = {now} WHERE instance_table = ?"
-                ),
-                (verify_after_id, key),
-            )
-            if cursor.rowcount == 0:
+            if self._pull_row_exists(cursor, key):
+                cursor.execute(
+                    self._q(
+                        f"UPDATE {self.status_pulls_table} SET completed_at = {now}, verify_after_id = ?, "
+                        f"updated_at = {now} WHERE instance_table = ?"
+                    ),
+                    (verify_after_id, key),
+                )
+            else:
                 cursor.execute(
                     self._q(
                         f"INSERT INTO {self.status_pulls_table} (instance_table, verify_after_id, completed_at) "

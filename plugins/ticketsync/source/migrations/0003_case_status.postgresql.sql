@@ -1,6 +1,6 @@
--- PENDING MIGRATION (issue 13, status back; to become a numbered migration of issue 14's runner).
--- Adds the case's state as ServiceNow reports it, and the status pull's watermark. Applied by
--- SourceTable.ensure_case_status_schema() when `case_state` is missing; every statement is safe to repeat.
+-- Migration 3: the case's state as ServiceNow reports it (issue 13, status back; written by the DAG
+-- servicenow_case_status, docs/case-status.md), an index to write it back by sys_id, and the status pull's watermark
+-- table. Adds only: no row is rewritten, the sync columns are untouched.
 ALTER TABLE ticket_requests ADD COLUMN IF NOT EXISTS case_state TEXT;
 ALTER TABLE ticket_requests ADD COLUMN IF NOT EXISTS case_state_label TEXT;
 ALTER TABLE ticket_requests ADD COLUMN IF NOT EXISTS case_updated_at TIMESTAMPTZ;
