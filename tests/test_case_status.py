@@ -279,3 +279,15 @@ def test_a_case_reads_value_and_label() -> None:
     )
 
     assert (state.state, state.state_label, state.updated_on) == ("10", "Open", "2026-12-01 10:00:00")
+
+
+def test_the_operator_parses_its_templated_arguments_once_and_names_a_bad_one() -> None:
+    from ticketsync.operators.status import CaseStatusOperator
+    from ticketsync.typed import InvalidValue
+
+    good = CaseStatusOperator(task_id="a", page_size="25", overlap_seconds="600", max_pages=3, verify_batch="0")
+    assert good.settings() == StatusSettings(page_size=25, overlap_seconds=600.0, max_pages=3, verify_batch=0)
+    with pytest.raises(InvalidValue, match="page_size must be a whole number of at least 1, got 'abc'"):
+        CaseStatusOperator(task_id="b", page_size="abc").settings()
+    with pytest.raises(InvalidValue, match="overlap_seconds must be a number of seconds, at least 0, got -1"):
+        CaseStatusOperator(task_id="c", overlap_seconds=-1).settings()

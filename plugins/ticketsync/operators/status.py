@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from airflow.sdk import Context
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
+from pydantic import Field, TypeAdapter
 
 from ticketsync import alerts
 from ticketsync.casestatus.models import UnexpectedAnswer
@@ -17,6 +18,11 @@ from ticketsync.hooks.servicenow import (
     ServiceNowTransientError,
 )
 from ticketsync.operators.base import SourceTaskOperator
+from ticketsync.typed import InvalidValue, parse
+
+_AT_LEAST_1: TypeAdapter[int] = TypeAdapter(Annotated[int, Field(ge=1)])
+_AT_LEAST_0: TypeAdapter[int] = TypeAdapter(Annotated[int, Field(ge=0)])
+_SECONDS: TypeAdapter[float] = TypeAdapter(Annotated[float, Field(ge=0, allow_inf_nan=False)])
 
 
 class CaseStatusOperator(SourceTaskOperator):
@@ -71,15 +77,23 @@ class CaseStatusOperator(SourceTaskOperator):
         self.verify_batch = verify_batch
 
     def settings(self) -> StatusSettings:
+        """The templated arguments, parsed once: a bad one names itself and what it must be."""
         return StatusSettings(
-            page_size=int(self.page_size),
-            overlap_seconds=float(self.overlap_seconds),
-            max_pages=int(self.max_pages),
-            verify_batch=int(self.verify_batch),
+            page_size=parse(_AT_LEAST_1, self.page_size, name="page_size", must_be="a whole number of at least 1"),
+            overlap_seconds=parse(
+                _SECONDS, self.overlap_seconds, name="overlap_seconds", must_be="a number of seconds, at least 0"
+            ),
+            max_pages=parse(_AT_LEAST_1, self.max_pages, name="max_pages", must_be="a whole number of at least 1"),
+            verify_batch=parse(
+                _AT_LEAST_0, self.verify_batch, name="verify_batch", must_be="a whole number of at least 0"
+            ),
         )
 
     def execute(self, context: Context) -> dict[str, Any]:
-        settings = self.settings()
+        try:
+            settings = self.settings()
+        except InvalidValue as exc:
+            raise AirflowFailException(str(exc)) from exc
         hook = ServiceNowHook(self.servicenow_conn_id, pool_size=1)
         try:
             with self.open_source() as source:
