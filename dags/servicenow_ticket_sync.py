@@ -12,6 +12,7 @@ from ticketsync.assets import cases_created_alias, source_asset
 from ticketsync.operators.extract import ClaimRequestsOperator
 from ticketsync.operators.load import ServiceNowLoadOperator
 from ticketsync.operators.report import SyncReportOperator
+from ticketsync.operators.update import ServiceNowUpdateOperator
 from ticketsync.operators.validate import ValidateRequestsOperator
 
 DOC = """
@@ -25,7 +26,8 @@ ServiceNow (connection `servicenow_default`), or are rejected with a reason nami
 | `extract` | creates the table or applies its pending migrations; claims up to `limit` pending rows under a lease |
 | `transform` | validates the claimed rows; invalid ones become `rejected` with the reason, and are never sent |
 | `load` | looks up each chunk by `correlation_id` (= `request_id`), adopts existing records, creates the rest |
-| `report` | logs claimed / created / adopted / rejected / failed / still pending; fails the run if a row failed |
+| `update` | PATCHes the case of each `update_pending` row: changed fields only, a new note as one journal entry |
+| `report` | logs claimed / created / adopted / rejected / failed / still pending / updated; fails on a failed row |
 
 `load` is mapped: `loaders` instances (one by default), loader *i* taking the claimed rows with
 `id % loaders = i`, so on the CeleryExecutor several workers share one run's backlog without overlap.
@@ -98,6 +100,11 @@ with DAG(
             "CeleryExecutor they spread over the workers). Size loaders x max_in_flight to the instance's API "
             "semaphores.",
         ),
+        "closed_policy": Param(
+            "skip", type="string", enum=["skip", "note_only"], title="Closed case policy",
+            description="An update of a closed or cancelled case: skip it (the reason in the row's error) or append "
+            "only its note; the fields of a closed case are never changed and no new case is created",
+        ),
         "settle_seconds": Param(
             60, type="number", minimum=0, title="Settle (seconds)",
             description="How long ServiceNow may still write a POST that timed out (its transaction quota); such a "
@@ -123,8 +130,15 @@ with DAG(
         shard_count="{{ params.loaders }}",
         map_index_template="shard {{ task.shard_index }} of {{ task.shard_count }}",
     ).expand(shard_index=extract.output)
+    update = ServiceNowUpdateOperator(
+        task_id="update", closed_policy="{{ params.closed_policy }}", limit="{{ params.limit }}",
+        chunk_size="{{ params.chunk_size }}", lease_seconds="{{ params.lease_seconds }}",
+        max_attempts="{{ params.max_attempts }}", is_dry_run="{{ params.dry_run }}",
+    )
     report = SyncReportOperator(
-        task_id="report", load_task_id="load", shards_task_id="extract", is_dry_run="{{ params.dry_run }}"
+        task_id="report", load_task_id="load", shards_task_id="extract", is_dry_run="{{ params.dry_run }}",
+        update_task_id="update",
     )
 
     extract >> transform >> load >> report
+    extract >> update >> report

@@ -43,7 +43,12 @@ def test_every_dag_has_retries_tags_and_docs(dagbag) -> None:  # type: ignore[no
 
 def test_the_sync_dag_is_wired_and_scheduled_as_documented(dagbag) -> None:  # type: ignore[no-untyped-def]
     dag = dagbag.dags["servicenow_ticket_sync"]
-    assert [task.task_id for task in dag.topological_sort()] == ["extract", "transform", "load", "report"]
+    assert {task.task_id: task.upstream_task_ids for task in dag.tasks} == {
+        "extract": set(), "transform": {"extract"}, "load": {"extract", "transform"}, "update": {"extract"},
+        "report": {"load", "update"},
+    }
+    assert dag.get_task("report").update_task_id == "update"
+    assert dag.params["closed_policy"] == "skip"
     assert dag.max_active_runs == 1
     assert dag.catchup is False
     assert dag.timetable.delta == timedelta(minutes=5)

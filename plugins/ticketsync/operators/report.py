@@ -19,6 +19,7 @@ SUMMARY_ROWS = (
     ("rejected", "rejected"),
     ("failed", "failed"),
     ("still pending", "pending"),
+    ("cases updated", "updated"),
 )
 
 
@@ -53,9 +54,13 @@ class SyncReportOperator(SourceTaskOperator):
     :param shards_task_id: the task whose return value a mapped load expanded over, if the load is mapped
         (templated).
     :param is_dry_run: print the load's plan; write nothing (templated).
+    :param update_task_id: the task that updated existing cases, if any: its counts join the report (``updated``,
+        and ``update_<outcome>`` for the others), and a run where it returned none fails like a missing load.
     """
 
-    template_fields = (*SourceTaskOperator.template_fields, "load_task_id", "shards_task_id", "is_dry_run")
+    template_fields = (
+        *SourceTaskOperator.template_fields, "load_task_id", "shards_task_id", "is_dry_run", "update_task_id"
+    )
     ui_color = "#f3e8fd"
 
     def __init__(
@@ -64,10 +69,12 @@ class SyncReportOperator(SourceTaskOperator):
         load_task_id: str = "load",
         shards_task_id: str | None = None,
         is_dry_run: bool | str = False,
+        update_task_id: str | None = None,
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("trigger_rule", "all_done")
         super().__init__(**kwargs)
+        self.update_task_id = update_task_id
         self.load_task_id = load_task_id
         self.shards_task_id = shards_task_id
         self.is_dry_run = is_dry_run
@@ -89,11 +96,17 @@ class SyncReportOperator(SourceTaskOperator):
         counts["claimed"] = sum(by_status.values())
         counts.setdefault("created_created", 0)
         counts.setdefault("created_adopted", 0)
+        updates = self._update_counts(context)
+        if updates is not None:
+            counts["updated"] = int(updates.get("updated") or 0)
+            counts.update({f"update_{key}": int(value) for key, value in updates.items() if key != "updated"})
         self.log.info("ticket sync %s\n%s", token, format_summary(counts, backlog))
         for request_id, status, error in named:
             self.log.info("%s %s: %s", status, request_id, error)
         errors = [entry for entry in named if entry[1] != "created"][:5]
         missing = self._unfinished_loads(context)
+        if self.update_task_id and updates is None:
+            missing = "; ".join(filter(None, (missing, f"{self.update_task_id!r} returned no counts")))
         if missing:
             # The report is the DAG's leaf: if it succeeded here, a failed load would leave a green run.
             raise LoadDidNotComplete(
@@ -122,6 +135,13 @@ class SyncReportOperator(SourceTaskOperator):
             raise LoadDidNotComplete(f"the {self.load_task_id!r} task did not complete its dry run; its log says why")
         self.log.info("ticket sync %s\n%s", claim_token(context), dryrun.format_plan(plan))
         return plan
+
+    def _update_counts(self, context: Context) -> dict[str, Any] | None:
+        """The update task's counts, or None when there is none or it returned none."""
+        if not self.update_task_id:
+            return None
+        counts = context["ti"].xcom_pull(task_ids=self.update_task_id)
+        return counts if isinstance(counts, dict) else None
 
     def _unfinished_loads(self, context: Context) -> str:
         """Which loads returned no counts ("" when all did); logs the counters summed over the loaders."""

@@ -8,9 +8,10 @@ from ticketsync.source.outcomes import Outcomes
 from ticketsync.source.replay import Replay
 from ticketsync.source.reports import Reports
 from ticketsync.source.schema import Schema
+from ticketsync.source.updates import UpdateRows
 
 
-class SourceTable(Schema, Claims, Outcomes, Reports, Replay, CaseStatusRows):
+class SourceTable(Schema, UpdateRows, Claims, Outcomes, Reports, Replay, CaseStatusRows):
     """Access to the ``ticket_requests`` table through one DB-API connection, opened on first use.
 
     :param connect: opens a new DB-API connection (called again after a lost connection)

@@ -1,0 +1,221 @@
+"""Updates of existing cases (issue 13): the ``update_pending`` rows a run claims become one PATCH each, with the
+changed fields only and a new note as one journal entry, applied exactly once (docs/case-status.md#updates)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+
+from ticketsync.casestatus.models import NOT_FOUND_PREFIX
+from ticketsync.hooks.servicenow import ServiceNowHook, ServiceNowRequestError, ServiceNowTransientError
+from ticketsync.models import CaseBody, PreparedCase, Rejection
+from ticketsync.source.updates import UpdateOutcome, UpdateRow, UpdateRows
+from ticketsync.transform import prepare
+from ticketsync.updates import (
+    CLOSED_STATES,
+    UPDATABLE_FIELDS,
+    Snapshot,
+    UpdatePlan,
+    baseline,
+    is_closed,
+    plan_update,
+    still_missing,
+)
+
+LOST_PREFIX = "update answer lost"
+CASE_FIELDS: tuple[str, ...] = ("sys_id", "number", "state", "active", *UPDATABLE_FIELDS)
+
+
+@dataclass(frozen=True)
+class UpdateSettings:
+    """How a run applies updates.
+
+    :param closed_policy: a closed or cancelled case: ``skip`` (nothing sent, the reason in ``error``) or
+        ``note_only`` (only the new note is appended, the fields are not changed, and ``error`` says so).
+    :param verify: check the case and its journal after a lost answer before sending again (off only in the test
+        that shows why it is on).
+    """
+
+    limit: int = 10_000
+    chunk_size: int = 100
+    lease_seconds: float = 900
+    max_attempts: int = 5
+    closed_policy: Literal["skip", "note_only"] = "skip"
+    closed_states: tuple[str, ...] = CLOSED_STATES
+    settle_seconds: float = 5.0
+    clock_skew_seconds: float = 300.0
+    backoff_base: float = 0.5
+    verify: bool = True
+
+
+@dataclass
+class UpdateCounts:
+    claimed: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    closed: int = 0
+    not_found: int = 0
+    refused: int = 0
+    still_pending: int = 0
+    patches: int = 0
+    lost_answers: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {
+            "claimed": self.claimed, "updated": self.updated, "unchanged": self.unchanged, "closed": self.closed,
+            "not_found": self.not_found, "refused": self.refused, "still_pending": self.still_pending,
+            "patches": self.patches, "lost_answers": self.lost_answers,
+        }
+
+
+class CaseUpdater:
+    """Claim the ``update_pending`` rows under ``token``, PATCH each case, write each outcome as it comes.
+
+    :param hook: the ServiceNow hook (transport).
+    :param source: the source table.
+    :param token: the claim token (the sync run's token with ``:update`` appended, so the run's create counts stay
+        its own).
+    :param settings: the update settings.
+    """
+
+    def __init__(
+        self, hook: ServiceNowHook, source: UpdateRows, token: str, settings: UpdateSettings, *,
+        sleep: Callable[[float], None] = time.sleep, now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.hook, self.source, self.token, self.settings = hook, source, token, settings
+        self._sleep, self._now = sleep, now
+        self.counts = UpdateCounts()
+
+    def run(self) -> UpdateCounts:
+        s = self.settings
+        self.counts.claimed = self.source.claim_updates(self.token, limit=s.limit, lease_seconds=s.lease_seconds)
+        after = 0
+        try:
+            while chunk := self.source.take_updates(
+                self.token, after=after, size=s.chunk_size, lease_seconds=s.lease_seconds
+            ):
+                after = chunk[-1].row.id
+                self._chunk(chunk)
+        finally:
+            self.source.release_updates(self.token)
+        return self.counts
+
+    def _chunk(self, chunk: Sequence[UpdateRow]) -> None:
+        cases: dict[str, dict[str, Any]] = {}
+        by_table: dict[str, list[str]] = {}
+        prepared: dict[int, PreparedCase] = {}
+        for update in chunk:
+            case = prepare(update.row)
+            if isinstance(case, Rejection):
+                self._finish(update, "created", f"update not applied: {case.reason}; fix the row and set status "
+                             "update_pending again")
+                self.counts.refused += 1
+            elif update.sys_id is None:
+                self._finish(update, "failed", "status update_pending without a case (sys_id is NULL): set status "
+                             "pending to create one")
+                self.counts.refused += 1
+            else:
+                prepared[update.row.id] = case
+                by_table.setdefault(case.table, []).append(update.sys_id)
+        for table, sys_ids in by_table.items():  # one sys_idIN read per chunk and table: state, active, fields
+            query = "sys_idIN" + ",".join(sys_ids)
+            for record in self.hook.list_records(table, query=query, fields=CASE_FIELDS, limit=len(sys_ids)):
+                cases[str(record.get("sys_id"))] = {key: str(value or "") for key, value in record.items()}
+        for update in chunk:
+            ready = prepared.get(update.row.id)
+            if ready is not None and update.sys_id is not None:
+                self._one(update, ready.table, ready.body, cases.get(update.sys_id))
+
+    def _one(self, update: UpdateRow, table: str, body: CaseBody, case: dict[str, str] | None) -> None:
+        assert update.sys_id is not None
+        if case is None:
+            self._not_found(update)
+            return
+        try:
+            sent = Snapshot.from_json(update.sent_fields)
+        except ValueError as exc:
+            self._finish(update, "created", f"update not applied: {exc}")
+            self.counts.refused += 1
+            return
+        if sent is None or (update.row.error or "").startswith(LOST_PREFIX):
+            journal = [e["value"] for e in self.hook.journal_entries(table, update.sys_id)]
+            sent = sent or baseline(case, journal, None)
+            plan = plan_update(update.row.id, update.sys_id, table, body, sent)
+            plan = still_missing(plan, case, journal)  # what an earlier run's lost answer applied is not sent
+        else:
+            plan = plan_update(update.row.id, update.sys_id, table, body, sent)
+        note = None
+        if is_closed(case.get("state"), case.get("active"), self.settings.closed_states):
+            reason = (f"case {case.get('number') or update.sys_id} is closed (state {case.get('state')}, active "
+                      f"{case.get('active')})")
+            self.counts.closed += 1
+            if self.settings.closed_policy == "skip" or plan.note is None:
+                self._finish(update, "created", f"{reason}: update not applied (closed_policy skip); reopen the "
+                             "case and set status update_pending again")
+                return
+            note = f"{reason}: only the note was appended (closed_policy note_only); the fields were not changed"
+            plan = plan.note_only()
+        if plan.empty:
+            self._finish(update, "created", note, plan.desired)
+            self.counts.unchanged += note is None
+            return
+        self._apply(update, plan, note)
+
+    def _apply(self, update: UpdateRow, plan: UpdatePlan, note: str | None) -> None:
+        s, remaining, lost = self.settings, plan, ""
+        for attempt in range(1, s.max_attempts + 1):
+            started = self._now()
+            try:
+                self.counts.patches += 1
+                self.hook.update_record(plan.table, plan.sys_id, remaining.body())
+                remaining, lost = replace(remaining, fields={}, note=None), ""
+            except ServiceNowRequestError as exc:
+                if exc.status == 404:
+                    self._not_found(update)
+                else:
+                    self._finish(update, "created", f"update refused: {exc}; fix the row and set status "
+                                 "update_pending again")
+                    self.counts.refused += 1
+                return
+            except ServiceNowTransientError as exc:
+                self.counts.lost_answers += 1
+                lost = str(exc)
+                self._sleep(s.settle_seconds + s.backoff_base * 2 ** (attempt - 1))
+                if s.verify:
+                    checked = self._check(remaining, started)
+                    if checked is None:  # unknown whether it landed: never send again blind
+                        break
+                    remaining = checked
+                    if remaining.empty:
+                        break
+                continue
+            break
+        if not remaining.empty:
+            self._finish(update, "update_pending", f"{LOST_PREFIX} ({lost}); the next run checks the case and its "
+                         "journal before sending again")
+            self.counts.still_pending += 1
+            return
+        self._finish(update, "created", note, plan.desired)
+        self.counts.updated += 1
+
+    def _check(self, plan: UpdatePlan, started: datetime) -> UpdatePlan | None:
+        """What the case does not show yet after a lost answer; None when the check itself got no answer."""
+        since = (started - timedelta(seconds=self.settings.clock_skew_seconds)).strftime("%Y-%m-%d %H:%M:%S")
+        try:
+            case = self.hook.get_record(plan.table, plan.sys_id, CASE_FIELDS)
+            journal = self.hook.journal_entries(plan.table, plan.sys_id, since=since) if plan.note else []
+        except ServiceNowTransientError:
+            return None
+        return still_missing(plan, {k: str(v or "") for k, v in case.items()}, [e["value"] for e in journal])
+
+    def _not_found(self, update: UpdateRow) -> None:
+        self._finish(update, "created", f"{NOT_FOUND_PREFIX}: case {update.number or update.sys_id} (sys_id "
+                     f"{update.sys_id}) was deleted or is not readable; update not applied, no case created")
+        self.counts.not_found += 1
+
+    def _finish(self, update: UpdateRow, status: str, error: str | None, sent: Snapshot | None = None) -> None:
+        outcome = UpdateOutcome(update.row.id, status, error, None if sent is None else sent.to_json())
+        self.source.write_update_outcome(self.token, outcome)

@@ -1,0 +1,180 @@
+"""Updates of existing cases (issue 13) against the emulator over real HTTP and a real source table (SQLite and
+PostgreSQL): PATCHes under cut connections, timeouts and 5xx append each new note exactly once, create no case,
+and bring the rows back to ``created``; a closed case follows the policy; without the journal check a note
+is appended twice (the control)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import new_source
+from ticketsync.hooks.servicenow import ServiceNowHook
+from ticketsync.loader import CaseLoader, LoadSettings
+from ticketsync.source import Dialect, SourceTable
+from ticketsync.updater import CaseUpdater, UpdateSettings
+from ticketsync.updates import Snapshot
+from ticketsync_dev.emulator import RunningEmulator
+from ticketsync_dev.samples import sample_requests
+
+TABLE = "sn_bom_loan_service"
+FAST = LoadSettings(chunk_size=25, max_in_flight=4, retry_rounds=2, backoff_base=0.05, backoff_cap=0.2)
+QUICK = UpdateSettings(chunk_size=4, max_attempts=8, settle_seconds=1.6, backoff_base=0.01, lease_seconds=120)
+
+
+@pytest.fixture(params=[Dialect.SQLITE, Dialect.POSTGRES], ids=["sqlite", "postgres"])
+def source(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SourceTable]:
+    table = new_source(request, request.param, tmp_path)
+    yield table
+    table.close()
+
+
+@pytest.fixture
+def hook(emulator: RunningEmulator, monkeypatch: pytest.MonkeyPatch) -> Iterator[ServiceNowHook]:
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_SERVICENOW_DEFAULT",
+        json.dumps({"conn_type": "http", "host": "127.0.0.1", "port": emulator.port, "schema": "http",
+                    "login": "admin", "password": "s3cret-emulator", "extra": {"timeout": 1}}),
+    )
+    hook = ServiceNowHook(pool_size=4)
+    yield hook
+    hook.close()
+
+
+def execute(source: SourceTable, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    with source._transaction() as cursor:
+        cursor.execute(source._q(sql), params)
+        return list(cursor.fetchall()) if cursor.description else []
+
+
+def create_cases(source: SourceTable, hook: ServiceNowHook, count: int) -> dict[int, str]:
+    source.insert_requests(sample_requests(count))
+    source.claim("t1", limit=count, chunk_size=500, lease_seconds=600)
+    assert CaseLoader(hook, source, "t1", FAST, sleep=lambda _: None).run().as_dict()["created"] == count
+    return {int(r[0]): str(r[1]) for r in execute(source, f"SELECT id, sys_id FROM {source.table}")}
+
+
+def request_update(source: SourceTable, row_id: int, **columns: str) -> None:
+    assignments = ", ".join(f"{name} = ?" for name in columns)
+    execute(source, f"UPDATE {source.table} SET {assignments}, status = 'update_pending' WHERE id = ?",
+            (*columns.values(), row_id))
+
+
+def notes(hook: ServiceNowHook, sys_id: str) -> list[str]:
+    return [entry["value"] for entry in hook.journal_entries(TABLE, sys_id)]
+
+
+def update_until_done(source: SourceTable, hook: ServiceNowHook, settings: UpdateSettings) -> list[dict[str, int]]:
+    runs = []
+    for run in range(4):  # a row left update_pending (answer lost and unverifiable) is taken by the next run
+        counts = CaseUpdater(hook, source, f"run{run}:update", settings).run().as_dict()
+        runs.append(counts)
+        if counts["still_pending"] == 0:
+            break
+    return runs
+
+
+def test_updates_under_faults_apply_each_note_once_and_create_nothing(
+    source: SourceTable, hook: ServiceNowHook, emulator: RunningEmulator
+) -> None:
+    cases = create_cases(source, hook, 12)
+    first_notes = {row_id: notes(hook, sys_id) for row_id, sys_id in cases.items()}
+    emulator.work(TABLE, cases[12], state="3")  # an agent closed it; the business rule makes it inactive
+    # Rows 1-4 were synced before snapshots (sent_fields NULL); 5-12 carry one, as an earlier update leaves it.
+    for row_id in range(5, 13):
+        case = hook.get_record(TABLE, cases[row_id])
+        snapshot = Snapshot(fields={k: str(case.get(k) or "") for k in ("correlation_display", "short_description",
+                            "consumer", "sold_product", "assignment_group", "contact_type", "product",
+                            "service_definition", "category")}, note=(first_notes[row_id] or [None])[-1])
+        execute(source, f"UPDATE {source.table} SET sent_fields = ? WHERE id = ?", (snapshot.to_json(), row_id))
+    for row_id in range(1, 13):
+        changes = {"notes": f"Payslip received for row {row_id}"}
+        if row_id % 2 == 0:
+            changes["short_description"] = f"Loan deferment, 3 months (row {row_id})"
+        request_update(source, row_id, **changes)
+    posts = emulator.stats()["by_method"].get("POST", 0)
+    emulator.set_faults(methods=("PATCH",), cut_after_commit=0.2, slow_after_commit=0.1, slow_after_commit_ms=1500,
+                        slow_before_commit=0.05, slow_before_commit_ms=1300, error_500=0.33, seed=13)
+
+    runs = update_until_done(source, hook, QUICK)
+
+    emulator.set_faults(cut_after_commit=0, slow_after_commit=0, slow_before_commit=0, error_500=0)
+    stats = emulator.stats()
+    assert sum(run["lost_answers"] for run in runs) >= 3, (runs, stats)  # the faults did hit
+    assert sum(run["updated"] for run in runs) == 11, runs
+    assert runs[0]["closed"] == 1, runs
+    assert stats["by_method"].get("POST", 0) == posts  # no case created
+    assert len(emulator.store.records(TABLE)) == 12
+    rows = {int(r[0]): r[1:] for r in execute(source, f"SELECT id, status, error, short_description, sent_fields "
+                                                       f"FROM {source.table}")}
+    for row_id in range(1, 12):
+        status, error, short_description, sent = rows[row_id]
+        assert (status, error) == ("created", None), (row_id, rows[row_id])
+        assert hook.get_record(TABLE, cases[row_id])["short_description"] == short_description
+        journal = notes(hook, cases[row_id])
+        assert journal.count(f"Payslip received for row {row_id}") == 1, (row_id, journal)
+        assert len(journal) == len(first_notes[row_id]) + 1
+        assert Snapshot.from_json(sent).note == f"Payslip received for row {row_id}"  # type: ignore[union-attr]
+    status, error, *_ = rows[12]
+    assert status == "created"
+    assert "is closed (state 3, active false)" in error
+    assert "closed_policy skip" in error
+    assert notes(hook, cases[12]) == first_notes[12]
+    assert CaseUpdater(hook, source, "again:update", QUICK).run().as_dict()["claimed"] == 0
+
+
+def test_a_closed_case_with_note_only_gets_the_note_and_no_field_change(
+    source: SourceTable, hook: ServiceNowHook, emulator: RunningEmulator
+) -> None:
+    cases = create_cases(source, hook, 2)
+    emulator.work(TABLE, cases[1], state="3")
+    before = hook.get_record(TABLE, cases[1])["short_description"]
+    request_update(source, 1, notes="Customer called again", short_description="Changed after closing")
+    execute(source, f"DELETE FROM {source.table} WHERE id = 2")
+    emulator.delete(TABLE, cases[2])
+
+    counts = CaseUpdater(hook, source, "r:update", UpdateSettings(closed_policy="note_only")).run().as_dict()
+
+    assert counts["closed"] == 1, counts
+    assert counts["updated"] == 1, counts
+    assert hook.get_record(TABLE, cases[1])["short_description"] == before
+    assert notes(hook, cases[1]).count("Customer called again") == 1
+    status, error = execute(source, f"SELECT status, error FROM {source.table} WHERE id = 1")[0]
+    assert status == "created"
+    assert "only the note was appended (closed_policy note_only)" in error
+
+
+def test_a_deleted_case_is_reported_and_never_created_again(
+    source: SourceTable, hook: ServiceNowHook, emulator: RunningEmulator
+) -> None:
+    cases = create_cases(source, hook, 1)
+    emulator.delete(TABLE, cases[1])
+    request_update(source, 1, notes="Too late")
+
+    counts = CaseUpdater(hook, source, "r:update", QUICK).run().as_dict()
+
+    assert counts["not_found"] == 1
+    assert counts["patches"] == 0
+    assert emulator.store.records(TABLE) == []
+    status, error = execute(source, f"SELECT status, error FROM {source.table}")[0]
+    assert status == "created"
+    assert error.startswith("case not found on the instance")
+
+
+@pytest.mark.parametrize("verify", [True, False], ids=["journal-checked", "control-unchecked"])
+def test_a_cut_answer_resent_without_the_journal_check_appends_the_note_twice(
+    source: SourceTable, hook: ServiceNowHook, emulator: RunningEmulator, verify: bool
+) -> None:
+    cases = create_cases(source, hook, 1)
+    request_update(source, 1, notes="Only once, please")
+    emulator.set_faults(methods=("PATCH",), cut_after_commit=1.0)
+    settings = UpdateSettings(max_attempts=2, settle_seconds=0, backoff_base=0.01, verify=verify)
+
+    CaseUpdater(hook, source, "r:update", settings).run()
+
+    expected = 1 if verify else 2
+    assert notes(hook, cases[1]).count("Only once, please") == expected
