@@ -62,6 +62,7 @@ from ticketsync.models import FieldError, PreparedCase, Rejection, SourceRow, Sy
 from ticketsync.source import Outcome, Shard, SourceTable, is_row_refusal, refusal_text
 from ticketsync.throttle import Throttle, backoff_delay
 from ticketsync.transform import prepare
+from ticketsync.updates import created_snapshot
 
 log = logging.getLogger(__name__)
 
@@ -494,6 +495,7 @@ class CaseLoader:
                 row.id, SyncStatus.CREATED, sys_id=record.sys_id, number=record.number,
                 error=problem[1][:4000] if problem else None,
                 attempts_made=1, http_status=201, action=SyncAction.CREATED,
+                sent_fields=created_snapshot(posted.case.body).to_json(),
             )
         if isinstance(error, ServiceNowRequestError):
             self.counts.failed += 1

@@ -56,6 +56,11 @@ def desired_fields(body: CaseBody) -> dict[str, str]:
     return {name: sent.get(name, "") for name in UPDATABLE_FIELDS}
 
 
+def created_snapshot(body: CaseBody) -> Snapshot:
+    """The snapshot of a case the sync just created from ``body``: its fields and its first note."""
+    return Snapshot(fields=desired_fields(body), note=body.work_notes)
+
+
 def same_note(a: str | None, b: str | None) -> bool:
     """Notes compare without the surrounding white space the instance may trim."""
     return (a or "").strip() == (b or "").strip()
