@@ -86,6 +86,26 @@ def check_exactly_once(source: SourceTable, emulator: EmulatorProcess, requests:
     ))
 
 
+def request_updates(source: SourceTable, emulator: EmulatorProcess) -> dict[str, str]:
+    """Ten created rows get a new note (every other one a new short description too) and ``update_pending``, as a
+    producer sets them; returns each one's case sys_id and its new note."""
+    with source._transaction() as cursor:
+        cursor.execute("SELECT id, sys_id FROM ticket_requests WHERE status = 'created' ORDER BY id LIMIT 10")
+        chosen = [(int(row_id), str(sys_id)) for row_id, sys_id in cursor.fetchall()]
+        for row_id, _ in chosen:
+            extra = ", short_description = 'Updated by the bank'" if row_id % 2 else ""
+            cursor.execute(source._q(f"UPDATE ticket_requests SET status = 'update_pending', notes = ?{extra} "
+                                     "WHERE id = ?"), (f"New document for request {row_id}", row_id))
+    return {sys_id: f"New document for request {row_id}" for row_id, sys_id in chosen}
+
+
+def check_updates(emulator: EmulatorProcess, updated: dict[str, str]) -> None:
+    """Each update's note is on its case exactly once (whatever the faults did to its PATCH)."""
+    journal = Counter((entry["element_id"], entry["value"]) for entry in emulator.records("sys_journal_field"))
+    for sys_id, note in updated.items():
+        assert journal[(sys_id, note)] == 1, (sys_id, note, journal[(sys_id, note)])
+
+
 def cases_events(airflow_home: Path, after: int = 0) -> list[dict[str, Any]]:
     """The events of the ServiceNow table's Asset in the metadata database (id above ``after``), as a downstream DAG
     scheduled on it receives them: the extra, and the run and map index that emitted each."""
@@ -135,11 +155,14 @@ def run_sync_twice(airflow_home: Path, source: SourceTable, conn: str, tmp_path:
         }
         print("\nAsset event of the first run:", json.dumps(event["extra"]))
 
+        updated = request_updates(source, emulator)
         before = last_event_id(airflow_home)
         code = airflow.run_dag(tmp_path / "run2.log", conf={"limit": 100_000})
         assert code == 0, (tmp_path / "run2.log").read_text()[-5000:]
         assert emulator.stats()["by_method"].get("POST", 0) == posts, "the second run sent a POST"
         assert check_exactly_once(source, emulator, requests, invalid_ids) == outcome
+        check_updates(emulator, updated)
+        assert f"cases updated     {len(updated)}" in (tmp_path / "run2.log").read_text()
         # A run that created nothing emits no event: a DAG scheduled on the table is not woken for nothing.
         assert cases_events(airflow_home, before) == []
         assert "asset event not emitted (no row came to a case)" in (tmp_path / "run2.log").read_text()
