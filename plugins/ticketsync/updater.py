@@ -153,8 +153,10 @@ class CaseUpdater:
                       f"{case.get('active')})")
             self.counts.closed += 1
             if self.settings.closed_policy == "skip" or plan.note is None:
-                self._finish(update, "created", f"{reason}: update not applied (closed_policy skip); reopen the "
-                             "case and set status update_pending again")
+                policy = self.settings.closed_policy
+                why = "closed_policy skip" if policy == "skip" else "no new note, closed_policy note_only"
+                self._finish(update, "created", f"{reason}: update not applied ({why}); reopen the case and set "
+                             "status update_pending again")
                 return
             note = f"{reason}: only the note was appended (closed_policy note_only); the fields were not changed"
             plan = plan.note_only()
