@@ -16,7 +16,8 @@ from tests.conftest import new_source
 from ticketsync.hooks.servicenow import ServiceNowHook
 from ticketsync.loader import CaseLoader, LoadSettings
 from ticketsync.source import Dialect, SourceTable
-from ticketsync.updater import CaseUpdater, UpdateSettings
+from ticketsync.updater import CaseUpdater, UpdateSettings, plan_updates
+from ticketsync.updates import UPDATABLE_FIELDS as UPDATABLE
 from ticketsync.updates import Snapshot
 from ticketsync_dev.emulator import RunningEmulator
 from ticketsync_dev.samples import sample_requests
@@ -59,8 +60,8 @@ def create_cases(source: SourceTable, hook: ServiceNowHook, count: int) -> dict[
 
 
 def request_update(source: SourceTable, row_id: int, **columns: str) -> None:
-    assignments = ", ".join(f"{name} = ?" for name in columns)
-    execute(source, f"UPDATE {source.table} SET {assignments}, status = 'update_pending' WHERE id = ?",
+    assignments = "".join(f"{name} = ?, " for name in columns)
+    execute(source, f"UPDATE {source.table} SET {assignments}status = 'update_pending' WHERE id = ?",
             (*columns.values(), row_id))
 
 
@@ -175,3 +176,27 @@ def test_a_cut_answer_resent_without_the_journal_check_appends_the_note_twice(
 
     expected = 1 if verify else 2
     assert notes(hook, cases[1]).count("Only once, please") == expected
+
+
+def test_a_dry_run_plans_updates_from_the_source_and_sends_nothing(
+    source: SourceTable, hook: ServiceNowHook, emulator: RunningEmulator
+) -> None:
+    cases = create_cases(source, hook, 3)
+    request_update(source, 1, notes="A new note")
+    request_update(source, 2)  # nothing changed
+    request_update(source, 3, short_description="Another description")
+    execute(source, f"UPDATE {source.table} SET sent_fields = NULL WHERE id = 3")
+    requests = emulator.stats()["requests_total"]
+
+    plan = plan_updates(source.pending_updates(limit=100))
+
+    fields = plan.pop("fields")
+    # row 3 has no snapshot: its plan is an upper bound (every non-empty field; the case is read before sending)
+    assert plan == {"update_pending": 3, "would_update": 2, "unchanged": 1, "invalid": 0, "without_snapshot": 1,
+                    "notes": 2}
+    assert fields["short_description"] == 1
+    assert set(fields) <= set(UPDATABLE)
+    assert emulator.stats()["requests_total"] == requests
+    assert execute(source, f"SELECT COUNT(*) FROM {source.table} WHERE status = 'update_pending' "
+                           "AND claim_token = 't1'") == [(3,)]
+    assert len(cases) == 3

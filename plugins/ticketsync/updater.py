@@ -71,6 +71,33 @@ class UpdateCounts:
         }
 
 
+def plan_updates(rows: Sequence[UpdateRow]) -> dict[str, Any]:
+    """A dry run's plan of updates, from the source alone (no request): how many rows would be PATCHed with which
+    fields and notes, how many change nothing or are invalid, and how many have no snapshot (their case would be
+    read first, so their plan is an upper bound). Closed cases are only known once the case is read."""
+    plan: dict[str, Any] = {"update_pending": len(rows), "would_update": 0, "unchanged": 0, "invalid": 0,
+                            "without_snapshot": 0, "notes": 0, "fields": {}}
+    for update in rows:
+        case = prepare(update.row)
+        try:
+            sent = Snapshot.from_json(update.sent_fields)
+        except ValueError:
+            sent, plan["invalid"] = None, plan["invalid"] + 1
+            continue
+        if isinstance(case, Rejection) or update.sys_id is None:
+            plan["invalid"] += 1
+            continue
+        if sent is None:
+            plan["without_snapshot"] += 1
+            sent = Snapshot(fields={})
+        planned = plan_update(update.row.id, update.sys_id, case.table, case.body, sent)
+        plan["would_update" if not planned.empty else "unchanged"] += 1
+        plan["notes"] += planned.note is not None
+        for name in planned.fields:
+            plan["fields"][name] = plan["fields"].get(name, 0) + 1
+    return plan
+
+
 class CaseUpdater:
     """Claim the ``update_pending`` rows under ``token``, PATCH each case, write each outcome as it comes.
 

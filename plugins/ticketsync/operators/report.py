@@ -134,6 +134,10 @@ class SyncReportOperator(SourceTaskOperator):
         if not isinstance(plan, dict) or not plan.get("dry_run"):
             raise LoadDidNotComplete(f"the {self.load_task_id!r} task did not complete its dry run; its log says why")
         self.log.info("ticket sync %s\n%s", claim_token(context), dryrun.format_plan(plan))
+        updates = self._update_counts(context)
+        if updates is not None:
+            self.log.info("updates planned (from the source; closed cases are known only when read): %s", updates)
+            plan = {**plan, "updates": updates}
         return plan
 
     def _update_counts(self, context: Context) -> dict[str, Any] | None:

@@ -10,7 +10,7 @@ from airflow.sdk.exceptions import AirflowException, AirflowFailException
 from ticketsync.hooks.servicenow import ServiceNowConfigurationError, ServiceNowHook
 from ticketsync.operators.base import SourceTaskOperator, claim_token
 from ticketsync.typed import flag
-from ticketsync.updater import CaseUpdater, UpdateSettings
+from ticketsync.updater import CaseUpdater, UpdateSettings, plan_updates
 
 POLICIES = ("skip", "note_only")
 
@@ -63,10 +63,12 @@ class ServiceNowUpdateOperator(SourceTaskOperator):
             closed_policy=cast(Literal["skip", "note_only"], self.closed_policy),
         )
 
-    def execute(self, context: Context) -> dict[str, int]:
+    def execute(self, context: Context) -> dict[str, Any]:
         if flag(self.is_dry_run, name="is_dry_run"):
-            self.log.info("dry run: no update is sent (planning updates in a dry run is not built yet)")
-            return {}
+            with self.open_source() as source:
+                plan = plan_updates(source.pending_updates(limit=int(self.limit)))
+            self.log.info("dry run: updates planned from the source, nothing claimed or sent: %s", plan)
+            return {"dry_run": True, **plan}
         settings = self.settings()
         token = f"{claim_token(context)}:update"
         hook = ServiceNowHook(self.servicenow_conn_id, pool_size=2)

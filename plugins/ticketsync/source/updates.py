@@ -78,6 +78,20 @@ class UpdateRows(Claims):
         return sorted(found, key=lambda update: update.row.id)
 
     @reconnecting
+    def pending_updates(self, *, limit: int) -> list[UpdateRow]:
+        """Up to ``limit`` ``update_pending`` rows in id order, read only (a dry run's plan: no claim)."""
+        statement = self._q(
+            f"SELECT {', '.join(UPDATE_COLUMNS)} FROM {self.table} WHERE status = 'update_pending' ORDER BY id LIMIT ?"
+        )
+        with self._transaction() as cursor:
+            cursor.execute(statement, (limit,))
+            width = len(ROW_COLUMNS)
+            return [
+                UpdateRow(source_row(values[:width]), *(_text(value) for value in values[width:]))
+                for values in cursor.fetchall()
+            ]
+
+    @reconnecting
     def write_update_outcome(self, token: str, outcome: UpdateOutcome) -> int:
         """Write one update's outcome where the token still holds the row ``update_pending``; end its lease."""
         now = self._sql.now
