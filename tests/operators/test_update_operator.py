@@ -89,3 +89,22 @@ def test_the_update_task_under_5xx_and_cuts_applies_each_note_once(
 def test_an_unknown_closed_policy_fails_the_task_at_once() -> None:
     with pytest.raises(AirflowFailException, match="closed_policy must be one of skip, note_only"):
         ServiceNowUpdateOperator(task_id="update", closed_policy="ignore").settings()
+
+
+def test_a_dry_run_plans_without_claiming_and_plans_nothing_on_a_table_not_migrated(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "source.db"
+    monkeypatch.setenv("AIRFLOW_CONN_TICKET_SOURCE", json.dumps({"conn_type": "sqlite", "host": str(path)}))
+    task = ServiceNowUpdateOperator(task_id="update", is_dry_run="True")
+    assert task.execute(context("dry-0")) == {"dry_run": True, "update_pending": 0}  # no table: nothing created
+    assert not path.exists() or sqlite3.connect(path).execute("SELECT name FROM sqlite_master").fetchall() == []
+
+    source = SourceTable(lambda: sqlite3.connect(path), Dialect.SQLITE)
+    source.ensure_schema()
+    source.insert_requests(sample_requests(2))
+    execute(source, f"UPDATE {source.table} SET status = 'update_pending', sys_id = ? WHERE id = 1", ("a" * 32,))
+    plan = task.execute(context("dry-1"))
+    assert (plan["update_pending"], plan["would_update"], plan["without_snapshot"]) == (1, 1, 1)
+    assert execute(source, f"SELECT claim_token FROM {source.table} WHERE id = 1") == [(None,)]
+    source.close()

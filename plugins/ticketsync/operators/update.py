@@ -9,6 +9,7 @@ from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 from ticketsync.hooks.servicenow import ServiceNowConfigurationError, ServiceNowHook
 from ticketsync.operators.base import SourceTaskOperator, claim_token
+from ticketsync.source.migrator import Migrator
 from ticketsync.typed import flag
 from ticketsync.updater import CaseUpdater, UpdateSettings, plan_updates
 
@@ -66,6 +67,11 @@ class ServiceNowUpdateOperator(SourceTaskOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         if flag(self.is_dry_run, name="is_dry_run"):
             with self.open_source() as source:
+                migrator = Migrator(source)
+                if (migrator.found_version() or 0) < migrator.latest:  # a dry run migrates nothing
+                    self.log.info("dry run: %s is not at schema version %d yet: no update to plan", source.table,
+                                  migrator.latest)
+                    return {"dry_run": True, "update_pending": 0}
                 plan = plan_updates(source.pending_updates(limit=int(self.limit)))
             self.log.info("dry run: updates planned from the source, nothing claimed or sent: %s", plan)
             return {"dry_run": True, **plan}
