@@ -18,7 +18,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = REPO / "docker-compose.yaml"
 SOURCE_SCHEMA = (
-    REPO / "plugins" / "ticketsync" / "sql" / "ticket_requests.postgresql.sql"
+    REPO / "plugins" / "ticketsync" / "source" / "sql" / "ticket_requests.postgresql.sql"
 )
 
 LONG_RUNNING_AIRFLOW_SERVICES = (

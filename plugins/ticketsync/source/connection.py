@@ -1,0 +1,184 @@
+"""One DB-API connection to the source database: opened on first use, transactions, and reconnection.
+
+Which statements may run again on a new connection after a loss, and why: docs/adr/0007.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sqlite3
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, Concatenate, ParamSpec, Protocol, Self, TypeVar
+
+from ticketsync.source.dialects import SQL, Dialect, validate_identifier
+
+log = logging.getLogger(__name__)
+
+
+class DBAPIConnection(Protocol):
+    def cursor(self) -> Any: ...
+    def commit(self) -> None: ...
+    def rollback(self) -> None: ...
+    def close(self) -> None: ...
+
+
+_DRIVERS = ("psycopg", "psycopg2")
+_CONNECTION_ERRORS = ("OperationalError", "InterfaceError")
+
+
+def is_connection_error(exc: BaseException) -> bool:
+    """A psycopg (3 or 2) ``OperationalError`` or ``InterfaceError``: the class of errors a lost server raises."""
+    return any(
+        cls.__name__ in _CONNECTION_ERRORS and cls.__module__.split(".")[0] in _DRIVERS for cls in type(exc).__mro__
+    )
+
+
+def is_closed(conn: Any) -> bool:
+    """psycopg 3: ``closed``/``broken`` are True; psycopg2: ``closed`` is 1 or 2."""
+    return bool(getattr(conn, "closed", False)) or bool(getattr(conn, "broken", False))
+
+
+class SourceConnection:
+    """The ``ticket_requests`` table's connection: opened on first use, dropped when lost.
+
+    :param connect: opens a new DB-API connection (called again after a loss)
+    :param dialect: the database's dialect
+    :param table: the table's name, a plain SQL identifier
+    """
+
+    def __init__(
+        self, connect: Callable[[], DBAPIConnection], dialect: Dialect, table: str = "ticket_requests"
+    ) -> None:
+        self._connect = connect
+        self.dialect = Dialect(dialect)
+        self.table = validate_identifier(table)
+        self._sql = SQL[self.dialect]
+        self._conn: DBAPIConnection | None = None
+
+    @classmethod
+    def from_conn_id(cls, conn_id: str, table: str = "ticket_requests") -> Self:
+        """Build from an Airflow connection: ``postgres`` (production) or ``sqlite`` (the embedded default)."""
+        from airflow.sdk import BaseHook
+
+        conn_type = BaseHook.get_connection(conn_id).conn_type
+        if conn_type in ("postgres", "postgresql"):
+            from airflow.providers.postgres.hooks.postgres import PostgresHook
+
+            connect: Callable[[], Any] = PostgresHook(postgres_conn_id=conn_id).get_conn
+            return cls(connect, Dialect.POSTGRES, table)
+        if conn_type == "sqlite":
+            from airflow.providers.sqlite.hooks.sqlite import SqliteHook
+
+            return cls(SqliteHook(sqlite_conn_id=conn_id).get_conn, Dialect.SQLITE, table)  # type: ignore[no-untyped-call]
+        raise ValueError(f"connection {conn_id!r} has conn_type {conn_type!r}; ticketsync supports postgres and sqlite")
+
+    def clone(self) -> Self:
+        """Another handle on the same table, with its own connection (for a second thread)."""
+        return type(self)(self._connect, self.dialect, self.table)
+
+    @property
+    def conn(self) -> DBAPIConnection:
+        if self._conn is None:
+            conn = self._connect()
+            if isinstance(conn, sqlite3.Connection):
+                conn.isolation_level = None  # we issue BEGIN ourselves
+                conn.execute("PRAGMA busy_timeout = 30000")
+                # SQLite stores whatever bytes a producer put in a TEXT column; the default decoder raises on
+                # invalid UTF-8 and would stop every row of the chunk. Undecodable bytes become lone surrogates
+                # instead, which validation rejects on that row and column alone.
+                conn.text_factory = _decode_text
+            self._conn = conn
+        return self._conn
+
+    def close(self) -> None:
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            conn.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _q(self, sql: str) -> str:
+        """Statements are written with ``?``; psycopg wants ``%s``."""
+        return sql.replace("?", "%s") if self._sql.paramstyle_format else sql
+
+    def _execute_many(self, statement: str, params: list[tuple[Any, ...]]) -> int:
+        """One statement over many parameter rows, in one transaction; returns the number of rows given."""
+        if not params:
+            return 0
+        with self._transaction() as cursor:
+            cursor.executemany(statement, params)
+        return len(params)
+
+    @contextmanager
+    def _transaction(self) -> Iterator[Any]:
+        conn = self.conn
+        cursor = None
+        try:
+            cursor = conn.cursor()
+            if self._sql.begin:
+                cursor.execute(self._sql.begin)
+            yield cursor
+            if self._sql.begin:
+                cursor.execute("COMMIT")
+            else:
+                conn.commit()
+        except BaseException as exc:
+            self._abort(conn, exc)
+            raise
+        finally:
+            if cursor is not None:
+                cursor.close()
+
+    def _abort(self, conn: DBAPIConnection, exc: BaseException) -> None:
+        """Roll back after ``exc``; drop the connection if it is lost. Never raises over ``exc``."""
+        if is_connection_error(exc) and is_closed(conn):
+            self._drop(conn)
+            return
+        try:
+            conn.rollback()
+        except Exception:
+            log.warning("rollback after %s failed; dropping the source connection", type(exc).__name__, exc_info=True)
+            self._drop(conn)
+
+    def _drop(self, conn: DBAPIConnection) -> None:
+        if self._conn is conn:
+            self._conn = None
+        try:
+            conn.close()
+        except Exception:
+            log.debug("closing a lost source connection failed", exc_info=True)
+
+
+_C = TypeVar("_C", bound=SourceConnection)
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def reconnecting(method: Callable[Concatenate[_C, _P], _R]) -> Callable[Concatenate[_C, _P], _R]:
+    """Run the statement once more on a new connection if the connection was lost under it. Only for statements
+    that are safe to repeat even when the lost attempt did commit (docs/adr/0007 lists them and why)."""
+
+    @functools.wraps(method)
+    def run(self: _C, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return method(self, *args, **kwargs)
+        except Exception as exc:
+            if self._conn is not None or not is_connection_error(exc):
+                raise
+            log.warning(
+                "the source database connection was lost in %s (%s: %s); running it again on a new connection",
+                method.__name__, type(exc).__name__, " ".join(str(exc).split())[:200],
+            )
+        return method(self, *args, **kwargs)
+
+    return run
+
+
+def _decode_text(raw: bytes) -> str:
+    return raw.decode("utf-8", "surrogateescape")

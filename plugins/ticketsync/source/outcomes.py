@@ -1,0 +1,53 @@
+"""Writing each row's outcome back to the source, only where the run's token still holds it pending."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from ticketsync.models import SyncStatus
+from ticketsync.source.connection import SourceConnection, reconnecting
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What happened to one row in this attempt; the load operator decides it, the source writes it."""
+
+    row_id: int
+    status: SyncStatus
+    sys_id: str | None = None
+    number: str | None = None
+    error: str | None = None
+    attempts_made: int = 0
+    http_status: int | None = None
+    action: str | None = None
+
+
+class Outcomes(SourceConnection):
+    def write_outcomes(self, token: str, outcomes: Iterable[Outcome]) -> int:
+        """Write each outcome to its row in one transaction, only where the token still holds a pending row.
+
+        A final status ends the lease; a row left ``pending`` (transient failure) has its lease released at once,
+        so the next attempt (a task retry or the next run) may take it.
+        """
+        now = self._sql.now
+        statement = self._q(f"""
+            UPDATE {self.table}
+               SET status = ?, sys_id = COALESCE(?, sys_id), number = COALESCE(?, number), error = ?,
+                   attempts = attempts + ?, last_http_status = COALESCE(?, last_http_status),
+                   sync_action = COALESCE(?, sync_action), synced_at = {now}, updated_at = {now},
+                   lease_expires_at = {now}
+             WHERE id = ? AND claim_token = ? AND status = 'pending'""")
+        params = [
+            (
+                str(o.status), o.sys_id, o.number, o.error, o.attempts_made, o.http_status, o.action,
+                o.row_id, token,
+            )
+            for o in outcomes
+        ]
+        return self._write_back(statement, params)
+
+    @reconnecting
+    def _write_back(self, statement: str, params: list[tuple[Any, ...]]) -> int:
+        return self._execute_many(statement, params)

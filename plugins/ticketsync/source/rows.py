@@ -1,0 +1,23 @@
+"""Rows as the source returns them: the columns read, and their conversion to :class:`SourceRow`."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from ticketsync.models import PRODUCER_COLUMNS, SourceRow
+
+ROW_COLUMNS: tuple[str, ...] = ("id", *PRODUCER_COLUMNS, "attempts", "error")
+
+
+def source_row(values: Sequence[Any]) -> SourceRow:
+    """A row read as ``ROW_COLUMNS`` (bytes from a bytea/blob ``notes`` are passed on for validation to reject)."""
+    data = dict(zip(ROW_COLUMNS, values, strict=True))
+    if isinstance(data.get("notes"), memoryview):
+        data["notes"] = bytes(data["notes"])
+    return SourceRow.model_validate(data)
+
+
+def printable(value: Any) -> str:
+    """A producer's value as safe text for logs and alerts: undecodable bytes shown as escapes, not raised on."""
+    return str(value).encode("utf-8", "backslashreplace").decode("utf-8")
