@@ -40,6 +40,7 @@ from ticketsync.hooks.servicenow import (
     ServiceNowTransientError,
 )
 from ticketsync.models import PreparedCase, Rejection, SourceRow, SyncAction, SyncStatus
+from ticketsync.progress import ProgressReporter, ProgressSnapshot
 from ticketsync.source import Outcome, Shard, SourceTable
 from ticketsync.throttle import Throttle, backoff_delay
 from ticketsync.transform import prepare
@@ -76,6 +77,7 @@ class LoadSettings:
     # transaction after 60 s by default). A row whose POST timed out is looked up again only once that long has
     # passed since it was sent: an earlier look-up could miss a record still being written, and create a second.
     settle_seconds: float = 60.0
+    progress_interval: float = 15.0  # seconds between progress lines in the task log
 
     def __post_init__(self) -> None:
         for name in ("chunk_size", "max_in_flight", "max_attempts", "max_rate_limited_waits"):
@@ -141,29 +143,46 @@ class CaseLoader:
         self._auth_error: ServiceNowConfigurationError | None = None
         self._writer: _OutcomeWriter | None = None
         self._settle_until = 0.0  # no retry round looks up before this (time.monotonic())
+        self._claimed = 0  # rows this loader's token (shard) held pending when the load started
 
     # ----------------------------------------------------------------------------------------------------------
     # the run
     # ----------------------------------------------------------------------------------------------------------
 
     def run(self) -> LoadCounts:
+        self._claimed = self.source.held(self.token, shard=self.settings.shard)
+        progress = ProgressReporter(self.progress, interval=self.settings.progress_interval)
         pool = ThreadPoolExecutor(max_workers=self.settings.max_in_flight, thread_name_prefix="servicenow-post")
         self._writer = _OutcomeWriter(self.source.clone(), self.token)
+        progress.start()
         try:
-            self._first_pass(pool)
-            self._retry_rounds(pool)
-        except BaseException as exc:
-            self._finish(pool, failing=exc)
-            if isinstance(exc, Exception):
-                self._settle()
-            raise
-        self._finish(pool, failing=None)
+            try:
+                self._first_pass(pool)
+                self._retry_rounds(pool)
+            except BaseException as exc:
+                self._finish(pool, failing=exc)
+                if isinstance(exc, Exception):
+                    self._settle()
+                raise
+            self._finish(pool, failing=None)
+        finally:
+            progress.stop()
         if self._auth_error is not None:
             raise self._auth_error
         self.counts.still_pending = len(self._retry_ids)
         if self._retry_ids:
             self._settle()
         return self.counts
+
+    def progress(self) -> ProgressSnapshot:
+        """The load's counts and pacing now (read from another thread: a progress line, not a decision)."""
+        counts, throttle = self.counts, self.throttle
+        return ProgressSnapshot(
+            claimed=self._claimed, created=counts.created, adopted=counts.adopted, rejected=counts.rejected,
+            failed=counts.failed, in_flight=throttle.in_flight, pace=throttle.pace,
+            configured_rate=self.settings.rate_limit, limit_per_hour=throttle.limit_per_hour,
+            paused_for=throttle.paused_for(),
+        )
 
     def _settle(self) -> None:
         """The next attempt must not look up a row whose timed-out POST the instance may still be writing."""

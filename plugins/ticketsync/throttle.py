@@ -72,6 +72,11 @@ class Throttle:
         return int(self._window)
 
     @property
+    def in_flight(self) -> int:
+        """Requests holding a place now."""
+        return self._in_flight
+
+    @property
     def pace(self) -> float | None:
         """The current pace in requests per second; None when unpaced."""
         return self._rate
