@@ -1,4 +1,4 @@
-"""docker-compose.yaml and the Dockerfile keep the promises the README makes.
+"""docker-compose.yaml and the Dockerfile keep the promises docs/getting-started.md makes.
 
 No Docker needed: the compose file is parsed with PyYAML (which applies the `<<`
 merges) and its ${VAR:-default} references are resolved the way Compose does.

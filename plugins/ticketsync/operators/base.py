@@ -22,7 +22,11 @@ def claim_token(context: Context) -> str:
 
 
 class SourceTaskOperator(BaseOperator):
-    """Base of the tasks that work on the source table. ``__init__`` only stores arguments."""
+    """Base of the tasks that work on the source table. ``__init__`` only stores arguments.
+
+    :param source_conn_id: the Airflow connection of the source database (templated).
+    :param source_table: the source table's name (templated).
+    """
 
     template_fields: tuple[str, ...] = ("source_conn_id", "source_table")
 

@@ -9,8 +9,8 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from ticketsync import dryrun
 from ticketsync.operators.base import SourceTaskOperator, claim_token
-from ticketsync.operators.runinfo import as_bool, as_list
 from ticketsync.source import SourceTable
+from ticketsync.typed import flag, id_list
 
 
 class ClaimRequestsOperator(SourceTaskOperator):
@@ -24,6 +24,13 @@ class ClaimRequestsOperator(SourceTaskOperator):
     ``pending`` with their previous state kept in ``<table>_replays`` (see :meth:`SourceTable.replay`).
     ``is_dry_run``: only count what would be claimed (plain SELECTs; no table is created, no row touched), and
     return ``[0]``: one loader plans the whole selection.
+
+    :param limit: at most this many rows per run (templated).
+    :param chunk_size: rows claimed per statement (templated).
+    :param lease_seconds: how long the claim holds the rows before another run may take them (templated).
+    :param loaders: the number of mapped loaders (shards) to return (templated).
+    :param is_dry_run: count only; touch nothing (templated).
+    :param request_ids: replay exactly these requests: a list or a comma-separated string (templated).
     """
 
     template_fields = (
@@ -56,8 +63,8 @@ class ClaimRequestsOperator(SourceTaskOperator):
         loaders = int(self.loaders)
         if loaders < 1:
             raise ValueError(f"loaders must be at least 1, got {loaders}")
-        request_ids = as_list(self.request_ids)
-        if as_bool(self.is_dry_run):
+        request_ids = id_list(self.request_ids, name="request_ids")
+        if flag(self.is_dry_run, name="is_dry_run"):
             context["ti"].xcom_push(key="claimed", value=0)
             context["ti"].xcom_push(key="selected", value=self.dry_run_count(request_ids))
             return [0]
