@@ -3,12 +3,17 @@
 The pool is the very one the session would use (TLS verification, client certificate and proxy included), so the
 work ``requests`` does per call (URL, settings and cookie merging, building a ``Response``) is done once per
 session here, not on each of thousands of POSTs. Failures below HTTP become typed errors without secrets.
+
+Each thread that sends is a *lane* with a cookie jar of its own, so it holds its own ServiceNow session
+(``JSESSIONID``): the instance runs one transaction at a time per session, so requests in flight on separate lanes
+run at once, and the instance creates about one session per lane, not one per request.
 """
 
 from __future__ import annotations
 
 import json
 import ssl
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -17,7 +22,7 @@ from urllib.parse import urlparse
 import requests
 import urllib3
 from requests.adapters import HTTPAdapter
-from requests.cookies import extract_cookies_to_jar
+from requests.cookies import RequestsCookieJar, extract_cookies_to_jar
 from requests.structures import CaseInsensitiveDict
 
 from ticketsync.hooks.servicenow.errors import (
@@ -65,13 +70,22 @@ class PooledTransport:
     :param base_url: ``scheme://host[:port]`` of the instance.
     :param timeouts: ``(connect, read)`` seconds.
     :param conn_id: the connection, named in error messages.
+    :param shared_session: every thread uses the session's one cookie jar (one ServiceNow session, so the instance
+        runs the requests one at a time): the control of tests and benchmarks, not for production.
     """
 
-    def __init__(self, session: requests.Session, base_url: str, timeouts: tuple[float, float], conn_id: str) -> None:
+    def __init__(
+        self, session: requests.Session, base_url: str, timeouts: tuple[float, float], conn_id: str, *,
+        shared_session: bool = False,
+    ) -> None:
         self.session = session
         self.base_url = base_url
         self.timeouts = timeouts
         self.conn_id = conn_id
+        self.shared_session = shared_session
+        self._lanes = threading.local()
+        self._sessions_lock = threading.Lock()
+        self.sessions_started = 0  # answers that handed a lane a new ServiceNow session (Set-Cookie: JSESSIONID)
         # What requests would work out from the environment (proxies, CA bundle) on every request: the same answer
         # for every request to this one host, so it is worked out once. verify and cert are the session's own,
         # passed per request, so REQUESTS_CA_BUNDLE cannot silently replace a path or False.
@@ -126,8 +140,9 @@ class PooledTransport:
             request.headers["Authorization"] = f"Bearer {token}"
         else:
             request.prepare_auth(session.auth, url)
-        if session.cookies:
-            request.prepare_cookies(session.cookies)
+        jar = self.cookie_jar()
+        if jar:
+            request.prepare_cookies(jar)
         target = url if route.absolute else url[route.origin_length:] or "/"
         try:
             raw = route.pool.urlopen(
@@ -138,11 +153,27 @@ class PooledTransport:
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             raise self._error(method, exc) from exc
         if "set-cookie" in raw.headers:
-            extract_cookies_to_jar(session.cookies, request, raw)  # type: ignore[no-untyped-call]
+            self._keep_cookies(jar, request, raw)
         return Answer(raw.status, raw.reason or "", raw.headers, raw.data)
+
+    def cookie_jar(self) -> RequestsCookieJar:
+        """The calling thread's cookie jar: its lane's ServiceNow session (the session's own jar when shared)."""
+        if self.shared_session:
+            return self.session.cookies
+        jar: RequestsCookieJar | None = getattr(self._lanes, "jar", None)
+        if jar is None:
+            jar = self._lanes.jar = RequestsCookieJar()
+        return jar
+
+    def _keep_cookies(self, jar: RequestsCookieJar, request: requests.PreparedRequest, raw: Any) -> None:
+        if any(value.startswith("JSESSIONID=") for value in raw.headers.getlist("Set-Cookie")):
+            with self._sessions_lock:
+                self.sessions_started += 1
+        extract_cookies_to_jar(jar, request, raw)  # type: ignore[no-untyped-call]
 
     def close(self) -> None:
         self._route = None
+        self._lanes = threading.local()  # every lane starts a new session after a close
         self.session.close()
 
     def _error(self, method: str, exc: BaseException) -> ServiceNowError:
