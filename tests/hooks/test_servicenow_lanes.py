@@ -90,11 +90,11 @@ def test_a_lane_whose_session_expired_gets_a_new_one_and_carries_on(
     hook = ServiceNowHook(connection, pool_size=1)
     try:
         hook.create_record(TABLE, {"correlation_id": "a", "short_description": "x"})
-        before = dict(hook._connect().cookie_jar())
+        before = hook._connect().cookies().as_dict()
         time.sleep(0.5)
         hook.create_record(TABLE, {"correlation_id": "b", "short_description": "x"})
         hook.create_record(TABLE, {"correlation_id": "c", "short_description": "x"})
-        after = dict(hook._connect().cookie_jar())
+        after = hook._connect().cookies().as_dict()
         started = hook.sessions_started
     finally:
         hook.close()
@@ -103,3 +103,31 @@ def test_a_lane_whose_session_expired_gets_a_new_one_and_carries_on(
     assert started == 2
     assert emulator.stats()["sessions_created"] == 2
     assert len(emulator.store.records(TABLE)) == 3
+
+
+def test_a_lane_whose_request_timed_out_leaves_that_session_and_does_not_queue_behind_it(
+    emulator: RunningEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The instance goes on with a request after the client stopped waiting, on the lane's session: the lane's next
+    request would wait behind it and could commit later than settle_seconds allows for. It starts a new session."""
+    from ticketsync.hooks.servicenow import ServiceNowTimeout
+
+    monkeypatch.setenv("AIRFLOW_CONN_SERVICENOW_LANE_TIMEOUT", json.dumps({
+        "conn_type": "http", "host": "127.0.0.1", "port": emulator.port, "schema": "http",
+        "login": "admin", "password": "s3cret-emulator", "extra": {"timeout": 0.3},
+    }))
+    hook = ServiceNowHook("servicenow_lane_timeout", pool_size=1)
+    try:
+        hook.create_record(TABLE, {"correlation_id": "opens", "short_description": "x"})
+        emulator.set_faults(slow_before_commit=1.0, slow_before_commit_ms=1500, methods=["POST"])
+        with pytest.raises(ServiceNowTimeout):
+            hook.create_record(TABLE, {"correlation_id": "slow", "short_description": "x"})
+        emulator.set_faults(slow_before_commit=0.0)
+        started = time.monotonic()
+        hook.create_record(TABLE, {"correlation_id": "next", "short_description": "x"})
+        elapsed = time.monotonic() - started
+    finally:
+        hook.close()
+
+    assert elapsed < 0.5  # not queued behind the 1.5 s write still running on the old session
+    assert emulator.stats()["sessions_created"] == 2

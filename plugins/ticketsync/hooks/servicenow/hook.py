@@ -17,7 +17,6 @@ from urllib.parse import urlencode
 
 import requests
 from airflow.providers.http.hooks.http import HttpHook
-from requests.adapters import HTTPAdapter
 
 from ticketsync.hooks.servicenow.auth import (
     DEFAULT_TOKEN_LIFETIME,
@@ -82,8 +81,8 @@ class ServiceNowHook(HttpHook):
     def __init__(
         self, servicenow_conn_id: str = default_conn_name, *, pool_size: int = 8, shared_session: bool = False
     ) -> None:
-        adapter = HTTPAdapter(pool_connections=1, pool_maxsize=max(1, pool_size), max_retries=0)
-        super().__init__(method="GET", http_conn_id=servicenow_conn_id, adapter=adapter)
+        super().__init__(method="GET", http_conn_id=servicenow_conn_id)
+        self._pool_size = max(1, pool_size)
         self.servicenow_conn_id = servicenow_conn_id
         self._extras: ServiceNowExtras | None = None
         self._oauth: OAuthSettings | None = None
@@ -119,7 +118,7 @@ class ServiceNowHook(HttpHook):
                 extras = self.extras()
                 require_https(self.servicenow_conn_id, self.base_url, allow_insecure_http=extras.allow_insecure_http)
                 self._transport = PooledTransport(
-                    session, self.base_url, extras.timeouts, self.servicenow_conn_id,
+                    session, self.base_url, extras.timeouts, self.servicenow_conn_id, pool_size=self._pool_size,
                     shared_session=self._shared_session,
                 )
             return self._transport
