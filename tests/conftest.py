@@ -1,4 +1,4 @@
-"""Shared fixtures: a throw-away PostgreSQL database, source tables on both dialects, and the emulator."""
+"""Shared fixtures: throw-away PostgreSQL and MariaDB databases, source tables on every dialect, and the emulator."""
 
 from __future__ import annotations
 
@@ -11,14 +11,59 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+import pymysql
 import pytest
+from pymysql.constants import CLIENT
 
+from tests.support.faults import clear_results, print_results
 from ticketsync.source import Dialect, SourceTable
 from ticketsync_dev.emulator import EmulatorConfig, RunningEmulator, start_emulator
 from ticketsync_dev.local import LocalAirflow
 
 PG_ADMIN_DSN = os.environ.get("TICKETSYNC_TEST_PG_DSN", "host=127.0.0.1 port=5432 user=postgres dbname=postgres")
 REQUIRE_POSTGRES = os.environ.get("TICKETSYNC_REQUIRE_POSTGRES") == "1" or os.environ.get("CI") == "true"
+MARIADB_ADMIN = {
+    "host": os.environ.get("TICKETSYNC_TEST_MARIADB_HOST", "127.0.0.1"),
+    "port": int(os.environ.get("TICKETSYNC_TEST_MARIADB_PORT", "3306")),
+    "user": os.environ.get("TICKETSYNC_TEST_MARIADB_USER", "root"),
+    "password": os.environ.get("TICKETSYNC_TEST_MARIADB_PASSWORD", ""),
+}
+REQUIRE_MARIADB = os.environ.get("TICKETSYNC_REQUIRE_MARIADB") == "1" or os.environ.get("CI") == "true"
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Once per test session: in the pytest-xdist controller (``-n``), or in the one process of a plain run."""
+    if not hasattr(session.config, "workerinput"):
+        clear_results()
+
+
+# The slowest test files, longest first (from `--durations` of CI runs): they start first, so that with pytest-xdist
+# (`make test`, --dist loadfile) the two workers end close together instead of one starting a long file last.
+SLOWEST_FIRST = (
+    "tests/ui/test_browser.py",
+    "tests/e2e/test_scaleout.py",
+    "tests/faults/test_soak.py",
+    "tests/e2e/test_operations.py",
+    "tests/e2e/test_dag_run.py",
+    "tests/faults/test_fault_matrix.py",
+    "tests/faults/test_kill_loop.py",
+    "tests/e2e/test_secrets.py",
+    "tests/operators/test_load_scale_out.py",
+    "tests/e2e/test_mapped_load.py",
+    "tests/faults/test_source_connection_loss.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Order the files as SLOWEST_FIRST says, then the rest as collected; tests keep their order within a file."""
+    rank = {path: index for index, path in enumerate(SLOWEST_FIRST)}
+    root = f"{Path(__file__).resolve().parent.parent}/"
+    items.sort(key=lambda item: rank.get(str(item.path).removeprefix(root), len(rank)))
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """The figures the fault tests saved (``.artifacts/faults/*.json``)."""
+    print_results(terminalreporter)
 
 
 @pytest.fixture(scope="session")
@@ -43,6 +88,45 @@ def pg_database() -> Iterator[dict[str, Any]]:
 
 def pg_connector(params: dict[str, Any]) -> Callable[[], psycopg.Connection[Any]]:
     return lambda: psycopg.connect(**params)
+
+
+def mariadb_admin() -> pymysql.connections.Connection[Any]:
+    return pymysql.connect(**MARIADB_ADMIN, autocommit=True, connect_timeout=5)
+
+
+@pytest.fixture(scope="session")
+def mariadb_database() -> Iterator[dict[str, Any]]:
+    """A fresh MariaDB database for this test session, dropped at the end. In CI it must exist: no skip."""
+    try:
+        admin = mariadb_admin()
+    except pymysql.err.OperationalError as exc:
+        if REQUIRE_MARIADB:
+            pytest.fail(f"MariaDB is required here but unreachable: {exc}")
+        pytest.skip(f"MariaDB unreachable: {exc}")
+    name = f"ticketsync_test_{uuid.uuid4().hex[:10]}"
+    with admin.cursor() as cursor:
+        cursor.execute(f"CREATE DATABASE `{name}`")
+    try:
+        yield {**MARIADB_ADMIN, "database": name}
+    finally:
+        with admin.cursor() as cursor:
+            cursor.execute(f"DROP DATABASE IF EXISTS `{name}`")
+        admin.close()
+
+
+def mariadb_connector(params: dict[str, Any]) -> Callable[[], pymysql.connections.Connection[Any]]:
+    """What ``SourceTable.from_conn_id`` opens for a ``mysql`` connection (utf8mb4, UPDATE counts matched rows)."""
+    return lambda: pymysql.connect(**params, charset="utf8mb4", client_flag=CLIENT.FOUND_ROWS, connect_timeout=10)
+
+
+def mariadb_conn_json(params: dict[str, Any]) -> str:
+    """A ``mysql`` Airflow connection to the given MariaDB database, as ``AIRFLOW_CONN_*`` reads it."""
+    import json
+
+    return json.dumps({
+        "conn_type": "mysql", "host": params["host"], "port": params["port"], "login": params["user"],
+        "password": params["password"], "schema": params["database"],
+    })
 
 
 def airflow_conn_json(params: dict[str, Any]) -> str:
@@ -76,24 +160,71 @@ def fresh_source_database(pg_database: dict[str, Any], prefix: str) -> Iterator[
         admin.close()
 
 
+@contextmanager
+def fresh_mariadb_database(
+    mariadb_database: dict[str, Any], prefix: str
+) -> Iterator[tuple[SourceTable, dict[str, Any]]]:
+    """Like :func:`fresh_source_database`, on MariaDB: a new database holding ``ticket_requests``, dropped after."""
+    name = f"ticketsync_{prefix}_{uuid.uuid4().hex[:8]}"
+    admin = mariadb_admin()
+    with admin.cursor() as cursor:
+        cursor.execute(f"CREATE DATABASE `{name}`")
+    params = {**mariadb_database, "database": name}
+    source = SourceTable(mariadb_connector(params), Dialect.MYSQL)
+    source.ensure_schema()
+    try:
+        yield source, params
+    finally:
+        source.close()
+        with admin.cursor() as cursor:
+            cursor.execute(f"DROP DATABASE IF EXISTS `{name}`")
+        admin.close()
+
+
 @pytest.fixture(scope="session")
-def airflow_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One migrated Airflow home (SQLite metadata database) for every test that runs the DAG with ``dags test``."""
-    home = tmp_path_factory.mktemp("airflow")
+def airflow_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The one ``airflow db migrate`` of the session (per pytest-xdist worker): a home nothing runs in, cloned."""
+    home = tmp_path_factory.mktemp("airflow-template")
     LocalAirflow(home=home).migrate()
     return home
 
 
-@pytest.fixture(params=[Dialect.SQLITE, Dialect.POSTGRES], ids=["sqlite", "postgres"])
-def source(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SourceTable]:
-    """A fresh, empty ``ticket_requests`` table on each dialect (its own table name on PostgreSQL)."""
-    if request.param is Dialect.SQLITE:
+@pytest.fixture(scope="session")
+def airflow_home(airflow_template: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One Airflow home (SQLite metadata database) for every test that runs the DAG with ``dags test``."""
+    home = tmp_path_factory.mktemp("airflow")
+    LocalAirflow(home=home).clone_from(airflow_template)
+    return home
+
+
+@pytest.fixture
+def fresh_airflow_home(airflow_template: Path, tmp_path: Path) -> Path:
+    """An Airflow home of the test's own, with an empty metadata database (for tests that search all of it)."""
+    home = tmp_path / "airflow"
+    LocalAirflow(home=home).clone_from(airflow_template)
+    return home
+
+
+def new_source(request: pytest.FixtureRequest, dialect: Dialect, tmp_path: Path) -> SourceTable:
+    """A fresh, empty ``ticket_requests`` table on ``dialect`` (its own table name in the session's database on
+    PostgreSQL and MariaDB, its own file on SQLite)."""
+    if dialect is Dialect.SQLITE:
         path = tmp_path / "source.db"
         table = SourceTable(lambda: sqlite3.connect(path), Dialect.SQLITE)
+    elif dialect is Dialect.MYSQL:
+        params = request.getfixturevalue("mariadb_database")
+        table = SourceTable(mariadb_connector(params), Dialect.MYSQL, table=f"tr_{uuid.uuid4().hex[:8]}")
     else:
         params = request.getfixturevalue("pg_database")
         table = SourceTable(pg_connector(params), Dialect.POSTGRES, table=f"tr_{uuid.uuid4().hex[:8]}")
     table.ensure_schema()
+    return table
+
+
+@pytest.fixture(params=[Dialect.SQLITE, Dialect.POSTGRES, Dialect.MYSQL], ids=["sqlite", "postgres", "mariadb"])
+def source(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SourceTable]:
+    """A fresh, empty ``ticket_requests`` table on each dialect."""
+    table = new_source(request, request.param, tmp_path)
     yield table
     table.close()
 

@@ -18,7 +18,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = REPO / "docker-compose.yaml"
 SOURCE_SCHEMA = (
-    REPO / "plugins" / "ticketsync" / "source" / "sql" / "ticket_requests.postgresql.sql"
+    REPO / "plugins" / "ticketsync" / "source" / "migrations" / "0001_initial.postgresql.sql"
 )
 
 LONG_RUNNING_AIRFLOW_SERVICES = (

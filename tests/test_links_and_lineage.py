@@ -8,8 +8,8 @@ from urllib.parse import parse_qs, urlparse
 from airflow.sdk import Connection
 
 from ticketsync.alerts import Alert
-from ticketsync.assets import servicenow_asset, source_asset
-from ticketsync.lineage import operator_lineage, servicenow_dataset, source_dataset
+from ticketsync.assets import cases_created_alias, cases_event_extra, servicenow_asset, source_asset
+from ticketsync.lineage import DatasetName, operator_lineage, servicenow_dataset, source_dataset
 from ticketsync.links import MAX_LINKED_IDS, records_url
 
 
@@ -42,6 +42,9 @@ def test_openlineage_names_follow_the_naming_spec() -> None:
     lite = Connection(conn_id="s", conn_type="sqlite", host="/var/lib/ticketsync/source.db")
     assert source_dataset(lite, "ticket_requests").namespace.startswith("file://")
     assert source_dataset(lite, "ticket_requests").name == "/var/lib/ticketsync/source.db.ticket_requests"
+    maria = Connection(conn_id="s", conn_type="mysql", host="db.bank.internal", schema="requests")
+    expected = DatasetName("mysql://db.bank.internal:3306", "requests.ticket_requests")
+    assert source_dataset(maria, "ticket_requests") == expected
     target = servicenow_dataset("https://acme.service-now.com:443", "sn_bom_loan_service")
     assert (target.namespace, target.name) == ("https://acme.service-now.com", "sn_bom_loan_service")
     assert servicenow_dataset("http://127.0.0.1:8765", "t").namespace == "http://127.0.0.1:8765"
@@ -61,6 +64,13 @@ def test_assets_are_static_and_stable() -> None:
     assert source_asset().uri == "ticketsync://ticket_source/ticket_requests"
     assert servicenow_asset().uri == "servicenow://servicenow_default/sn_bom_loan_service"
     assert servicenow_asset().name == "servicenow_default.sn_bom_loan_service"
+    assert cases_created_alias().name == "servicenow_default.sn_bom_loan_service.cases"
+
+
+def test_a_cases_event_names_the_run_and_the_loader_and_counts_every_outcome() -> None:
+    extra = cases_event_extra("d", "manual__1", (1, 3), {"created": 7, "adopted": 2, "rejected": 1, "pending": 4})
+    assert extra == {"dag_id": "d", "run_id": "manual__1", "loader": 1, "loaders": 3,
+                     "created": 7, "adopted": 2, "failed": 0, "rejected": 1}
 
 
 def test_an_alert_names_where_what_and_how_many_and_escapes_html() -> None:

@@ -35,11 +35,11 @@ class Recorded:
         with self.lock:
             self.events[correlation_id].append((time.monotonic(), what))
 
-    def create_record(self, table: str, body: dict[str, str]) -> CreatedRecord:
+    def create_record(self, table: str, body: dict[str, str], echo: Sequence[str] = ()) -> CreatedRecord:
         key = body["correlation_id"]
         self.note(key, "post")
         try:
-            return self.hook.create_record(table, body)
+            return self.hook.create_record(table, body, echo)
         except ServiceNowTimeout:
             self.note(key, "timeout")
             raise

@@ -12,7 +12,13 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ticketsync.hooks.servicenow import ExistingRecord
+from ticketsync.correlation import CaseTwins, Matches, by_case_reason, match, twin_reason
+from ticketsync.hooks.servicenow import (
+    ExistingRecord,
+    ServiceNowError,
+    ServiceNowRequestError,
+    ServiceNowTransientError,
+)
 from ticketsync.loader import TableClient
 from ticketsync.models import PreparedCase, Rejection, SourceRow, SyncStatus
 from ticketsync.source import SourceTable
@@ -78,29 +84,60 @@ class DryRunPlan:
         }
 
 
-def plan_chunk(client: TableClient, rows: list[SourceRow], plan: DryRunPlan, *, max_attempts: int) -> None:
-    """Transform the rows and look the valid ones up (GET only), adding each to the plan."""
+def plan_chunk(
+    client: TableClient, rows: list[SourceRow], plan: DryRunPlan, *, max_attempts: int, twins: CaseTwins | None = None
+) -> None:
+    """Transform the rows and look the valid ones up (GET only), adding each to the plan, with the load's rules
+    (:mod:`ticketsync.correlation`): ids equal to an earlier pending row's or an existing case's only up to case are
+    rejected; a row whose own look-up fails while the others succeed is planned to fail with that error."""
     by_table: dict[str, list[PreparedCase]] = {}
     attempts = {}
     for row in rows:
         prepared = prepare(row)
+        earlier = twins.earlier_pending(row.id, prepared.correlation_id) if twins and not isinstance(
+            prepared, Rejection) else None
         if isinstance(prepared, Rejection):
             plan.reject.append((_name(row), prepared.reason[:500]))
+        elif earlier is not None:
+            plan.reject.append((_name(row), twin_reason(prepared.correlation_id, earlier)[:500]))
         else:
             by_table.setdefault(prepared.table, []).append(prepared)
             attempts[prepared.correlation_id] = row.attempts
     for table, cases in by_table.items():
-        plan.lookups += 1
-        found = client.find_by_correlation(table, [case.correlation_id for case in cases])
+        found, refused = _lookup(client, table, [case.correlation_id for case in cases], plan)
         for case in cases:
-            _plan_case(plan, case, found.get(case.correlation_id), attempts[case.correlation_id], max_attempts)
+            if case.correlation_id in refused:
+                plan.fail.append((case.correlation_id, f"its look-up fails: {refused[case.correlation_id]}"[:500]))
+            else:
+                _plan_case(plan, case, match(found, case.correlation_id), attempts[case.correlation_id], max_attempts)
 
 
-def _plan_case(
-    plan: DryRunPlan, case: PreparedCase, found: list[ExistingRecord] | None, attempts: int, max_attempts: int
-) -> None:
-    if found:
-        plan.adopt.append((case.correlation_id, found[0].number or found[0].sys_id))
+def _lookup(
+    client: TableClient, table: str, ids: list[str], plan: DryRunPlan
+) -> tuple[dict[str, list[ExistingRecord]], dict[str, ServiceNowError]]:
+    """The chunk's look-up; if it fails while a probe look-up succeeds, each id on its own (GET only)."""
+    plan.lookups += 1
+    try:
+        return client.find_by_correlation(table, ids), {}
+    except (ServiceNowRequestError, ServiceNowTransientError):
+        plan.lookups += 1
+        client.find_by_correlation(table, ["ticketsync-lookup-probe"])  # raises when the instance is the cause
+    found: dict[str, list[ExistingRecord]] = {}
+    refused: dict[str, ServiceNowError] = {}
+    for correlation_id in ids:
+        plan.lookups += 1
+        try:
+            found.update(client.find_by_correlation(table, [correlation_id]))
+        except (ServiceNowRequestError, ServiceNowTransientError) as exc:
+            refused[correlation_id] = exc
+    return found, refused
+
+
+def _plan_case(plan: DryRunPlan, case: PreparedCase, found: Matches, attempts: int, max_attempts: int) -> None:
+    if found.exact:
+        plan.adopt.append((case.correlation_id, found.exact[0].number or found.exact[0].sys_id))
+    elif found.by_case:
+        plan.reject.append((case.correlation_id, by_case_reason(case.correlation_id, found.by_case)[:500]))
     elif attempts >= max_attempts:
         plan.fail.append((case.correlation_id, f"already used {attempts} attempts and no record exists"))
     else:

@@ -1,4 +1,4 @@
-"""Extract: make sure the table exists, then claim pending rows for this run."""
+"""Extract: bring the table to the latest schema version, then claim pending rows for this run."""
 
 from __future__ import annotations
 
@@ -14,7 +14,9 @@ from ticketsync.typed import flag, id_list
 
 
 class ClaimRequestsOperator(SourceTaskOperator):
-    """Create ``ticket_requests`` if missing and claim up to ``limit`` pending rows in chunks, under a lease.
+    """Create ``ticket_requests`` if missing or apply its pending schema migrations (unless the source connection's
+    extra ``ticketsync_auto_migrate`` is false: then fail at once if any is pending, docs/migrations.md), and claim up
+    to ``limit`` pending rows in chunks, under a lease.
 
     Idempotent: a retry re-claims the rows this run already holds. Returns the shard indexes ``[0, …, loaders-1]``
     that the mapped load expands over (each loader takes the rows with ``id % loaders = index``; Airflow maps only
@@ -69,7 +71,7 @@ class ClaimRequestsOperator(SourceTaskOperator):
             context["ti"].xcom_push(key="selected", value=self.dry_run_count(request_ids))
             return [0]
         with self.open_source() as source:
-            source.ensure_schema()
+            self.ensure_schema(source)
             if request_ids:
                 claimed = self.replay(source, token, request_ids)
             else:

@@ -13,6 +13,7 @@ IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 class Dialect(StrEnum):
     POSTGRES = "postgres"
     SQLITE = "sqlite"
+    MYSQL = "mysql"  # MariaDB >= 10.6 (SKIP LOCKED) and MySQL >= 8.0
 
 
 @dataclass(frozen=True)
@@ -26,8 +27,9 @@ class DialectSql:
     modulo: str  # takes one parameter: the divisor (psycopg reads a bare % as a placeholder, so PostgreSQL uses MOD)
     pending_age: str  # seconds since MIN(created_at)
     lock_for_update: str  # appended to a SELECT that must lock the rows it reads in a write transaction
-    schema_file: str
     paramstyle_format: bool  # the driver wants %s instead of ?
+    returning: bool = True  # UPDATE … RETURNING and WITH … UPDATE; without them a claim is SELECT … FOR UPDATE + UPDATE
+    session_setup: tuple[str, ...] = ()  # run on every new connection
 
 
 SQL: dict[Dialect, DialectSql] = {
@@ -39,7 +41,6 @@ SQL: dict[Dialect, DialectSql] = {
         modulo="MOD(id, ?)",
         pending_age="EXTRACT(EPOCH FROM (now() - MIN(created_at)))",
         lock_for_update="FOR UPDATE",
-        schema_file="ticket_requests.postgresql.sql",
         paramstyle_format=True,
     ),
     Dialect.SQLITE: DialectSql(
@@ -50,8 +51,24 @@ SQL: dict[Dialect, DialectSql] = {
         modulo="(id % ?)",
         pending_age="(julianday('now') - julianday(MIN(created_at))) * 86400.0",
         lock_for_update="",
-        schema_file="ticket_requests.sqlite.sql",
         paramstyle_format=False,
+    ),
+    # Timestamps are DATETIME(6) in UTC. READ COMMITTED as on PostgreSQL: a locking read takes no gap locks, so a
+    # claim does not block the producer's inserts; strict mode so a bad write fails instead of being truncated.
+    Dialect.MYSQL: DialectSql(
+        now="UTC_TIMESTAMP(6)",
+        lease_until="UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND",
+        skip_locked="FOR UPDATE SKIP LOCKED",
+        begin=None,
+        modulo="MOD(id, ?)",
+        pending_age="TIMESTAMPDIFF(MICROSECOND, MIN(created_at), UTC_TIMESTAMP(6)) / 1000000.0",
+        lock_for_update="FOR UPDATE",
+        paramstyle_format=True,
+        returning=False,
+        session_setup=(
+            "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED",
+            "SET SESSION sql_mode = CONCAT_WS(',', @@sql_mode, 'STRICT_ALL_TABLES')",
+        ),
     ),
 }
 
@@ -69,9 +86,8 @@ def placeholders(count: int) -> str:
 
 def lease_param(seconds: float, dialect: Dialect) -> Any:
     """The lease length as the dialect's ``lease_until`` expression takes it."""
-    return f"{float(seconds):.3f}" if dialect is Dialect.SQLITE else float(seconds)
-
-
-def strip_comments(script: str) -> str:
-    """Drop ``--`` comment lines (the shipped schema has no ``--`` inside string literals)."""
-    return "\n".join(line.split("--", 1)[0] for line in script.splitlines())
+    if dialect is Dialect.SQLITE:
+        return f"{float(seconds):.3f}"
+    if dialect is Dialect.MYSQL:
+        return round(float(seconds) * 1_000_000)
+    return float(seconds)

@@ -49,5 +49,17 @@ class Outcomes(SourceConnection):
         return self._write_back(statement, params)
 
     @reconnecting
+    def note_error(self, token: str, row_id: int, error: str) -> int:
+        """Set only the ``error`` of a pending row the token holds, and end its lease: what is left to say about a
+        row whose outcome the database refused to store (the loader's ``write_isolating``)."""
+        statement = self._q(
+            f"UPDATE {self.table} SET error = ?, lease_expires_at = {self._sql.now} "
+            "WHERE id = ? AND claim_token = ? AND status = 'pending'"
+        )
+        with self._transaction() as cursor:
+            cursor.execute(statement, (error[:4000], row_id, token))
+            return int(cursor.rowcount or 0)
+
+    @reconnecting
     def _write_back(self, statement: str, params: list[tuple[Any, ...]]) -> int:
         return self._execute_many(statement, params)

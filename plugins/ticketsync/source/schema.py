@@ -1,31 +1,34 @@
-"""The table's schema (one SQL file per dialect under ``sql/``) and the producer's insert."""
+"""The table's schema (versioned migrations, see :mod:`ticketsync.source.migrator`) and the producer's insert."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from importlib import resources
 from typing import Any
 
 from ticketsync.models import PRODUCER_COLUMNS
 from ticketsync.source.connection import SourceConnection, reconnecting
-from ticketsync.source.dialects import Dialect, placeholders, strip_comments
+from ticketsync.source.dialects import Dialect, placeholders
+from ticketsync.source.migrator import Migrator, migrate_command
 
 
 class Schema(SourceConnection):
-    def schema_sql(self) -> str:
-        """The dialect's schema script, for this table's name."""
-        text = resources.files("ticketsync.source.sql").joinpath(self._sql.schema_file).read_text(encoding="utf-8")
-        return text.replace("ticket_requests", self.table)
-
     @reconnecting
-    def ensure_schema(self) -> None:
-        """Create the table and its indexes if missing; safe to run on every DAG run."""
-        statements = [s.strip() for s in strip_comments(self.schema_sql()).split(";") if s.strip()]
+    def ensure_schema(self, *, auto_migrate: bool = True, command: str | None = None) -> list[int]:
+        """Bring the table to the latest schema version: create it if missing, apply the pending migrations under
+        the migration lock. Safe to run on every DAG run (nothing pending: one read) and again after a lost
+        connection (each migration is one transaction and is recorded in it). Returns the versions applied.
+
+        :param auto_migrate: False: change nothing, and raise :class:`~ticketsync.source.migrator.SchemaVersionError`
+            if the table is not at the latest version
+        :param command: the command that applies the migrations, named in that error
+        """
         if self.dialect is Dialect.SQLITE:
             self.conn.cursor().execute("PRAGMA journal_mode = WAL")
-        with self._transaction() as cursor:
-            for statement in statements:
-                cursor.execute(statement)
+        migrator = Migrator(self)
+        if not auto_migrate:
+            migrator.require_current(command or migrate_command("ticket_source", self.table))
+            return []
+        return migrator.apply()
 
     def insert_requests(self, requests: Iterable[dict[str, Any]]) -> int:
         """Insert producer rows (what a bank's system does); used by the demo, the tests and the benchmark.

@@ -10,14 +10,15 @@ import json
 import os
 import re
 import threading
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
 import requests
 from airflow.providers.http.hooks.http import HttpHook
 
+from ticketsync.get_provider_info import CONN_FIELDS, CONNECTION_TYPE, HOOK_NAME, UI_FIELD_BEHAVIOUR
 from ticketsync.hooks.servicenow.auth import (
     DEFAULT_TOKEN_LIFETIME,
     TOKEN_PATH,
@@ -29,25 +30,34 @@ from ticketsync.hooks.servicenow.auth import (
 )
 from ticketsync.hooks.servicenow.config import ServiceNowExtras, require_https
 from ticketsync.hooks.servicenow.errors import (
+    NOT_RETRIED,
     ServiceNowAuthError,
     ServiceNowError,
     ServiceNowInvalidConnection,
     ServiceNowRateLimited,
     ServiceNowRequestError,
+    ServiceNowTLSError,
     ServiceNowTransientError,
 )
 from ticketsync.hooks.servicenow.transport import Answer, PooledTransport
 
+if TYPE_CHECKING:
+    from airflow.sdk import Connection
+
 TABLE_NAME = re.compile(r"[a-z0-9_]{1,80}")
+SYS_ID = re.compile(r"[0-9a-f]{32}")
 LOOKUP_PAGE = 1000
+TEST_TABLE = "sn_bom_loan_service"  # "Test" reads one sys_id of it: the table the load writes
 
 
 @dataclass(frozen=True)
 class CreatedRecord:
-    """A record the hook created: its ``sys_id`` and ``number``."""
+    """A record the hook created: its ``sys_id`` and ``number``, and the fields it was asked to echo as the
+    instance stored them (``values``; a field not answered is absent)."""
 
     sys_id: str
     number: str | None
+    values: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -64,10 +74,11 @@ class ServiceNowHook(HttpHook):
     """Table API calls over one pooled keep-alive session; each thread that calls the hook is a lane with its own
     ServiceNow session (cookie jar), and the OAuth token is shared by all.
 
-    The connection: host ``<instance>.service-now.com``, schema ``https``, login and password (basic auth or
-    the OAuth password grant); the extras are :class:`~ticketsync.hooks.servicenow.config.ServiceNowExtras`.
+    The connection is of type ``servicenow`` (its own form; https unless the schema says otherwise) or ``http``
+    (schema ``https`` must be set): host ``<instance>.service-now.com``, login and password (basic auth or the
+    OAuth password grant); the extras are :class:`~ticketsync.hooks.servicenow.config.ServiceNowExtras`.
 
-    :param servicenow_conn_id: the Airflow connection (conn_type ``http``).
+    :param servicenow_conn_id: the Airflow connection (conn_type ``servicenow`` or ``http``).
     :param pool_size: keep-alive connections kept open; match it to the requests you keep in flight.
     :param shared_session: every thread shares one cookie jar, so one ServiceNow session, on which the instance
         runs one request at a time: the control of tests and benchmarks, never for production.
@@ -75,8 +86,8 @@ class ServiceNowHook(HttpHook):
 
     conn_name_attr = "servicenow_conn_id"
     default_conn_name = "servicenow_default"
-    conn_type = "http"
-    hook_name = "ServiceNow Table API"
+    conn_type = CONNECTION_TYPE
+    hook_name = HOOK_NAME
 
     def __init__(
         self, servicenow_conn_id: str = default_conn_name, *, pool_size: int = 8, shared_session: bool = False
@@ -123,6 +134,13 @@ class ServiceNowHook(HttpHook):
                 )
             return self._transport
 
+    def _set_base_url(self, connection: Connection) -> None:
+        """``HttpHook``'s base URL, but https by default for a ``servicenow`` connection (its form has no schema)."""
+        super()._set_base_url(connection)
+        host = connection.host or ""
+        if connection.conn_type == CONNECTION_TYPE and not connection.schema and "://" not in host:
+            self.base_url = "https" + self.base_url.removeprefix("http")
+
     def extras(self) -> ServiceNowExtras:
         """The connection's extras, typed (read on first use; no network)."""
         if self._extras is None:
@@ -138,13 +156,14 @@ class ServiceNowHook(HttpHook):
             self.servicenow_conn_id, {**connection.extra_dejson, **(extra_options or {})}
         )
         self._extras = extras
-        if isinstance(extras.verify, str) and not os.path.exists(extras.verify):
+        verify = extras.tls_verify
+        if isinstance(verify, str) and not os.path.exists(verify):
+            name = "ca_bundle" if extras.ca_bundle else "verify"
             raise ServiceNowInvalidConnection(
-                f"connection {self.servicenow_conn_id!r}: the CA bundle in extra 'verify' does not exist: "
-                f"{extras.verify}"
+                f"connection {self.servicenow_conn_id!r}: the CA bundle in extra {name!r} does not exist: {verify}"
             )
-        session.verify = extras.verify  # True, False, or a CA bundle file or directory
-        if extras.verify is False:
+        session.verify = verify  # True, False, or a CA bundle file or directory
+        if verify is False:
             self.log.warning(
                 "TLS certificate verification is OFF for connection %r (extra verify=false): "
                 "use it only against a test instance", self.servicenow_conn_id,
@@ -214,7 +233,7 @@ class ServiceNowHook(HttpHook):
             raise ServiceNowAuthError(
                 f"{status} OAuth token request refused ({oauth_error(_json_or_none(response), response.reason)}): "
                 "check client_id and client_secret" + (", login and password" if oauth.grant_type == "password" else "")
-                + f" of connection {self.servicenow_conn_id!r} (the task is not retried for this)",
+                + f" of connection {self.servicenow_conn_id!r} {NOT_RETRIED}",
                 status=status,
             )
         self._raise_for_status(response)
@@ -243,7 +262,7 @@ class ServiceNowHook(HttpHook):
                 what, check = "a freshly issued OAuth token", "its OAuth client and the integration user's roles"
             raise ServiceNowAuthError(
                 f"401 {message}: ServiceNow refused {what} of connection {self.servicenow_conn_id!r}; "
-                f"check {check} (the task is not retried for this)",
+                f"check {check} {NOT_RETRIED}",
                 status=401,
             )
         if status == 429:
@@ -271,13 +290,14 @@ class ServiceNowHook(HttpHook):
             raise ValueError(f"invalid ServiceNow table name {table!r}")
         return f"/api/now/table/{table}"
 
-    def create_record(self, table: str, body: dict[str, str]) -> CreatedRecord:
+    def create_record(self, table: str, body: dict[str, str], echo: Sequence[str] = ()) -> CreatedRecord:
         """``POST /api/now/table/{table}``; a 2xx without a sys_id is treated as unknown, not as success.
 
         :param table: the table to insert into.
         :param body: the record's field values, as strings.
+        :param echo: fields to read back from the answer, as the instance stored them, into ``values``.
         """
-        params = {"sysparm_fields": "sys_id,number", "sysparm_exclude_reference_link": "true"}
+        params = {"sysparm_fields": ",".join(("sys_id", "number", *echo)), "sysparm_exclude_reference_link": "true"}
         response = self._send("POST", self.table_path(table), params=params, body=body)
         result = _json_result(response)
         sys_id = result.get("sys_id") if isinstance(result, dict) else None
@@ -287,7 +307,8 @@ class ServiceNowHook(HttpHook):
                 status=response.status_code,
             )
         number = result.get("number")
-        return CreatedRecord(sys_id=sys_id, number=str(number) if number else None)
+        values = {name: str(result[name]) for name in echo if isinstance(result.get(name), str | int | float)}
+        return CreatedRecord(sys_id=sys_id, number=str(number) if number else None, values=values)
 
     def list_records(
         self,
@@ -297,6 +318,7 @@ class ServiceNowHook(HttpHook):
         fields: Sequence[str],
         limit: int = LOOKUP_PAGE,
         offset: int = 0,
+        display_value: str | None = None,
     ) -> list[dict[str, Any]]:
         """``GET /api/now/table/{table}``: one page of the records matching ``query``.
 
@@ -305,6 +327,7 @@ class ServiceNowHook(HttpHook):
         :param fields: the fields to return.
         :param limit: the page size.
         :param offset: the records to skip.
+        :param display_value: ``sysparm_display_value`` (``all``: each field as ``{"value", "display_value"}``).
         """
         params = {
             "sysparm_query": query,
@@ -313,6 +336,8 @@ class ServiceNowHook(HttpHook):
             "sysparm_offset": str(offset),
             "sysparm_exclude_reference_link": "true",
         }
+        if display_value is not None:
+            params["sysparm_display_value"] = display_value
         result = _json_result(self._send("GET", self.table_path(table), params=params))
         if not isinstance(result, list):
             raise ServiceNowTransientError("list answer whose 'result' is not a list", status=200)
@@ -320,13 +345,15 @@ class ServiceNowHook(HttpHook):
 
     def find_by_correlation(self, table: str, correlation_ids: Iterable[str]) -> dict[str, list[ExistingRecord]]:
         """Every record of ``table`` whose ``correlation_id`` is one of the given ids, oldest first, in one
-        ``correlation_idIN…`` query (paged if more records than a page come back).
+        ``correlation_idIN…`` query (paged if more records than a page come back), keyed by the record's own
+        ``correlation_id``. The instance compares without regard to case, so a key may differ from the id asked
+        for in case only: which record belongs to which request is the caller's decision.
 
         :param table: the table to search.
         :param correlation_ids: the ids to look up.
         """
         ids = sorted(set(correlation_ids))
-        wanted = set(ids)
+        wanted = {correlation.lower() for correlation in ids}
         found: dict[str, list[ExistingRecord]] = {}
         if not ids:
             return found
@@ -336,7 +363,7 @@ class ServiceNowHook(HttpHook):
         while True:
             page = self.list_records(table, query=query, fields=fields, limit=LOOKUP_PAGE, offset=offset)
             for record in page:
-                existing = _existing_record(record, wanted)
+                existing = _existing_record(record, wanted, table, len(ids))
                 found.setdefault(existing.correlation_id, []).append(existing)
             if len(page) < LOOKUP_PAGE:
                 return found
@@ -357,29 +384,147 @@ class ServiceNowHook(HttpHook):
             raise ServiceNowTransientError("record answer whose 'result' is not an object", status=200)
         return result
 
+    def update_record(
+        self, table: str, sys_id: str, body: dict[str, str], fields: Sequence[str] = ("sys_id",)
+    ) -> dict[str, Any]:
+        """``PATCH /api/now/table/{table}/{sys_id}``: only the fields in ``body`` change; a non-empty journal field
+        (``work_notes``, ``comments``) appends one journal entry each time it is sent, so a PATCH whose answer was
+        lost must be checked (:meth:`journal_entries`) before it is sent again.
+
+        :param table: the record's table.
+        :param sys_id: the record's sys_id (a 404 raises :class:`ServiceNowRequestError`: never created here).
+        :param body: the fields to write, as strings.
+        :param fields: the fields the answer returns.
+        """
+        params = {"sysparm_fields": ",".join(fields), "sysparm_exclude_reference_link": "true"}
+        response = self._send("PATCH", f"{self.table_path(table)}/{sys_id}", params=params, body=body)
+        result = _json_result(response)
+        if not isinstance(result, dict) or ("sys_id" in fields and result.get("sys_id") != sys_id):
+            raise ServiceNowTransientError(
+                f"{response.status_code} answer without the updated record: the update may or may not be applied",
+                status=response.status_code,
+            )
+        return result
+
+    def journal_entries(
+        self, table: str, sys_id: str, element: str = "work_notes", *, since: str | None = None
+    ) -> list[dict[str, str]]:
+        """The journal entries (``sys_journal_field``) of one record's journal field, oldest first, every page.
+
+        :param table: the record's table (the entries' ``name``).
+        :param sys_id: the record's sys_id (the entries' ``element_id``).
+        :param element: the journal field: ``work_notes`` or ``comments``.
+        :param since: only entries created at or after this ``YYYY-MM-DD HH:MM:SS`` (UTC).
+        """
+        if not SYS_ID.fullmatch(sys_id) or not re.fullmatch(r"[a-z_]+", element):
+            raise ValueError(f"invalid journal look-up {sys_id!r}/{element!r}")
+        query = f"element_id={sys_id}^element={element}^name={table}"
+        if since is not None:
+            if not re.fullmatch(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}", since):
+                raise ValueError(f"since must be YYYY-MM-DD HH:MM:SS, got {since!r}")
+            query += f"^sys_created_on>={since}"
+        query += "^ORDERBYsys_created_on^ORDERBYsys_id"
+        fields = ("sys_id", "element_id", "element", "value", "sys_created_on")
+        entries: list[dict[str, str]] = []
+        while True:
+            page = self.list_records(
+                "sys_journal_field", query=query, fields=fields, limit=LOOKUP_PAGE, offset=len(entries)
+            )
+            for entry in page:
+                if entry.get("element_id") != sys_id or entry.get("element") != element:
+                    raise ServiceNowRequestError(
+                        200,
+                        "journal answer holds entries of another record or field",
+                        "the instance ignored part of the query (can the integration user read sys_journal_field?); "
+                        "without it an update cannot be checked before it is sent again",
+                    )
+                entries.append({key: str(entry.get(key) or "") for key in fields})
+            if len(page) < LOOKUP_PAGE:
+                return entries
+
     def test_connection(self) -> tuple[bool, str]:
-        """Airflow's "Test connection": one cheap authenticated read of the loan service case table."""
+        """Airflow's "Test" button: one cheap authenticated read (one ``sys_id`` of the loan service case table).
+
+        Returns whether it worked and a message saying what to fix: the credentials (401, a refused OAuth token),
+        TLS trust, an instance that cannot be reached, or the integration user's read access to the table.
+        """
         try:
-            self.list_records("sn_bom_loan_service", query="", fields=("sys_id",), limit=1)
-        except ServiceNowError as exc:
-            return False, str(exc)
-        return True, "Connection successfully tested"
+            self.list_records(TEST_TABLE, query="", fields=("sys_id",), limit=1)
+        except ServiceNowInvalidConnection as exc:
+            return False, f"Invalid connection: {exc}"
+        except ServiceNowAuthError as exc:
+            return False, f"Authentication failed: {_without_task_advice(exc)}"
+        except ServiceNowTLSError as exc:
+            return False, f"TLS: {_without_task_advice(exc)}"
+        except ServiceNowRequestError as exc:
+            return False, (
+                f"{self.base_url} answered but refused to read table {TEST_TABLE}: {exc}. The integration user "
+                "needs read access to it (and its instance needs the Financial Services Operations plugin)"
+            )
+        except ServiceNowError as exc:  # transient: unreachable, timed out, 5xx, a hibernating instance's page
+            return False, f"{self.base_url or self.servicenow_conn_id} cannot be reached or is not answering: {exc}"
+        finally:
+            self.close()
+        return True, f"Connection successfully tested: {self.base_url} answered a Table API read of {TEST_TABLE}"
 
+    # ----------------------------------------------------------------------------------------------------------
+    # the connection form (Airflow 3.2+ reads the same declaration from the provider info)
+    # ----------------------------------------------------------------------------------------------------------
 
-def _existing_record(record: dict[str, Any], wanted: set[str]) -> ExistingRecord:
+    @classmethod
+    def get_ui_field_behaviour(cls) -> dict[str, Any]:
+        """The standard fields of the ``servicenow`` form: ``schema`` hidden (https by default), host, login and
+        password relabelled, placeholders. The same as ``ui-field-behaviour`` in the provider info."""
+        return {
+            "hidden_fields": list(UI_FIELD_BEHAVIOUR["hidden-fields"]),
+            "relabeling": dict(UI_FIELD_BEHAVIOUR["relabeling"]),
+            "placeholders": dict(UI_FIELD_BEHAVIOUR["placeholders"]),
+        }
+
+    @classmethod
+    def get_connection_form_widgets(cls) -> dict[str, Any]:
+        """The extra fields of the ``servicenow`` form as WTForms fields, built from the provider info's
+        ``conn-fields`` (which Airflow 3.2+ reads instead, without importing the hook)."""
+        from flask_appbuilder.fieldwidgets import BS3PasswordFieldWidget, BS3TextFieldWidget
+        from flask_babel import lazy_gettext
+        from wtforms import BooleanField, PasswordField, StringField
+        from wtforms.validators import Optional, any_of
+
+        widgets: dict[str, Any] = {}
+        for name, spec in CONN_FIELDS.items():
+            schema = spec["schema"]
+            label, description, default = lazy_gettext(spec["label"]), spec["description"], schema.get("default")
+            if "boolean" in schema["type"]:
+                widgets[name] = BooleanField(label, description=description, default=default)
+            elif schema.get("format") == "password":
+                widgets[name] = PasswordField(label, widget=BS3PasswordFieldWidget(), description=description)
+            else:
+                validators = [Optional()] + ([any_of(schema["enum"])] if "enum" in schema else [])
+                widgets[name] = StringField(
+                    label, widget=BS3TextFieldWidget(), validators=validators, description=description,
+                    default=None if default is None else str(default),
+                )
+        return widgets
+
+def _existing_record(record: dict[str, Any], wanted: set[str], table: str, asked: int) -> ExistingRecord:
     """One record of a look-up answer. Idempotency rests on this answer, so anything odd in it is an error:
-    a record without sys_id means the answer is damaged, and a correlation id we did not ask for means the
-    instance dropped the query term (it does that silently for an unknown field), so "not found" proves nothing."""
+    a record without sys_id means the answer is damaged, and a correlation id we did not ask for (even without
+    regard to case, as the instance compares) means the instance dropped the query term (it does that silently for
+    an unknown field), so "not found" proves nothing. ``wanted`` holds the ids asked for, in lower case."""
     sys_id = record.get("sys_id")
     correlation = record.get("correlation_id")
     if not isinstance(sys_id, str) or not sys_id:
         raise ServiceNowTransientError("look-up answer holds a record without sys_id; not trusted", status=200)
-    if correlation not in wanted:
+    if not isinstance(correlation, str) or correlation.lower() not in wanted:
+        seen = f"correlation_id {correlation!r}"[:140] if correlation is not None else "no correlation_id field"
         raise ServiceNowRequestError(
             200,
             "look-up answer holds records that do not match the query",
-            "the instance ignored 'correlation_idIN…' (does the table have a correlation_id field the "
-            "integration user can read?); without it ticketsync cannot prevent duplicates",
+            f"asked {table} for {asked} correlation ids with 'correlation_idIN…' and got record "
+            f"{record.get('number') or sys_id} with {seen}, which matches none of them even without regard to "
+            "case: the instance ignored the query term. Check that the table has a field correlation_id and "
+            "that the integration user can read it (sys_dictionary, read ACLs); until then ticketsync cannot "
+            "prevent duplicates and sends nothing",
         )
     return ExistingRecord(
         sys_id=sys_id,
@@ -387,6 +532,11 @@ def _existing_record(record: dict[str, Any], wanted: set[str]) -> ExistingRecord
         correlation_id=str(correlation),
         created_on=str(record.get("sys_created_on") or ""),
     )
+
+
+def _without_task_advice(exc: Exception) -> str:
+    """An error's message without the advice meant for a task's log (the "Test" button retries nothing)."""
+    return str(exc).replace(f" {NOT_RETRIED}", "")
 
 
 def _json_or_none(response: Answer) -> Any:

@@ -2,7 +2,7 @@
 
 The pool is built once from the session ``HttpHook`` configured (TLS verification and CA bundle, client certificate,
 basic auth, headers, proxies from the environment when ``trust_env``), and every request is one ``urlopen`` on it:
-no ``requests`` machinery per call (see ADR 9 for the measurements). Failures below HTTP become typed errors
+no ``requests`` machinery per call (see ADR 14 for the measurements). Failures below HTTP become typed errors
 without secrets.
 
 Each thread that sends is a *lane* with cookies of its own, so it holds its own ServiceNow session
@@ -27,6 +27,7 @@ from requests.auth import HTTPBasicAuth
 from requests.utils import get_environ_proxies
 
 from ticketsync.hooks.servicenow.errors import (
+    NOT_RETRIED,
     ServiceNowError,
     ServiceNowTimeout,
     ServiceNowTLSError,
@@ -186,8 +187,8 @@ class PooledTransport:
         if is_certificate_error(exc):
             return ServiceNowTLSError(
                 f"TLS certificate verification failed for {urlparse(self.base_url).hostname} ({short(exc)}). If "
-                f"the instance uses a private CA, set the extra 'verify' of connection {self.conn_id!r} "
-                "to its CA bundle (the task is not retried for this)"
+                f"the instance uses a private CA, give connection {self.conn_id!r} its CA bundle (the extra "
+                f"'ca_bundle', or the extra 'verify' set to the bundle's path) {NOT_RETRIED}"
             )
         reason = exc.reason if isinstance(exc, urllib3.exceptions.MaxRetryError) else exc
         timed_out = isinstance(reason, urllib3.exceptions.TimeoutError | TimeoutError)
@@ -257,7 +258,10 @@ def _text_header(value: str | bytes) -> str:
 
 
 def is_certificate_error(exc: BaseException) -> bool:
-    """Whether a transport error is a failed certificate verification (and not, say, a cut handshake)."""
+    """Whether a transport error is a failed certificate verification (and not, say, a cut handshake).
+
+    :param exc: the error, with its causes and reasons searched too.
+    """
     seen: set[int] = set()
     pending: list[BaseException] = [exc]
     while pending:
@@ -274,6 +278,9 @@ def is_certificate_error(exc: BaseException) -> bool:
 
 
 def short(exc: BaseException) -> str:
-    """A one-line cause without the URL's query string (which may hold ids) or anything secret."""
+    """A one-line cause without the URL's query string (which may hold ids) or anything secret.
+
+    :param exc: the error to describe.
+    """
     text = str(exc).split("(Caused by")[-1] if "(Caused by" in str(exc) else str(exc)
     return " ".join(text.split())[:200]
