@@ -2,7 +2,10 @@
 
 Log in, find the DAG, trigger it from the form with parameters and see it succeed; stop the emulator, trigger again,
 see the load fail and the alert reach a webhook receiver; start the emulator again on the same port, clear the load
-from the UI and see the run succeed with no duplicate. Each step leaves a screenshot in ``.artifacts/ui/``.
+from the UI and see the run succeed with no duplicate. Then, on the same stack (which runs with the provider installed
+from the repository's wheel), add a connection of type ServiceNow from Admin → Connections: the provider's form, what
+it stores, and its Test button (success against the emulator, then 401 with a wrong password). Each step leaves a
+screenshot in ``.artifacts/ui/``.
 
 Chromium is Debian's (``/usr/bin/chromium``, installed by ``.ci/run`` and ``make test``), never a downloaded build.
 """
