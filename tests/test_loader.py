@@ -262,6 +262,11 @@ def test_a_failed_write_back_fails_the_load_and_leaves_the_rows_pending(
         CaseLoader(hook, broken, "run-1", FAST, sleep=lambda _: None).run()
     broken.close()
     assert source.backlog() == {"pending": 60}
-    # the next attempt looks every row up and adopts what was created: no duplicate
-    assert load(source, hook, "run-1")["adopted"] == 60
+    # POSTs not started when the failure surfaced were cancelled (how many is a matter of timing)
+    posted = len(emulator.store.records(TABLE))
+    assert posted > 0
+    # the next attempt looks every row up and adopts what was created, creates the rest: no duplicate
+    counts = load(source, hook, "run-1")
+    assert counts["adopted"] == posted
+    assert counts["adopted"] + counts["created"] == 60
     assert_exactly_once(source, emulator, 60)

@@ -119,10 +119,22 @@ def fill_every_state(source: SourceTable) -> None:
                         f"FROM {t} WHERE id = 10", (previous, f"was {previous}"))
 
 
+CASE_COLUMNS = ("case_state", "case_state_label", "case_updated_at", "case_checked_at")  # migration 3, NULL at first
+VERSIONS = [(1, "initial"), (2, "status_update_pending"), (3, "case_status")]
+
+
 def dump(source: SourceTable) -> dict[str, list[tuple[Any, ...]]]:
-    """Every row of both tables, every column, in id order."""
-    return {name: execute(source, f"SELECT * FROM {name} ORDER BY id")
-            for name in (source.table, f"{source.table}_replays")}
+    """Every row of both tables, every column, in id order; migration 3's columns left out once checked NULL."""
+    found = {}
+    for name in (source.table, f"{source.table}_replays"):
+        with source._transaction() as cursor:
+            cursor.execute(f"SELECT * FROM {name} ORDER BY id")
+            columns = [str(column[0]).lower() for column in cursor.description]
+            rows = [tuple(row) for row in cursor.fetchall()]
+        added = [index for index, column in enumerate(columns) if column in CASE_COLUMNS]
+        assert all(row[index] is None for row in rows for index in added), "migration 3's columns are not NULL"
+        found[name] = [tuple(v for index, v in enumerate(row) if index not in added) for row in rows]
+    return found
 
 
 def schema_of(source: SourceTable) -> list[tuple[Any, ...]]:
@@ -204,10 +216,10 @@ def test_upgrade_from_version_1_keeps_every_row_and_admits_update_pending(v1_sou
     before = dump(source)
     assert Migrator(source).found_version() == 1
 
-    assert source.ensure_schema() == [1, 2]
+    assert source.ensure_schema() == [1, 2, 3]
 
     assert dump(source) == before
-    assert version_rows(source) == [(1, "initial"), (2, "status_update_pending")]
+    assert version_rows(source) == VERSIONS
     assert source.ensure_schema() == []
     execute(source, f"UPDATE {t} SET status = 'update_pending' WHERE id = 6")
     assert source.backlog()["update_pending"] == 1
@@ -226,8 +238,8 @@ def test_upgrade_from_version_1_keeps_every_row_and_admits_update_pending(v1_sou
 
 
 def test_a_new_table_is_created_at_the_latest_version(source: SourceTable) -> None:
-    assert Migrator(source).found_version() == 2
-    assert version_rows(source) == [(1, "initial"), (2, "status_update_pending")]
+    assert Migrator(source).found_version() == 3
+    assert version_rows(source) == VERSIONS
 
 
 def test_each_migration_is_safe_to_run_again_on_the_schema_it_upgrades_from(v1_source: SourceTable) -> None:
@@ -250,16 +262,16 @@ def test_a_migration_adding_a_column_with_a_default_and_an_index_keeps_every_row
     source = v1_source
     fill_every_state(source)
     migrations = load_migrations(source.dialect)
-    add = ("ALTER TABLE ticket_requests ADD COLUMN case_state VARCHAR(32) NOT NULL DEFAULT 'unknown';\n"
-           "CREATE INDEX IF NOT EXISTS ticket_requests_case_state_idx ON ticket_requests (case_state);\n")
-    extended = [*migrations, Migration(len(migrations) + 1, "case_state", add)]
+    add = ("ALTER TABLE ticket_requests ADD COLUMN probe VARCHAR(32) NOT NULL DEFAULT 'unknown';\n"
+           "CREATE INDEX IF NOT EXISTS ticket_requests_probe_idx ON ticket_requests (probe);\n")
+    extended = [*migrations, Migration(len(migrations) + 1, "probe", add)]
     before = dump(source)
     assert Migrator(source, extended).apply() == [m.version for m in extended]
     after = dump(source)
     assert [row[:-1] for row in after[source.table]] == before[source.table]  # the new column comes last
     assert {row[-1] for row in after[source.table]} == {"unknown"}
     assert after[f"{source.table}_replays"] == before[f"{source.table}_replays"]
-    assert "ticket_requests_case_state_idx" in {row[1] for row in schema_of(source)}
+    assert "ticket_requests_probe_idx" in {row[1] for row in schema_of(source)}
 
 
 # --- who applies them ---------------------------------------------------------------------------------------------
@@ -272,7 +284,7 @@ def test_with_auto_migrate_off_a_table_behind_is_refused_with_the_versions_and_t
     with pytest.raises(SchemaVersionError) as raised:
         source.ensure_schema(auto_migrate=False, command=command)
     message = str(raised.value)
-    assert f"{source.table!r} is at schema version 1; this ticketsync needs version 2" in message
+    assert f"{source.table!r} is at schema version 1; this ticketsync needs version 3" in message
     assert command in message
     assert "ticketsync_auto_migrate = false" in message
     assert not execute(source, *_exists(source, f"{source.table}_schema_version")), "the check created a table"
@@ -295,9 +307,9 @@ def test_with_auto_migrate_off_a_missing_table_is_reported_as_none(tmp_path: Pat
 def test_a_table_migrated_by_a_newer_release_is_refused_and_not_touched(v1_source: SourceTable) -> None:
     source = v1_source
     source.ensure_schema()
-    execute(source, f"INSERT INTO {source.table}_schema_version (version, name) VALUES (3, 'from_the_future')")
+    execute(source, f"INSERT INTO {source.table}_schema_version (version, name) VALUES (4, 'from_the_future')")
     schema = schema_of(source)
-    newer = r"at schema version 3, newer than this ticketsync knows \(up to 2\)"
+    newer = r"at schema version 4, newer than this ticketsync knows \(up to 3\)"
     for auto in (True, False):
         with pytest.raises(SchemaVersionError, match=newer):
             source.ensure_schema(auto_migrate=auto)
@@ -328,8 +340,8 @@ def test_two_migrators_at_once_apply_each_migration_exactly_once(v1_source: Sour
     for thread in threads:
         thread.join(60)
     assert not errors, errors
-    assert sorted(v for applied in results for v in applied) == [1, 2]
-    assert version_rows(source) == [(1, "initial"), (2, "status_update_pending")]
+    assert sorted(v for applied in results for v in applied) == [1, 2, 3]
+    assert version_rows(source) == VERSIONS
     assert dump(source) == before
 
 
@@ -338,13 +350,13 @@ def test_the_printed_sql_does_what_apply_does(v1_source: SourceTable, tmp_path: 
     fill_every_state(source)
     before = dump(source)
     script = Migrator(source).script()
-    assert script.count("COMMIT;") == 2
+    assert script.count("COMMIT;") == 3
     assert Migrator(source).found_version() == 1, "printing changed something"
     run_script(source, script)
     run_script(source, script)  # a DBA running it twice changes nothing more
     assert Migrator(source).pending() == []
     assert dump(source) == before
-    assert version_rows(source) == [(1, "initial"), (2, "status_update_pending")]
+    assert version_rows(source) == VERSIONS
     if source.dialect is Dialect.SQLITE:
         applied = SourceTable(lambda: sqlite3.connect(tmp_path / "applied.db"), Dialect.SQLITE)
     else:
@@ -365,7 +377,7 @@ def test_the_previous_release_runs_on_a_migrated_table_without_changing_it(v1_so
     old_ensure_schema(source)  # what the previous release does at the start of every run
     assert schema_of(source) == schema
     assert dump(source) == rows
-    assert Migrator(source).found_version() == 2
+    assert Migrator(source).found_version() == 3
 
 
 # --- a migration killed in the middle -----------------------------------------------------------------------------
@@ -445,9 +457,9 @@ def test_a_migration_killed_in_the_middle_is_rolled_back_and_completes_when_run_
     result = subprocess.run(migrate_cli(conn, "--table", source.table), env=cli_env(conn), capture_output=True,
                             text=True, timeout=120, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert f"applied [2]; {source.table} is at schema version 2" in result.stdout
+    assert f"applied [2, 3]; {source.table} is at schema version 3" in result.stdout
     assert dump(source) == before
-    assert version_rows(source) == [(1, "initial"), (2, "status_update_pending")]
+    assert version_rows(source) == VERSIONS
     execute(source, f"UPDATE {source.table} SET status = 'update_pending' WHERE id = 6")
 
 

@@ -29,7 +29,7 @@ from tests.conftest import (
     mariadb_connector,
     pg_connector,
 )
-from tests.test_migrations import dump, execute, old_ensure_schema, version_rows
+from tests.test_migrations import VERSIONS, dump, execute, old_ensure_schema, version_rows
 from ticketsync.source import Dialect, SourceTable
 from ticketsync.source.dialects import lease_param
 from ticketsync.source.migrator import Migrator
@@ -189,8 +189,8 @@ def test_the_dag_upgrades_a_version_1_table_with_rows_in_every_state(
 
         code = run(airflow, tmp_path / "upgrade.log")
         assert code == 0, (tmp_path / "upgrade.log").read_text()[-5000:]
-        assert "applied schema migrations [1, 2]" in (tmp_path / "upgrade.log").read_text()
-        assert version_rows(source) == [(1, "initial"), (2, "status_update_pending")]
+        assert "applied schema migrations [1, 2, 3]" in (tmp_path / "upgrade.log").read_text()
+        assert version_rows(source) == VERSIONS
         # Every settled row, and the two rows of the run still in flight, kept every column; the audit too.
         assert settled_rows(source) == before
         assert dump(source)[f"{source.table}_replays"] == replays
@@ -235,7 +235,7 @@ def test_with_auto_migrate_off_the_dag_fails_at_once_then_the_command_then_a_goo
         code = run(airflow, tmp_path / "refused.log")
         log = (tmp_path / "refused.log").read_text()
         assert code != 0
-        expected = ("the source table 'ticket_requests' is at schema version 1; this ticketsync needs version 2, "
+        expected = ("the source table 'ticket_requests' is at schema version 1; this ticketsync needs version 3, "
                     "and automatic migration is off (ticketsync_auto_migrate = false). Apply the pending migrations "
                     "with: python -m ticketsync.source.migrate --conn-id ticket_source --table ticket_requests")
         assert expected in " ".join(log.split()), log[-5000:]
@@ -252,7 +252,7 @@ def test_with_auto_migrate_off_the_dag_fails_at_once_then_the_command_then_a_goo
         assert "-- migration 2: status_update_pending" in review.stdout
         assert Migrator(source).found_version() == 1, "--sql changed the schema"
         applied = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120, check=True)
-        assert "applied [1, 2]; ticket_requests is at schema version 2" in applied.stdout
+        assert "applied [1, 2, 3]; ticket_requests is at schema version 3" in applied.stdout
 
         code = run(airflow, tmp_path / "good.log")
         assert code == 0, (tmp_path / "good.log").read_text()[-5000:]

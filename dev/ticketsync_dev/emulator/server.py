@@ -464,6 +464,17 @@ class RunningEmulator:
         """The lifetime of OAuth tokens issued from now on."""
         self._server.oauth.set_lifetime(seconds)
 
+    def work(self, table: str, sys_id: str, *, updated_on: str | None = None, **changes: str) -> dict[str, str] | None:
+        """An agent's change to a record (state, journal notes, ...), as `POST /_emulator/work/...` makes it.
+
+        :param updated_on: stamp this `sys_updated_on` (UTC, `YYYY-MM-DD HH:MM:SS`) instead of now.
+        """
+        return self._server.store.update(table, sys_id, changes, admin.AGENT, updated_on=updated_on)
+
+    def delete(self, table: str, sys_id: str) -> bool:
+        """Delete a record, as an agent on the instance may."""
+        return self._server.store.delete(table, sys_id)
+
     def reset(self, *, reset_faults: bool = False) -> None:
         """Clear records and counters; faults stay unless reset_faults (back to the start configuration)."""
         self._server.reset(reset_faults=reset_faults)

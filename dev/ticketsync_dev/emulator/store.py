@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Any
 
+from ticketsync_dev.emulator.choices import CASE_CHOICES, INACTIVE_STATES
 from ticketsync_dev.emulator.query import EncodedQuery, Part, fold, parse_query
 
 Row = list[str]
@@ -90,6 +91,8 @@ class TableSchema:
     number_prefix: str | None = None
     defaults: Mapping[str, str] = field(default_factory=dict)
     opened_at_field: str | None = None
+    choices: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    inactive_states: frozenset[str] = frozenset()
 
     @property
     def fields(self) -> tuple[str, ...]:
@@ -109,6 +112,8 @@ def schema_for(table: str) -> TableSchema:
         number_prefix=CASE_TABLES.get(table, DEFAULT_CASE_PREFIX),
         defaults=CASE_DEFAULTS,
         opened_at_field="opened_at",
+        choices=CASE_CHOICES,
+        inactive_states=INACTIVE_STATES,
     )
 
 
@@ -287,7 +292,7 @@ class Store:
         """Insert a record from a request body; unknown and `sys_` fields are ignored."""
         with self._lock:
             table = self._table(name)
-            values = _writable_values(table, body)
+            values = _business_rules(table.schema, _writable_values(table, body))
             now = utc_timestamp()
             row = self._new_row(table, values, now, user)
             table.insert(row)
@@ -301,19 +306,30 @@ class Store:
             return None if row is None else table.to_record(row, fields)
 
     def update(
-        self, name: str, sys_id: str, body: Mapping[str, Any], user: str, fields: Sequence[str] | None = None
+        self,
+        name: str,
+        sys_id: str,
+        body: Mapping[str, Any],
+        user: str,
+        fields: Sequence[str] | None = None,
+        *,
+        updated_on: str | None = None,
     ) -> Record | None:
-        """Apply the writable fields of a body; bumps sys_mod_count and sys_updated_on when anything changed."""
+        """Apply the writable fields of a body; bumps sys_mod_count and sys_updated_on when anything changed.
+
+        :param updated_on: the `sys_updated_on` to stamp instead of now (an agent's transaction that committed
+            after the second it started in; admin endpoint only).
+        """
         with self._lock:
             table = self._table(name)
             row = table.rows.get(sys_id)
             if row is None:
                 return None
-            values = _writable_values(table, body)
+            values = _business_rules(table.schema, _writable_values(table, body))
             new = _changed_row(table, row, values)
             journaled = any(values.get(element) for element in table.schema.journal_fields)
             if new is not None or journaled:
-                now = utc_timestamp()
+                now = updated_on or utc_timestamp()
                 new = _touch(table, new or row.copy(), now, user)
                 table.replace(sys_id, new)
                 self._write_journal(table, sys_id, values, now, user)
@@ -389,6 +405,13 @@ def _exact(query: EncodedQuery) -> bool:
 
 def _writable_values(table: Table, body: Mapping[str, Any]) -> dict[str, str]:
     return {name: as_field_value(value) for name, value in body.items() if name in table.writable}
+
+
+def _business_rules(schema: TableSchema, values: dict[str, str]) -> dict[str, str]:
+    """The instance's business rule on case tables: a case moved to a closed state becomes inactive."""
+    if values.get("state") in schema.inactive_states:
+        values["active"] = "false"
+    return values
 
 
 def _changed_row(table: Table, row: Row, values: Mapping[str, str]) -> Row | None:

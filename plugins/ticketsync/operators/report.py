@@ -84,6 +84,7 @@ class SyncReportOperator(SourceTaskOperator):
             named = source.first_errors(token, ("failed", "pending", "rejected", "created"), limit=REPORTED_ROWS)
             backlog = source.backlog()
             oldest_pending = source.oldest_pending_age()
+            status_pulls = source.status_pulls()
         counts = dict(by_status)
         counts["claimed"] = sum(by_status.values())
         counts.setdefault("created_created", 0)
@@ -100,6 +101,9 @@ class SyncReportOperator(SourceTaskOperator):
                 "finish stay pending and are taken again, looked up first, by its retry or the next run"
             )
         breaches = alerts.threshold_alerts(context, counts, errors, oldest_pending)
+        # The status DAG cannot alert while it is paused or not scheduled: its stuck watermark is checked here too.
+        stale = {key: (pull.watermark, pull.completed_seconds_ago) for key, pull in status_pulls.items()}
+        breaches += alerts.stuck_status_alerts(context, stale)
         if counts.get("failed"):
             first = "; ".join(f"{rid}: {err}" for rid, status, err in named if status == "failed")
             also = "".join(f"; also: {alert.headline}" for alert in breaches)

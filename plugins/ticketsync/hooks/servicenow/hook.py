@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     from airflow.sdk import Connection
 
 TABLE_NAME = re.compile(r"[a-z0-9_]{1,80}")
+SYS_ID = re.compile(r"[0-9a-f]{32}")
 LOOKUP_PAGE = 1000
 TEST_TABLE = "sn_bom_loan_service"  # "Test" reads one sys_id of it: the table the load writes
 
@@ -298,6 +299,7 @@ class ServiceNowHook(HttpHook):
         fields: Sequence[str],
         limit: int = LOOKUP_PAGE,
         offset: int = 0,
+        display_value: str | None = None,
     ) -> list[dict[str, Any]]:
         """``GET /api/now/table/{table}``: one page of the records matching ``query``.
 
@@ -306,6 +308,7 @@ class ServiceNowHook(HttpHook):
         :param fields: the fields to return.
         :param limit: the page size.
         :param offset: the records to skip.
+        :param display_value: ``sysparm_display_value`` (``all``: each field as ``{"value", "display_value"}``).
         """
         params = {
             "sysparm_query": query,
@@ -314,6 +317,8 @@ class ServiceNowHook(HttpHook):
             "sysparm_offset": str(offset),
             "sysparm_exclude_reference_link": "true",
         }
+        if display_value is not None:
+            params["sysparm_display_value"] = display_value
         result = _json_result(self._send("GET", self.table_path(table), params=params))
         if not isinstance(result, list):
             raise ServiceNowTransientError("list answer whose 'result' is not a list", status=200)
@@ -359,6 +364,64 @@ class ServiceNowHook(HttpHook):
         if not isinstance(result, dict):
             raise ServiceNowTransientError("record answer whose 'result' is not an object", status=200)
         return result
+
+    def update_record(
+        self, table: str, sys_id: str, body: dict[str, str], fields: Sequence[str] = ("sys_id",)
+    ) -> dict[str, Any]:
+        """``PATCH /api/now/table/{table}/{sys_id}``: only the fields in ``body`` change; a non-empty journal field
+        (``work_notes``, ``comments``) appends one journal entry each time it is sent, so a PATCH whose answer was
+        lost must be checked (:meth:`journal_entries`) before it is sent again.
+
+        :param table: the record's table.
+        :param sys_id: the record's sys_id (a 404 raises :class:`ServiceNowRequestError`: never created here).
+        :param body: the fields to write, as strings.
+        :param fields: the fields the answer returns.
+        """
+        params = {"sysparm_fields": ",".join(fields), "sysparm_exclude_reference_link": "true"}
+        response = self._send("PATCH", f"{self.table_path(table)}/{sys_id}", params=params, body=body)
+        result = _json_result(response)
+        if not isinstance(result, dict) or ("sys_id" in fields and result.get("sys_id") != sys_id):
+            raise ServiceNowTransientError(
+                f"{response.status_code} answer without the updated record: the update may or may not be applied",
+                status=response.status_code,
+            )
+        return result
+
+    def journal_entries(
+        self, table: str, sys_id: str, element: str = "work_notes", *, since: str | None = None
+    ) -> list[dict[str, str]]:
+        """The journal entries (``sys_journal_field``) of one record's journal field, oldest first, every page.
+
+        :param table: the record's table (the entries' ``name``).
+        :param sys_id: the record's sys_id (the entries' ``element_id``).
+        :param element: the journal field: ``work_notes`` or ``comments``.
+        :param since: only entries created at or after this ``YYYY-MM-DD HH:MM:SS`` (UTC).
+        """
+        if not SYS_ID.fullmatch(sys_id) or not re.fullmatch(r"[a-z_]+", element):
+            raise ValueError(f"invalid journal look-up {sys_id!r}/{element!r}")
+        query = f"element_id={sys_id}^element={element}^name={table}"
+        if since is not None:
+            if not re.fullmatch(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}", since):
+                raise ValueError(f"since must be YYYY-MM-DD HH:MM:SS, got {since!r}")
+            query += f"^sys_created_on>={since}"
+        query += "^ORDERBYsys_created_on^ORDERBYsys_id"
+        fields = ("sys_id", "element_id", "element", "value", "sys_created_on")
+        entries: list[dict[str, str]] = []
+        while True:
+            page = self.list_records(
+                "sys_journal_field", query=query, fields=fields, limit=LOOKUP_PAGE, offset=len(entries)
+            )
+            for entry in page:
+                if entry.get("element_id") != sys_id or entry.get("element") != element:
+                    raise ServiceNowRequestError(
+                        200,
+                        "journal answer holds entries of another record or field",
+                        "the instance ignored part of the query (can the integration user read sys_journal_field?); "
+                        "without it an update cannot be checked before it is sent again",
+                    )
+                entries.append({key: str(entry.get(key) or "") for key in fields})
+            if len(page) < LOOKUP_PAGE:
+                return entries
 
     def test_connection(self) -> tuple[bool, str]:
         """Airflow's "Test" button: one cheap authenticated read (one ``sys_id`` of the loan service case table).
