@@ -16,7 +16,7 @@ help:
 	@echo "make lint      ruff and mypy"
 	@echo "make emulator  run the ServiceNow emulator in the foreground on 127.0.0.1:8765"
 	@echo "make scaleout  one DAG run on the real CeleryExecutor, mapped loaders on two workers (PostgreSQL + Redis)"
-	@echo "make bench     benchmark: the DAG vs a sequential loop and a naive mapped DAG; writes docs/performance.md"
+	@echo "make bench     benchmark: the DAG at 20 and 100 ms vs a bare C-lane client, a shared-cookie control, a sequential loop and a naive mapped DAG; writes docs/performance.md"
 	@echo "make migrate   apply the source table's schema migrations (MIGRATE_ARGS=\"--conn-id ticket_source --sql\")"
 	@echo "make soak      100,000 requests through the DAG with ~10% faults and two worker kills, then checks"
 

@@ -1,7 +1,7 @@
 """`make bench`: how fast the sync runs against an instance that serves C requests at once, each taking L ms.
 
-One emulator process (``--latency-ms L --concurrency-limit C``; the ceiling is C / L requests a second) serves, in
-one run:
+One emulator process (``--latency-ms L --concurrency-limit C``; the ceiling is C / L requests a second), with its
+session synchroniser on (one transaction at a time per session, as on a real instance), serves, in one run:
 
 1. the project's DAG through Airflow (``airflow dags test``, PostgreSQL source in a throw-away database) on an empty
    table (Airflow's fixed start-up cost) and on N rows, with ``max_in_flight`` = C: rows/s end to end, excluding the
@@ -10,7 +10,11 @@ one run:
 3. the naive DAG (``bench/dags/naive_http_mapped.py``: one mapped ``HttpOperator`` task per row), on a few rows;
 4. the peak RSS of the DAG run at N and at 10 x N rows: ``ru_maxrss`` of the rusage ``wait4`` returns for the
    ``airflow dags test`` process (the largest single process of its tree; ``dags test`` runs the tasks in it);
-5. the DAG again with the emulator's rate limit set below the ceiling: the 429s it answered and the rate it served.
+5. the DAG again with the emulator's rate limit set below the ceiling: the 429s it answered and the rate it served;
+6. a bare C-lane client (C threads, each its own session, POST only, no database): the physical limit of this box;
+   and the same C threads sharing one session cookie: the control, which the session synchroniser serialises;
+7. the DAG again at ``--slow-latency-ms`` (100 ms): its rate against that ceiling.
+The main run also reports the ServiceNow sessions the loader made the instance create.
 
 It prints one table and writes it, with the date and the commit measured, between the markers of docs/performance.md.
 
@@ -31,6 +35,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -245,6 +250,50 @@ class Bench:
             raise RuntimeError(f"the naive DAG on {rows} rows: exit code {code}, {created} created; see {log}")
         return seconds, task_seconds(log, "create_case")
 
+    def bare(self, rows: int, *, shared_session: bool) -> dict[str, float]:
+        """C threads POSTing the same bodies, no database: each thread with a session of its own (the physical
+        limit of this box), or all sharing one session cookie (the control). Rows/s and sessions created."""
+        bodies = []
+        for i, request in enumerate(sample_requests(rows, prefix=f"BARE{uuid.uuid4().hex[:6]}-")):
+            case = prepare(SourceRow(id=i + 1, **request))
+            if isinstance(case, PreparedCase):
+                bodies.append(case.body.to_json())
+        lanes = self.args.concurrency
+        shared = requests.Session()
+        shared.auth = ("admin", self.emulator.password)
+        url = f"{self.emulator.url}/api/now/table/{TABLE}"
+        refused: list[int] = []  # 429s: one session's requests beyond the instance's "max waiters"
+
+        def lane(index: int) -> None:
+            session = shared if shared_session else requests.Session()
+            session.auth = ("admin", self.emulator.password)
+            for body in bodies[index::lanes]:
+                while True:
+                    response = session.post(url, json=body, headers={"Accept": "application/json"}, timeout=60)
+                    if response.status_code != 429:
+                        break
+                    refused.append(1)
+                    time.sleep(0.05)
+                response.raise_for_status()
+
+        before = self.emulator.stats()
+        if shared_session:  # open the one session before the threads start, or each would start its own
+            shared.get(url, params={"sysparm_limit": "1"}, headers={"Accept": "application/json"}, timeout=60)
+        started = time.perf_counter()
+        with ThreadPoolExecutor(lanes) as pool:
+            list(pool.map(lane, range(lanes)))
+        seconds = time.perf_counter() - started
+        sessions = _delta(before, self.emulator.stats())["sessions_created"]
+        return {"rows_per_second": len(bodies) / seconds, "sessions_created": sessions, "refused_429": len(refused)}
+
+    def slow(self, rows: int) -> RunResult:
+        """The DAG at the slow latency (the emulator's latency changed for this run only)."""
+        self.emulator.set_faults(latency_ms=self.args.slow_latency_ms)
+        try:
+            return self.dag_run(rows, prefix="SLOW")
+        finally:
+            self.emulator.set_faults(latency_ms=self.args.latency_ms)
+
     def rate_limited(self, rows: int) -> RunResult:
         """The DAG with the emulator's rate limit below the ceiling (burst: one window of C requests)."""
         self.emulator.set_faults(rate_limit_per_second=self.args.rate_limit, rate_limit_burst=self.args.concurrency)
@@ -258,7 +307,8 @@ def _delta(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
     """What the emulator answered between two stats snapshots."""
     statuses = set(before["by_status"]) | set(after["by_status"])
     by_status = {s: after["by_status"].get(s, 0) - before["by_status"].get(s, 0) for s in sorted(statuses)}
-    return {"by_status": {s: n for s, n in by_status.items() if n}, "requests": sum(by_status.values())}
+    return {"by_status": {s: n for s, n in by_status.items() if n}, "requests": sum(by_status.values()),
+            "sessions_created": after.get("sessions_created", 0) - before.get("sessions_created", 0)}
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -286,7 +336,30 @@ def build_table(args: argparse.Namespace, ceiling: float, results: dict[str, Any
                         f"the ceiling ({main.load_seconds:.1f} s)"))
     cpu_dag = (main.cpu_seconds - empty.cpu_seconds) / n * 1000
     cpu_emulator = main.emulator["cpu_seconds"] / n * 1000
-    rows.append(Row("CPU per row (user + sys): DAG run / emulator", f"{cpu_dag:.2f} ms / {cpu_emulator:.2f} ms"))
+    rows.append(Row("CPU per row (user + sys): DAG run / emulator", f"{cpu_dag:.2f} ms / {cpu_emulator:.2f} ms",
+                    "DAG ≤ 0.5 ms", cpu_dag <= 0.5))
+    sessions = main.emulator.get("sessions_created", 0)
+    rows.append(Row(f"ServiceNow sessions the loader created ({n:,} rows)", f"{sessions}",
+                    f"≤ 2 × max_in_flight = {2 * args.concurrency}", sessions <= 2 * args.concurrency))
+    bare, control = results.get("bare"), results.get("shared_cookie")
+    if bare:
+        bare_rate = bare["rows_per_second"]
+        rows.append(Row(f"bare {args.concurrency}-lane client (a session each, POST only, {args.bare_rows} rows)",
+                        f"{bare_rate:.0f} rows/s = {bare_rate / ceiling:.2f} of the ceiling"))
+        rows.append(Row(f"DAG at L = {args.latency_ms:g} ms against the bare client", f"{rate / bare_rate:.2f}",
+                        "≥ 0.85", rate / bare_rate >= 0.85))
+    if control:
+        rows.append(Row(f"control: {args.concurrency} threads sharing one session cookie",
+                        f"{control['rows_per_second']:.0f} rows/s = {control['rows_per_second'] / ceiling:.2f} of the "
+                        f"ceiling ({control['sessions_created']} session, {control.get('refused_429', 0)} × 429 for "
+                        "too many waiting)"))
+    slow: RunResult | None = results.get("slow")
+    if slow:
+        slow_ceiling = args.concurrency / (args.slow_latency_ms / 1000)
+        slow_rate = slow.rows / (slow.seconds - empty.seconds)
+        rows.append(Row(f"DAG at L = {args.slow_latency_ms:g} ms, {slow.rows:,} rows, excluding start-up",
+                        f"{slow_rate:.0f} rows/s = {slow_rate / slow_ceiling:.2f} of its ceiling "
+                        f"({slow_ceiling:.0f}/s)", "≥ 0.93", slow_rate / slow_ceiling >= 0.93))
     seq = results["sequential"]
     rows.append(Row(f"sequential `requests` loop ({args.seq_rows} rows)", f"{seq:.1f} rows/s; DAG is {rate / seq:.0f}x",
                     "≥ 15x", rate / seq >= 15))
@@ -367,6 +440,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--naive-rows", type=int, default=60, help="rows of the naive mapped DAG (60)")
     parser.add_argument("--rate-limit", type=float, default=400.0, help="the emulator's rate limit, req/s (400)")
     parser.add_argument("--rate-rows", type=int, help="rows of the rate-limited run (20 s at the limit)")
+    parser.add_argument("--bare-rows", type=int, default=4000, help="rows of the bare C-lane client (4,000)")
+    parser.add_argument("--slow-latency-ms", type=float, default=100.0, help="latency of the slow DAG run (100)")
+    parser.add_argument("--slow-rows", type=int, help="rows of the slow DAG run (30 s at its ceiling)")
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run of every measurement")
     parser.add_argument("--no-write", "--no-readme", dest="no_write", action="store_true",
                         help="print the table only (do not write docs/performance.md)")
@@ -380,6 +456,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         args.rows, args.seq_rows, args.naive_rows = min(args.rows, 2000), min(args.seq_rows, 200), 10
         args.big_rows = args.big_rows or 4 * args.rows
         args.rate_rows = args.rate_rows or 2000
+        args.bare_rows, args.slow_rows = min(args.bare_rows, 800), args.slow_rows or 400
+    args.slow_rows = args.slow_rows or int(30 * args.concurrency / (args.slow_latency_ms / 1000))
     args.big_rows = args.big_rows or 10 * args.rows
     args.rate_rows = args.rate_rows or int(20 * args.rate_limit)
     return args
@@ -387,8 +465,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def from_raw(path: Path) -> tuple[dict[str, Any], float]:
     raw = json.loads(path.read_text().removeprefix("raw: "))
-    for key in ("empty", "main", "big", "limited"):
-        raw[key] = RunResult(**raw[key])
+    for key in ("empty", "main", "big", "limited", "slow"):
+        if key in raw:
+            raw[key] = RunResult(**raw[key])
     return raw, float(raw.pop("total_seconds", 0.0))
 
 
@@ -432,6 +511,12 @@ def main(argv: list[str]) -> int:
             bench.log(f"{args.rows} rows: {results['main'].seconds:.1f} s, load {results['main'].load_seconds} s")
             results["sequential"] = bench.sequential(args.seq_rows)
             bench.log(f"sequential loop: {results['sequential']:.1f} rows/s")
+            results["bare"] = bench.bare(args.bare_rows, shared_session=False)
+            bench.log(f"bare {args.concurrency}-lane client: {results['bare']}")
+            results["shared_cookie"] = bench.bare(max(args.seq_rows, 2 * args.concurrency), shared_session=True)
+            bench.log(f"shared-cookie control: {results['shared_cookie']}")
+            results["slow"] = bench.slow(args.slow_rows)
+            bench.log(f"L={args.slow_latency_ms:g} ms: {results['slow'].seconds:.1f} s for {args.slow_rows} rows")
             results["naive_seconds"], results["naive_span"] = bench.naive(args.naive_rows)
             bench.log(f"naive mapped DAG: {results['naive_seconds']:.1f} s for {args.naive_rows} rows")
             results["limited"] = bench.rate_limited(args.rate_rows)

@@ -40,8 +40,8 @@ from ticketsync_dev.samples import sample_requests
 TABLE = "sn_bom_loan_service"
 INVALID_EVERY = 25
 # About 10 % of all API requests faulted, of every kind the emulator injects, plus a rate limit that answers 429
-# with Retry-After and X-RateLimit-Limit. Random 429 storms are left to the fault matrix: the loader's pace after an
-# unannounced 429 recovers by about 1 request/s each second, which would make this run take hours.
+# with Retry-After and X-RateLimit-Limit. Random 429 storms are left to the fault matrix (each one pauses every
+# request in flight; tests/test_throttle.py covers how the pace recovers).
 FAULTS = (
     "--error-500", "0.01", "--error-502", "0.005", "--error-503", "0.01", "--error-504", "0.005",
     "--html-200", "0.005", "--cut-before-commit", "0.01", "--cut-after-commit", "0.015",

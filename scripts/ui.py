@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import signal
+import sqlite3
 import sys
 import time
 from collections import Counter
@@ -26,6 +27,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--invalid-every", type=int, default=10, help="every Nth sample breaks a rule (10; 0: none)")
     parser.add_argument("--keep-source", action="store_true", help="keep the source rows of the last session")
     parser.add_argument("--schedule", action="store_true", help="let the scheduler start the 5-minute runs too")
+    parser.add_argument("--no-provider", dest="provider", action="store_false",
+                        help="do not install the wheel: ticketsync from plugins/ only, no 'servicenow' connection type")
     return parser.parse_args(argv)
 
 
@@ -35,11 +38,16 @@ def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
 
 def banner(stack: LocalStack) -> str:
     home = stack.home.relative_to(REPO) if stack.home.is_relative_to(REPO) else stack.home
-    statuses = Counter(row["status"] for row in stack.source_rows().values())
+    try:
+        statuses = Counter(row["status"] for row in stack.source_rows().values())
+    except sqlite3.OperationalError:  # --rows 0: no table until the first run creates it
+        statuses = Counter()
     rows = ", ".join(f"{count} {status}" for status, count in sorted(statuses.items())) or "empty"
     if stack.invalid_every and statuses.get("pending"):
         rows += f"; every {stack.invalid_every}th sample breaks a rule, so the first run rejects some"
     schedule = "on (every 5 minutes)" if stack.schedule else "off: trigger runs from the UI (▶ Trigger)"
+    provider = (f"installed from a fresh wheel in {stack.provider_site}: Admin → Connections → Add offers the "
+                "'ServiceNow' type (Test enabled)" if stack.provider else "not installed (--no-provider)")
     return "\n".join([
         "",
         f"Airflow UI      {stack.url}   (DAG: {stack.url}/dags/{DAG_ID})",
@@ -49,6 +57,7 @@ def banner(stack: LocalStack) -> str:
         "sn_bom_loan_service)",
         f"source          SQLite {stack.source_path} ({rows})",
         f"schedule        {schedule}",
+        f"provider        {provider}",
         f"logs            {stack.work / 'logs'} (components), {stack.home / 'logs'} (tasks)",
         "",
         "Ctrl-C stops everything.",
@@ -58,7 +67,7 @@ def banner(stack: LocalStack) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     stack = LocalStack(home=args.home, api_port=args.port, rows=args.rows, invalid_every=args.invalid_every,
-                       schedule=args.schedule)
+                       schedule=args.schedule, provider=args.provider)
     signal.signal(signal.SIGTERM, _raise_interrupt)
     signal.signal(signal.SIGINT, _raise_interrupt)  # also when started with SIGINT ignored (a background job)
     print(f"Starting Airflow (api-server, scheduler, dag-processor, triggerer) in {stack.home}; "

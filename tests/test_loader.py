@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import replace
 
 import pytest
 
@@ -17,13 +18,23 @@ from ticketsync_dev.samples import sample_requests
 
 TABLE = "sn_bom_loan_service"
 FAST = LoadSettings(chunk_size=25, max_in_flight=8, retry_rounds=4, backoff_base=0.05, backoff_cap=0.2)
+# Enough POSTs per row that random faults cannot leave one pending. With FAST's 5 (1 + 4 rounds) and a fault set in
+# which 15 % of POSTs create nothing (cut_before_commit 0.10 + error_502 0.05), a row would stay pending with
+# probability 0.15**5 if draws were independent: up to ~2 % of loads of 285 rows. The seed fixes the sequence of
+# draws but not which row gets which (8 POSTs race; load changes the interleaving), so rows needing 4 of their 5
+# POSTs do occur (18 of 68 runs seen). With 9 POSTs a row left pending is out of reach: 285 * 0.15**9 < 1e-5.
+FAULT_TOLERANT = replace(FAST, retry_rounds=8, max_attempts=10)
 
 
 @pytest.fixture
 def hook(emulator: RunningEmulator, monkeypatch: pytest.MonkeyPatch) -> Iterator[ServiceNowHook]:
+    # No test here injects a slow answer; a timeout would be an unplanned fault, and one the tests cannot survive:
+    # ``load`` skips every sleep, the settle wait after a timed-out POST included, so a retry round could look the
+    # row up before the emulator committed the first POST and create a second record. A loaded CI box can take
+    # seconds to answer, hence a timeout no answer reaches.
     monkeypatch.setenv("AIRFLOW_CONN_SERVICENOW_DEFAULT", json.dumps({
         "conn_type": "http", "host": "127.0.0.1", "port": emulator.port, "schema": "http",
-        "login": "admin", "password": "s3cret-emulator", "extra": {"timeout": 2},
+        "login": "admin", "password": "s3cret-emulator", "extra": {"timeout": 60},
     }))
     hook = ServiceNowHook(pool_size=8)
     yield hook
@@ -45,7 +56,7 @@ def assert_exactly_once(source: SourceTable, emulator: RunningEmulator, expected
     records = emulator.store.records(TABLE)
     per_correlation = Counter(record["correlation_id"] for record in records)
     duplicates = {key: n for key, n in per_correlation.items() if n > 1}
-    assert not duplicates, f"duplicate records: {duplicates}"
+    assert not duplicates, f"duplicate records: {duplicates}; faults {emulator.stats()['faults']}"
     assert len(records) == expected_valid
     by_sys_id = {record["sys_id"]: record for record in records}
     created = {rid: row for rid, row in rows_by_request(source).items() if row[0] == "created"}
@@ -141,12 +152,16 @@ def test_faults_never_cause_a_duplicate_or_a_lost_row(
 ) -> None:
     source.insert_requests(sample_requests(300, invalid_every=20))
     emulator.set_faults(seed=11, **faults)
-    counts = load(source, hook, "run-1")
-    assert counts["still_pending"] == 0, counts
-    assert counts["created"] + counts["adopted"] == 285
-    assert counts["rejected"] == 15
+    counts = load(source, hook, "run-1", FAULT_TOLERANT)
+    rows = rows_by_request(source)
+    # what a failure needs to explain itself: the counts, the faults drawn, the rows that did not end as expected
+    odd = {rid: row for rid, row in rows.items() if row[0] not in ("created", "rejected") or (row[4] or 0) > 3}
+    story = f"counts {counts}; faults {emulator.stats()['faults']}; rows pending/failed or POSTed > 3 times: {odd}"
+    assert counts["still_pending"] == 0, story
+    assert counts["created"] + counts["adopted"] == 285, story
+    assert counts["rejected"] == 15, story
     assert_exactly_once(source, emulator, 285)
-    assert Counter(row[0] for row in rows_by_request(source).values()) == {"created": 285, "rejected": 15}
+    assert Counter(row[0] for row in rows.values()) == {"created": 285, "rejected": 15}, story
 
 
 def test_cut_after_commit_is_recovered_by_adoption(

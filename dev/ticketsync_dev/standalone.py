@@ -13,6 +13,15 @@ SimpleAuthManager, SQLite metadata in a project-local ``AIRFLOW_HOME``), started
 
 Beside Airflow: the ServiceNow emulator as a process, and an embedded SQLite source seeded with sample requests; the
 connections reach Airflow as ``AIRFLOW_CONN_*`` variables (:meth:`ticketsync_dev.local.LocalAirflow.env`).
+
+With ``provider`` on (the default), the repository's wheel is built and installed apart, into
+``home/ticketsync/provider/`` (``pip install --no-deps --target``, seconds), and that directory goes first on every
+component's ``PYTHONPATH``: Airflow finds the ``apache_airflow_provider`` entry point, so the UI offers the
+``servicenow`` connection type with its form, and the tasks import the installed ``ticketsync`` as a deployment
+would (``plugins/`` stays the plugins folder: its Airflow plugin imports the same installed package). The wheel is
+rebuilt at every start, so edits under ``plugins/ticketsync`` show after a restart. ``[core] test_connection`` is
+``Enabled`` here so the form's Test button works; a real deployment decides that setting itself (Airflow disables
+the button by default, since a test runs the hook's code in the API server).
 """
 
 from __future__ import annotations
@@ -20,10 +29,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import sqlite3
 import subprocess
+import sys
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -33,7 +44,7 @@ from typing import Any
 import requests
 
 from ticketsync.source import Dialect, SourceTable
-from ticketsync_dev.local import BIN, DAG_ID, EmulatorProcess, LocalAirflow, sqlite_connection
+from ticketsync_dev.local import BIN, DAG_ID, REPO, EmulatorProcess, LocalAirflow, sqlite_connection
 from ticketsync_dev.samples import sample_requests
 
 ADMIN_USER = "admin"
@@ -74,6 +85,7 @@ class LocalStack:
     emulator_args: tuple[str, ...] = ("--latency-ms", "20")
     connections: dict[str, str] = field(default_factory=dict)
     extra_env: dict[str, str] = field(default_factory=dict)
+    provider: bool = True
     emulator: EmulatorProcess = field(init=False)
     processes: dict[str, subprocess.Popen[bytes]] = field(init=False, default_factory=dict)
     _token: str | None = field(init=False, default=None)
@@ -105,6 +117,25 @@ class LocalStack:
 
     def log_path(self, component: str) -> Path:
         return self.work / "logs" / f"{component}.log"
+
+    @property
+    def provider_site(self) -> Path:
+        """Where the provider's wheel is installed (first on the components' ``PYTHONPATH``)."""
+        return self.work / "provider"
+
+    # --- the provider ------------------------------------------------------------------------------------------
+    def install_provider(self) -> None:
+        """Build the repository's wheel and install it, without dependencies (the venv has them), into
+        :attr:`provider_site`, replacing what an earlier start put there."""
+        shutil.rmtree(self.provider_site, ignore_errors=True)
+        with self.log_path("provider-install").open("w") as log:
+            done = subprocess.run(
+                [sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index",
+                 "--disable-pip-version-check", "--target", str(self.provider_site), str(REPO)],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, timeout=300, check=False,
+            )
+        if done.returncode != 0:
+            raise StackError(f"building and installing the provider failed; see {self.log_path('provider-install')}")
 
     # --- the source --------------------------------------------------------------------------------------------
     def seed(self, count: int, *, invalid_every: int = 0, prefix: str = "REQ", start: int = 1) -> list[dict[str, Any]]:
@@ -146,8 +177,13 @@ class LocalStack:
             "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
             "PATH": os.pathsep.join([str(BIN), os.environ.get("PATH", "")]),
             "PYTHONUNBUFFERED": "1",
-            **self.extra_env,
         }
+        if self.provider:
+            env["PYTHONPATH"] = os.pathsep.join([
+                str(self.provider_site), str(REPO / "plugins"), *filter(None, [os.environ.get("PYTHONPATH")]),
+            ])
+            env["AIRFLOW__CORE__TEST_CONNECTION"] = "Enabled"  # the form's Test button; see the module's docstring
+        env.update(self.extra_env)
         return LocalAirflow(home=self.home, connections=connections, extra_env=env)
 
     def start(self, *, reseed: bool = True) -> LocalStack:
@@ -162,6 +198,8 @@ class LocalStack:
                 self.seed(self.rows, invalid_every=self.invalid_every)
         self.api_port = self.api_port or free_port()
         try:
+            if self.provider:
+                self.install_provider()
             self.emulator.start()
             airflow = self.airflow()
             airflow.migrate()

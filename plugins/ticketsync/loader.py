@@ -21,10 +21,14 @@ A 429 is retried in place (nothing was done). Any other transient failure (5xx, 
 that is not JSON, a 201 without sys_id) may have created the record, so the row goes to a retry round that starts
 with the look-up again. Rows still failing after the rounds stay ``pending`` with the error and their attempt
 count; once a row has used ``max_attempts`` it becomes ``failed``, but only after a look-up confirmed that no
-record exists. A POST that timed out may still be committed by the instance after the client gave up: its retry
-round waits until ``settle_seconds`` (ServiceNow's transaction quota) have passed since it was sent before the
-look-up. A POST still refused with 429 after ``max_rate_limited_waits`` waits stays ``pending`` without using
-an attempt (nothing was done), so a rate-limit storm, however long, never makes a row ``failed``.
+record exists. A POST that timed out may still be committed by the instance after the client gave up: that row
+is looked up again only once ``settle_seconds`` (ServiceNow's transaction quota) have passed since it was sent;
+the other rows of its retry round go ahead without waiting for it. A POST still refused with 429 after
+``max_rate_limited_waits`` waits stays ``pending`` without using an attempt (nothing was done), so a rate-limit
+storm, however long, never makes a row ``failed``.
+
+The window stays full: the next chunk is taken and looked up while at least two windows of POSTs are still queued
+or in flight, so neither a chunk boundary nor a look-up drains it.
 """
 
 from __future__ import annotations
@@ -59,6 +63,7 @@ from ticketsync.hooks.servicenow import (
     ServiceNowTransientError,
 )
 from ticketsync.models import FieldError, PreparedCase, Rejection, SourceRow, SyncAction, SyncStatus
+from ticketsync.progress import ProgressReporter, ProgressSnapshot
 from ticketsync.source import Outcome, Shard, SourceTable, is_row_refusal, refusal_text
 from ticketsync.throttle import Throttle, backoff_delay
 from ticketsync.transform import prepare
@@ -96,6 +101,7 @@ class LoadSettings:
     # transaction after 60 s by default). A row whose POST timed out is looked up again only once that long has
     # passed since it was sent: an earlier look-up could miss a record still being written, and create a second.
     settle_seconds: float = 60.0
+    progress_interval: float = 15.0  # seconds between progress lines in the task log
 
     def __post_init__(self) -> None:
         for name in ("chunk_size", "max_in_flight", "max_attempts", "max_rate_limited_waits"):
@@ -159,9 +165,11 @@ class CaseLoader:
         # Finished (or cancelled) POSTs, in the order they finished: one queue instead of waiting on every future.
         self._done: queue.SimpleQueue[Future[_Posted]] = queue.SimpleQueue()
         self._retry_ids: list[int] = []
+        self._retry_ready: dict[int, float] = {}  # row id -> when it may be looked up again (time.monotonic())
         self._auth_error: ServiceNowConfigurationError | None = None
         self._writer: _OutcomeWriter | None = None
         self._settle_until = 0.0  # no retry round looks up before this (time.monotonic())
+        self._claimed = 0  # rows this loader's token (shard) held pending when the load started
         self._twins = CaseTwins(())
 
     # ----------------------------------------------------------------------------------------------------------
@@ -169,24 +177,40 @@ class CaseLoader:
     # ----------------------------------------------------------------------------------------------------------
 
     def run(self) -> LoadCounts:
+        self._claimed = self.source.held(self.token, shard=self.settings.shard)
+        progress = ProgressReporter(self.progress, interval=self.settings.progress_interval)
         pool = ThreadPoolExecutor(max_workers=self.settings.max_in_flight, thread_name_prefix="servicenow-post")
         self._writer = _OutcomeWriter(self.source.clone(), self.token)
+        progress.start()
         try:
-            self._twins = CaseTwins(SourceTwin(*twin) for twin in self.source.case_twins())
-            self._first_pass(pool)
-            self._retry_rounds(pool)
-        except BaseException as exc:
-            self._finish(pool, failing=exc)
-            if isinstance(exc, Exception):
-                self._settle()
-            raise
-        self._finish(pool, failing=self._auth_error)
+            try:
+                self._twins = CaseTwins(SourceTwin(*twin) for twin in self.source.case_twins())
+                self._first_pass(pool)
+                self._retry_rounds(pool)
+            except BaseException as exc:
+                self._finish(pool, failing=exc)
+                if isinstance(exc, Exception):
+                    self._settle()
+                raise
+            self._finish(pool, failing=self._auth_error)
+        finally:
+            progress.stop()
         if self._auth_error is not None:
             raise self._auth_error
         self.counts.still_pending = len(self._retry_ids)
         if self._retry_ids:
             self._settle()
         return self.counts
+
+    def progress(self) -> ProgressSnapshot:
+        """The load's counts and pacing now (read from another thread: a progress line, not a decision)."""
+        counts, throttle = self.counts, self.throttle
+        return ProgressSnapshot(
+            claimed=self._claimed, created=counts.created, adopted=counts.adopted, rejected=counts.rejected,
+            failed=counts.failed, in_flight=throttle.in_flight, pace=throttle.pace,
+            configured_rate=self.settings.rate_limit, limit_per_hour=throttle.limit_per_hour,
+            paused_for=throttle.paused_for(),
+        )
 
     def _settle(self) -> None:
         """The next attempt must not look up a row whose timed-out POST the instance may still be writing."""
@@ -231,6 +255,12 @@ class CaseLoader:
         if first is not None:
             raise first
 
+    @property
+    def _queue_depth(self) -> int:
+        """POSTs kept queued or in flight while the next chunk is taken and looked up: the pool never waits for the
+        look-up, and a chunk smaller than the window does not drain it."""
+        return max(self.settings.chunk_size, 2 * self.settings.max_in_flight)
+
     def _note_held_back(self, failing: BaseException | None) -> None:
         """Rows this load stopped before handling say so in their ``error`` (those with an error keep theirs)."""
         if failing is None:
@@ -264,8 +294,7 @@ class CaseLoader:
     def _first_pass(self, pool: ThreadPoolExecutor) -> None:
         after = 0
         while self._auth_error is None:
-            # Keep one chunk queued behind the one being sent, so the pool never waits for the look-up.
-            self._wait_until(max_queued=self.settings.chunk_size)
+            self._wait_until(max_queued=self._queue_depth)
             rows = self.source.take_chunk(
                 self.token, after=after, size=self.settings.chunk_size, lease_seconds=self.settings.lease_seconds,
                 shard=self.settings.shard,
@@ -281,21 +310,42 @@ class CaseLoader:
             self._drain(cancel=False)
             if not self._retry_ids or self._auth_error is not None:
                 return
+            ids, self._retry_ids = self._retry_ids, []
+            ready_at = {row_id: self._retry_ready.pop(row_id, 0.0) for row_id in ids}
             delay = backoff_delay(round_number, base=self.settings.backoff_base, cap=self.settings.backoff_cap)
-            delay = max(delay, self._settle_until - time.monotonic())
-            log.info("retry round %d for %d rows in %.1f s", round_number, len(self._retry_ids), delay)
+            settling = sum(when > time.monotonic() + delay for when in ready_at.values())
+            log.info(
+                "retry round %d for %d rows in %.1f s%s", round_number, len(ids), delay,
+                f" ({settling} of them once their timed-out POST settled)" if settling else "",
+            )
             self._flush()
             self._sleep(delay)
-            ids, self._retry_ids = self._retry_ids, []
             self.counts.retried += len(ids)
-            for start in range(0, len(ids), self.settings.chunk_size):
-                part = ids[start : start + self.settings.chunk_size]
-                rows = self.source.take_rows(
-                    self.token, part, lease_seconds=self.settings.lease_seconds, shard=self.settings.shard
-                )
-                self._submit_chunk(pool, rows)
-                self._wait_until(max_queued=self.settings.chunk_size)
+            for ready, wave in _waves(ready_at, time.monotonic()):
+                self._wait_for(ready)  # rows whose timed-out POST the instance may still be writing
+                for start in range(0, len(wave), self.settings.chunk_size):
+                    part = wave[start : start + self.settings.chunk_size]
+                    rows = self.source.take_rows(
+                        self.token, part, lease_seconds=self.settings.lease_seconds, shard=self.settings.shard
+                    )
+                    self._submit_chunk(pool, rows)
+                    self._wait_until(max_queued=self._queue_depth)
         self._drain(cancel=False)
+
+    def _wait_for(self, moment: float) -> None:
+        """Until ``moment`` (time.monotonic()): harvest the POSTs in flight meanwhile, then sleep the rest."""
+        while self._in_flight and time.monotonic() < moment:
+            try:
+                future = self._done.get(timeout=max(0.0, min(self.settings.flush_interval, moment - time.monotonic())))
+            except queue.Empty:
+                self._flush_if_due()
+                continue
+            self._harvest(future)
+            self._flush_if_due()
+        remaining = moment - time.monotonic()
+        if remaining > 0:
+            self._flush()
+            self._sleep(remaining)
 
     # ----------------------------------------------------------------------------------------------------------
     # one chunk: transform, look up, adopt or send
@@ -505,7 +555,9 @@ class CaseLoader:
         self._retry_ids.append(row.id)
         attempt = row.attempts + 1
         if isinstance(error, ServiceNowTimeout):
-            self._settle_until = max(self._settle_until, posted.sent_at + self.settings.settle_seconds)
+            settled = posted.sent_at + self.settings.settle_seconds
+            self._settle_until = max(self._settle_until, settled)
+            self._retry_ready[row.id] = settled
         if isinstance(error, ServiceNowRateLimited):
             # Refused before anything was done: it does not use up one of the row's max_attempts, so a long
             # 429 storm leaves rows pending (retried later), never failed.
@@ -597,6 +649,21 @@ class _OutcomeWriter:
                 self._error = exc
             finally:
                 self._queue.task_done()
+
+
+def _waves(ready_at: dict[int, float], now: float, spread: float = 1.0) -> list[tuple[float, list[int]]]:
+    """Row ids in the order they may be looked up again: first every row ready now, then the settling ones in
+    groups whose ready times lie within ``spread`` seconds (one look-up each), each with the time it is ready."""
+    waves: list[tuple[float, list[int]]] = []
+    ready_now = [row_id for row_id, when in ready_at.items() if when <= now]
+    if ready_now:
+        waves.append((now, ready_now))
+    for row_id, when in sorted(((r, w) for r, w in ready_at.items() if w > now), key=lambda item: item[1]):
+        if waves and waves[-1][0] > now and when - waves[-1][0] <= spread:
+            waves[-1] = (max(waves[-1][0], when), [*waves[-1][1], row_id])
+        else:
+            waves.append((when, [row_id]))
+    return waves
 
 
 _PROBE_ID = "ticketsync-lookup-probe"

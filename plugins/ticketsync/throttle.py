@@ -3,9 +3,12 @@
 ServiceNow serves a limited number of API requests at once and may enforce an hourly rate limit per user. The
 loader therefore keeps a window of requests in flight (at most ``max_in_flight``), spaces requests to an optional
 client-side rate, and reacts to a 429 as one: everyone pauses (for ``Retry-After`` when given), the window is
-halved, and the pace drops to 70 % of the rate achieved over the last second; both grow back with each success
-(additive increase, multiplicative decrease), the window by about one place per window of successes, the pace by
-about one request per second each second, never above a configured rate.
+halved, and, unless the instance named its hourly limit, the pace drops to half the rate achieved over the last
+second. The pace then recovers as TCP's congestion control does: slow start (it doubles every second without a 429)
+up to 90 % of the pace the 429 interrupted, then additive increase (about 2.5 % of that pace per second), so the
+pre-429 pace is back within about five seconds, and a storm that keeps answering 429 keeps pulling it down. Once
+the pace is twice the interrupted one (and no rate was configured), pacing ends. The window grows back by about
+one place per window of successes.
 """
 
 from __future__ import annotations
@@ -16,6 +19,11 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+
+SLOW_START_DOUBLING = 1.0  # seconds in which the pace doubles while below the slow-start threshold
+SLOW_START_SHARE = 0.9  # the slow-start threshold, as a share of the pace a 429 interrupted
+ADDITIVE_SHARE = 0.025  # above the threshold, the pace grows by this share of the interrupted pace per second
+DECREASE_SHARE = 0.5  # after a 429 without a named limit, the pace drops to this share of the achieved rate
 
 
 def backoff_delay(attempt: int, *, base: float, cap: float, rng: random.Random | None = None) -> float:
@@ -51,6 +59,10 @@ class Throttle:
         self._last_decrease = float("-inf")
         self._default_pause = default_pause
         self._consecutive_429 = 0
+        self._interrupted = 0.0  # the pace the last 429 interrupted (requests per second)
+        self._threshold = 0.0  # slow start below this pace, additive increase above it
+        self._grown_at = 0.0  # when the pace last grew
+        self.limit_per_hour: float | None = None  # the hourly limit the instance named, once it did
         self._clock = clock
         self._sleep = sleep
         self.rate_limited_count = 0
@@ -58,6 +70,20 @@ class Throttle:
     @property
     def window(self) -> int:
         return int(self._window)
+
+    @property
+    def in_flight(self) -> int:
+        """Requests holding a place now."""
+        return self._in_flight
+
+    @property
+    def pace(self) -> float | None:
+        """The current pace in requests per second; None when unpaced."""
+        return self._rate
+
+    def paused_for(self) -> float:
+        """Seconds until the common pause after a 429 ends (0 when not paused)."""
+        return max(0.0, self._pause_until - self._clock())
 
     @contextmanager
     def slot(self) -> Iterator[None]:
@@ -97,25 +123,47 @@ class Throttle:
             if self._window < self.max_in_flight:
                 self._window = min(float(self.max_in_flight), self._window + 1.0 / max(1.0, self._window))
                 self._cond.notify()
-            if self._rate is not None and self._rate != self._max_rate:
-                grown = self._rate + 1.0 / self._rate
-                self._rate = min(grown, self._max_rate) if self._max_rate else grown
-                self._interval = 1.0 / self._rate
+            if self._rate is not None and (self._max_rate is None or self._rate < self._max_rate):
+                self._grow(self._clock())
+
+    def _grow(self, now: float) -> None:
+        """Slow start up to the threshold, additive increase above it; called with the lock held."""
+        assert self._rate is not None
+        elapsed = now - self._grown_at
+        if elapsed <= 0:
+            return  # still paused, or already grown at this instant
+        self._grown_at = now
+        if self._rate < self._threshold:
+            rate = min(self._threshold, self._rate * 2 ** (elapsed / SLOW_START_DOUBLING))
+        else:
+            rate = self._rate + ADDITIVE_SHARE * max(1.0, self._interrupted) * elapsed
+        if self._max_rate is not None:
+            rate = min(rate, self._max_rate)
+        elif rate >= 2 * self._interrupted:
+            self._rate, self._interval = None, 0.0  # well past the interrupted pace: the window governs again
+            return
+        self._rate, self._interval = rate, 1.0 / rate
 
     def _slower_rate(self, now: float, limit_per_hour: float | None) -> float:
         if limit_per_hour:
             target = limit_per_hour / 3600.0
             self._max_rate = min(self._max_rate, target) if self._max_rate else target
+            self.limit_per_hour = limit_per_hour
             return target
         span = max(0.05, now - self._recent[0]) if self._recent else 1.0
-        achieved = len(self._recent) / span
-        return max(1.0, 0.7 * min(achieved, self._rate or achieved))
+        achieved = min(len(self._recent) / span, self._rate or float("inf"))
+        self._interrupted = max(1.0, achieved)
+        self._threshold = SLOW_START_SHARE * self._interrupted
+        return max(1.0, DECREASE_SHARE * achieved)
 
     def rate_limited(self, retry_after: float | None, limit_per_hour: float | None = None) -> float:
         """A 429: pause everyone, halve the window and slow the pace (once per pause); return the pause.
 
         When the instance names its limit (``X-RateLimit-Limit``, per hour), the pace becomes that limit spread
-        evenly over the hour; otherwise 70 % of the rate achieved just before.
+        evenly over the hour for good; otherwise half the rate achieved just before, recovering as the module says.
+
+        :param retry_after: the instance's ``Retry-After`` in seconds, if it sent one.
+        :param limit_per_hour: the instance's ``X-RateLimit-Limit``, if it sent one.
         """
         with self._cond:
             self.rate_limited_count += 1
@@ -132,5 +180,6 @@ class Throttle:
                 self._interval = 1.0 / self._rate
                 self._last_decrease = now
             self._pause_until = max(self._pause_until, now + pause)
+            self._grown_at = max(self._grown_at, self._pause_until)
             self._cond.notify_all()
             return pause

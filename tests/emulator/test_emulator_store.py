@@ -81,12 +81,13 @@ def test_one_thousand_in_queries_over_twenty_thousand_records_are_fast() -> None
         "correlation_idIN" + ",".join(f"REQ-{n:06d}" for n in rng.sample(range(20_000), 100)) for _ in range(1_000)
     ]
 
-    started = time.perf_counter()
+    # CPU time, not wall time: a busy machine must not fail it; a scan instead of the index costs ~20 M comparisons
+    started = time.process_time()
     found = [store.query(LOAN, encoded, fields=("sys_id", "correlation_id"))[1] for encoded in queries]
-    elapsed = time.perf_counter() - started
+    elapsed = time.process_time() - started
 
     assert found == [100] * 1_000
-    assert elapsed < 5, f"1,000 IN queries took {elapsed:.2f} s"
+    assert elapsed < 5, f"1,000 IN queries took {elapsed:.2f} s of CPU"
 
 
 def test_indexed_and_scanned_queries_both_ignore_case() -> None:

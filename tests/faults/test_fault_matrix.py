@@ -63,8 +63,8 @@ def _5xx(status: int) -> Case:
     return Case(f"{status}", {f"error_{status}": 0.2}, (f"error_{status}",))
 
 
-# A 429 storm is slow by design: the loader pauses for Retry-After and drops its pace to 70 % of what it achieved
-# (at least 1 request/s), then regains about 1 request/s each second. The storm cases use a smaller backlog.
+# A 429 storm is slow by design: the loader pauses for Retry-After and halves its pace (at least 1 request/s), then
+# recovers by slow start and additive increase (ticketsync.throttle). The storm cases use a smaller backlog.
 STORM_BACKLOG = Backlog(60, invalid_every=12)
 
 CASES = [

@@ -13,6 +13,7 @@ from types import FrameType
 
 from ticketsync_dev.emulator.faults import FaultConfig, FaultConfigError
 from ticketsync_dev.emulator.server import EmulatorConfig, start_emulator
+from ticketsync_dev.emulator.sessions import SessionPolicy, SessionPolicyError
 from ticketsync_dev.emulator.store import DEFAULT_TABLES
 
 PASSWORD_ENV = "TICKETSYNC_EMULATOR_PASSWORD"  # noqa: S105 - the name of a variable, not a secret
@@ -75,6 +76,19 @@ def build_parser() -> argparse.ArgumentParser:
     oauth.add_argument("--oauth-client-id", default="ticketsync")
     oauth.add_argument("--oauth-client-secret", help=f"used when ${CLIENT_SECRET_ENV} is unset")
     oauth.add_argument("--oauth-token-lifetime", type=float, default=1799.0, metavar="SECONDS")
+    sessions = parser.add_argument_group("sessions (the session synchroniser; on by default)")
+    sessions.add_argument(
+        "--session-transactions", type=int, choices=(0, 1, 2), default=1,
+        help="transactions one session (JSESSIONID) runs at once: 1, 2 (REST from Yokohama on) or 0 (off)",
+    )
+    sessions.add_argument(
+        "--session-max-waiters", type=int, default=10, metavar="N",
+        help="requests of one session that may wait; the next is refused with 429 (default 10)",
+    )
+    sessions.add_argument(
+        "--session-idle-timeout", type=float, default=300.0, metavar="SECONDS",
+        help="a session expires this long after its last transaction (default 300)",
+    )
     faults = parser.add_argument_group("faults")
     for flag, (name, help_text) in _NUMBER_FLAGS.items():
         default = float(getattr(FaultConfig(), name))
@@ -107,6 +121,11 @@ def config_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> Em
         oauth_client_id=args.oauth_client_id,
         oauth_client_secret=environ.get(CLIENT_SECRET_ENV) or args.oauth_client_secret or "",
         oauth_token_lifetime=args.oauth_token_lifetime,
+        sessions=SessionPolicy(
+            transactions=args.session_transactions,
+            max_waiters=args.session_max_waiters,
+            idle_timeout=args.session_idle_timeout,
+        ),
     )
 
 
@@ -122,7 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         config = config_from_args(args, os.environ)
-    except FaultConfigError as exc:
+    except (FaultConfigError, SessionPolicyError) as exc:
         parser.error(str(exc))
     stop = threading.Event()
 

@@ -13,6 +13,7 @@ from urllib.parse import unquote
 from ticketsync_dev.emulator.faults import FaultConfig, FaultConfigError
 from ticketsync_dev.emulator.oauth import TokenIssuer
 from ticketsync_dev.emulator.replies import Reply, error_reply
+from ticketsync_dev.emulator.sessions import SessionPolicy, SessionPolicyError, SessionSynchronizer
 from ticketsync_dev.emulator.store import Store
 
 PREFIX = "/_emulator/"
@@ -29,6 +30,9 @@ class AdminTarget(Protocol):
 
     @property
     def oauth(self) -> TokenIssuer: ...
+
+    @property
+    def sessions(self) -> SessionSynchronizer: ...
 
     def update_faults(self, changes: dict[str, Any]) -> FaultConfig: ...
 
@@ -78,6 +82,29 @@ def _put_oauth(target: AdminTarget, body: bytes) -> Reply:
             return error_reply(400, "Invalid OAuth settings", "token_lifetime must be a positive number of seconds")
         target.oauth.set_lifetime(float(lifetime))
     return Reply(200, target.oauth.snapshot())
+
+
+def _put_sessions(target: AdminTarget, body: bytes) -> Reply:
+    changes = _json_object(body)
+    if isinstance(changes, Reply):
+        return changes
+    current = target.sessions.policy
+    try:
+        policy = SessionPolicy(
+            transactions=_whole(changes.get("transactions", current.transactions), "transactions"),
+            max_waiters=_whole(changes.get("max_waiters", current.max_waiters), "max_waiters"),
+            idle_timeout=float(changes.get("idle_timeout", current.idle_timeout)),
+        )
+    except (SessionPolicyError, TypeError, ValueError) as exc:
+        return error_reply(400, "Invalid session policy", str(exc))
+    target.sessions.set_policy(policy)
+    return Reply(200, target.sessions.snapshot()["session_policy"])
+
+
+def _whole(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise SessionPolicyError(f"{name} must be a whole number")
+    return value
 
 
 def _revoke(target: AdminTarget, _body: bytes) -> Reply:
@@ -134,6 +161,8 @@ _ROUTES: dict[tuple[str, str], Callable[[AdminTarget, bytes], Reply]] = {
     ("GET", "oauth"): lambda target, _body: Reply(200, target.oauth.snapshot()),
     ("PUT", "oauth"): _put_oauth,
     ("POST", "oauth/revoke"): _revoke,
+    ("GET", "sessions"): lambda target, _body: Reply(200, target.sessions.snapshot()),
+    ("PUT", "sessions"): _put_sessions,
 }
 
 

@@ -37,6 +37,7 @@ class Reply:
     html: str | None = None
     truncate: bool = False
     garble: bool = False
+    cookies: tuple[str, ...] = ()  # `Set-Cookie` values, one header each
 
     def encode(self) -> tuple[bytes, str]:
         """The body and its content type."""
@@ -50,6 +51,10 @@ class Reply:
         if self.truncate:
             body = body[: max(1, len(body) // 2)]
         return body, JSON_TYPE
+
+    def with_cookies(self, cookies: tuple[str, ...]) -> Reply:
+        """The same reply, also setting these cookies."""
+        return replace(self, cookies=self.cookies + cookies) if cookies else self
 
     def truncated(self) -> Reply:
         """The same reply with its JSON body cut in half (a malformed body)."""
@@ -136,6 +141,11 @@ def concurrency_exceeded() -> Reply:
     return error_reply(
         429, "Maximum number of concurrent requests exceeded", "All API semaphores are busy; try again later"
     )
+
+
+def session_busy() -> Reply:
+    """429 when too many requests of one session wait for it (the session synchroniser's "max waiters")."""
+    return error_reply(429, "Rejecting request", "Too many transactions are waiting for this session")
 
 
 def server_error() -> Reply:

@@ -29,8 +29,10 @@ from ticketsync_dev.emulator.replies import (
     pre_commit_fault,
     rate_limited,
     rule_refusal,
+    session_busy,
     unauthorized,
 )
+from ticketsync_dev.emulator.sessions import SessionPolicy, SessionSynchronizer, session_cookie
 from ticketsync_dev.emulator.stats import Stats
 from ticketsync_dev.emulator.store import DEFAULT_TABLES, Store
 
@@ -54,6 +56,8 @@ class EmulatorConfig:
     oauth_client_id: str = "ticketsync"
     oauth_client_secret: str = field(default="", repr=False)
     oauth_token_lifetime: float = 1799.0
+    # The session synchroniser: on by default, one transaction at a time per session (see sessions.py).
+    sessions: SessionPolicy = field(default_factory=SessionPolicy)
 
     @property
     def tls(self) -> bool:
@@ -90,6 +94,7 @@ class EmulatorServer(ThreadingHTTPServer):
         self._store = Store(config.tables)
         self.faults = FaultInjector(config.faults)
         self.stats = Stats()
+        self._sessions = SessionSynchronizer(config.sessions)
         credentials = f"{config.user}:{config.password}".encode()
         self.expected_authorization = b"Basic " + base64.b64encode(credentials)
         self._oauth = TokenIssuer(config.oauth_token_lifetime)
@@ -136,17 +141,28 @@ class EmulatorServer(ThreadingHTTPServer):
     def oauth(self) -> TokenIssuer:
         return self._oauth
 
+    @property
+    def sessions(self) -> SessionSynchronizer:
+        return self._sessions
+
     def update_faults(self, changes: dict[str, Any]) -> FaultConfig:
         return self.faults.update(changes)
 
     def stats_snapshot(self) -> dict[str, Any]:
-        return {**self.stats.snapshot(), "records": self._store.counts(), "oauth": self._oauth.snapshot()}
+        return {
+            **self.stats.snapshot(),
+            **self._sessions.snapshot(),
+            "records": self._store.counts(),
+            "oauth": self._oauth.snapshot(),
+        }
 
     def reset(self, *, reset_faults: bool = False) -> None:
         self._store.clear()
         self.stats.reset()
+        self._sessions.reset()
         self._oauth.reset()
         if reset_faults:
+            self._sessions.set_policy(self.config.sessions)
             self.faults.replace(self.config.faults)
         else:
             self.faults.bucket.reset()
@@ -256,6 +272,19 @@ class EmulatorHandler(BaseHTTPRequestHandler):
         user = self._authenticate()
         if user is None:
             return unauthorized()
+        sessions = self.server.sessions
+        session, created = sessions.open(session_cookie(self.headers.get("Cookie")), user)
+        cookies = session.cookies(secure=self.server.config.tls) if created else ()
+        if not sessions.enter(session):
+            return session_busy().with_cookies(cookies)
+        try:
+            reply = self._in_transaction(method, body, user)
+        finally:
+            sessions.leave(session)
+        return None if reply is None else reply.with_cookies(cookies)
+
+    def _in_transaction(self, method: str, body: bytes, user: str) -> Reply | None:
+        """The request's transaction, once the session synchroniser let it run."""
         injector = self.server.faults
         wait = injector.rate_limit_wait()
         if wait > 0:
@@ -392,6 +421,7 @@ class EmulatorHandler(BaseHTTPRequestHandler):
         if reply.status != 204:
             lines += [f"Content-Type: {content_type}", f"Content-Length: {len(body)}"]
         lines += [f"{name}: {value}" for name, value in reply.headers.items()]
+        lines += [f"Set-Cookie: {cookie}" for cookie in reply.cookies]
         if self.close_connection:
             lines.append("Connection: close")
         elif self.request_version == "HTTP/1.0":
@@ -451,6 +481,14 @@ class RunningEmulator:
 
     def stats(self) -> dict[str, Any]:
         return self._server.stats_snapshot()
+
+    @property
+    def session_policy(self) -> SessionPolicy:
+        return self._server.sessions.policy
+
+    def set_session_policy(self, policy: SessionPolicy) -> None:
+        """Change how sessions are synchronised from now on (sessions already open keep their cookies)."""
+        self._server.sessions.set_policy(policy)
 
     def revoke_tokens(self) -> int:
         """Invalidate every OAuth token issued so far; returns how many were live."""

@@ -141,6 +141,16 @@ class Claims(SourceConnection):
             return int(cursor.rowcount or 0)
 
     @reconnecting
+    def held(self, token: str, *, shard: Shard | None = None) -> int:
+        """Pending rows the token (or its ``shard``) holds, leased or not: the work a load of it has ahead."""
+        in_shard, shard_params = self._shard_filter(shard)
+        statement = self._q(f"SELECT COUNT(*) FROM {self.table} WHERE claim_token = ? AND status = 'pending'{in_shard}")
+        with self._transaction() as cursor:
+            cursor.execute(statement, (token, *shard_params))
+            row = cursor.fetchone()
+            return int(row[0]) if row else 0
+
+    @reconnecting
     def unreleased(self, token: str, *, shard: Shard | None = None) -> int:
         """Pending rows the token (or its ``shard``) holds under a lease still running. Every load ends by releasing
         its rows (even a failing one), so on a retry of the load these are the rows of a try that died: some may have

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -16,7 +17,6 @@ from urllib.parse import urlencode
 
 import requests
 from airflow.providers.http.hooks.http import HttpHook
-from requests.adapters import HTTPAdapter
 
 from ticketsync.get_provider_info import CONN_FIELDS, CONNECTION_TYPE, HOOK_NAME, UI_FIELD_BEHAVIOUR
 from ticketsync.hooks.servicenow.auth import (
@@ -71,7 +71,8 @@ class ExistingRecord:
 
 
 class ServiceNowHook(HttpHook):
-    """Table API calls over one pooled keep-alive session, shared by every thread of the hook.
+    """Table API calls over one pooled keep-alive session; each thread that calls the hook is a lane with its own
+    ServiceNow session (cookie jar), and the OAuth token is shared by all.
 
     The connection is of type ``servicenow`` (its own form; https unless the schema says otherwise) or ``http``
     (schema ``https`` must be set): host ``<instance>.service-now.com``, login and password (basic auth or the
@@ -79,6 +80,8 @@ class ServiceNowHook(HttpHook):
 
     :param servicenow_conn_id: the Airflow connection (conn_type ``servicenow`` or ``http``).
     :param pool_size: keep-alive connections kept open; match it to the requests you keep in flight.
+    :param shared_session: every thread shares one cookie jar, so one ServiceNow session, on which the instance
+        runs one request at a time: the control of tests and benchmarks, never for production.
     """
 
     conn_name_attr = "servicenow_conn_id"
@@ -86,14 +89,18 @@ class ServiceNowHook(HttpHook):
     conn_type = CONNECTION_TYPE
     hook_name = HOOK_NAME
 
-    def __init__(self, servicenow_conn_id: str = default_conn_name, *, pool_size: int = 8) -> None:
-        adapter = HTTPAdapter(pool_connections=1, pool_maxsize=max(1, pool_size), max_retries=0)
-        super().__init__(method="GET", http_conn_id=servicenow_conn_id, adapter=adapter)
+    def __init__(
+        self, servicenow_conn_id: str = default_conn_name, *, pool_size: int = 8, shared_session: bool = False
+    ) -> None:
+        super().__init__(method="GET", http_conn_id=servicenow_conn_id)
+        self._pool_size = max(1, pool_size)
         self.servicenow_conn_id = servicenow_conn_id
         self._extras: ServiceNowExtras | None = None
         self._oauth: OAuthSettings | None = None
         self._transport: PooledTransport | None = None
         self._tokens = TokenCache()
+        self._shared_session = shared_session
+        self._connect_lock = threading.Lock()
 
     # ----------------------------------------------------------------------------------------------------------
     # the connection and the session
@@ -112,13 +119,20 @@ class ServiceNowHook(HttpHook):
     def _connect(
         self, headers: dict[Any, Any] | None = None, extra_options: dict[str, Any] | None = None
     ) -> PooledTransport:
-        if self._transport is None:
-            session = super().get_conn(headers=headers, extra_options=extra_options)
-            session.headers.update({"Accept": "application/json", "Content-Type": "application/json"})
-            extras = self.extras()
-            require_https(self.servicenow_conn_id, self.base_url, allow_insecure_http=extras.allow_insecure_http)
-            self._transport = PooledTransport(session, self.base_url, extras.timeouts, self.servicenow_conn_id)
-        return self._transport
+        transport = self._transport
+        if transport is not None:
+            return transport
+        with self._connect_lock:  # threads calling at once on first use share one transport (and its lanes)
+            if self._transport is None:
+                session = super().get_conn(headers=headers, extra_options=extra_options)
+                session.headers.update({"Accept": "application/json", "Content-Type": "application/json"})
+                extras = self.extras()
+                require_https(self.servicenow_conn_id, self.base_url, allow_insecure_http=extras.allow_insecure_http)
+                self._transport = PooledTransport(
+                    session, self.base_url, extras.timeouts, self.servicenow_conn_id, pool_size=self._pool_size,
+                    shared_session=self._shared_session,
+                )
+            return self._transport
 
     def _set_base_url(self, connection: Connection) -> None:
         """``HttpHook``'s base URL, but https by default for a ``servicenow`` connection (its form has no schema)."""
@@ -166,8 +180,13 @@ class ServiceNowHook(HttpHook):
         """The connection's ``rate_limit`` extra (requests per second in total for this integration user), if set."""
         return self.extras().rate_limit
 
+    @property
+    def sessions_started(self) -> int:
+        """ServiceNow sessions the instance handed this hook's lanes so far (``Set-Cookie: JSESSIONID``)."""
+        return self._transport.sessions_started if self._transport is not None else 0
+
     def close(self) -> None:
-        """Close the session's connections; the next call opens new ones."""
+        """Close the session's connections; the next call opens new ones (and new ServiceNow sessions)."""
         if self._transport is not None:
             self._transport.close()
             self._transport = None

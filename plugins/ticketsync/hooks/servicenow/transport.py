@@ -1,24 +1,30 @@
-"""How the hook's requests travel: straight to the keep-alive pool ``requests`` keeps for the instance.
+"""How the hook's requests travel: urllib3's ``PoolManager`` (or ``ProxyManager``), through its public API.
 
-The pool is the very one the session would use (TLS verification, client certificate and proxy included), so the
-work ``requests`` does per call (URL, settings and cookie merging, building a ``Response``) is done once per
-session here, not on each of thousands of POSTs. Failures below HTTP become typed errors without secrets.
+The pool is built once from the session ``HttpHook`` configured (TLS verification and CA bundle, client certificate,
+basic auth, headers, proxies from the environment when ``trust_env``), and every request is one ``urlopen`` on it:
+no ``requests`` machinery per call (see ADR 14 for the measurements). Failures below HTTP become typed errors
+without secrets.
+
+Each thread that sends is a *lane* with cookies of its own, so it holds its own ServiceNow session
+(``JSESSIONID``): the instance runs one transaction at a time per session, so requests in flight on separate lanes
+run at once, and the instance creates about one session per lane, not one per request.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import ssl
-from collections.abc import Mapping
-from dataclasses import dataclass
+import threading
+from collections.abc import Iterable, Mapping
 from typing import Any
 from urllib.parse import urlparse
 
+import certifi
 import requests
 import urllib3
-from requests.adapters import HTTPAdapter
-from requests.cookies import extract_cookies_to_jar
-from requests.structures import CaseInsensitiveDict
+from requests.auth import HTTPBasicAuth
+from requests.utils import get_environ_proxies
 
 from ticketsync.hooks.servicenow.errors import (
     NOT_RETRIED,
@@ -27,6 +33,10 @@ from ticketsync.hooks.servicenow.errors import (
     ServiceNowTLSError,
     ServiceNowTransientError,
 )
+
+# requests' own policy: no retries below HTTP (a POST must never be repeated blindly), no read retries.
+_RETRIES = urllib3.Retry(total=0, read=False, redirect=False, raise_on_redirect=False)
+_CA_BUNDLE_ENV = ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
 
 
 class Answer:
@@ -48,60 +58,76 @@ class Answer:
         return self.content.decode("utf-8", "replace")
 
 
-@dataclass(frozen=True)
-class _Route:
-    """Where the hook's requests go: the session's pool, and how requests would call it."""
+class LaneCookies:
+    """The cookies of one lane (one ServiceNow session) for the one instance the hook talks to.
 
-    pool: urllib3.HTTPConnectionPool
-    absolute: bool  # a plain-http proxy wants the whole URL as the request target
-    origin_length: int  # len("scheme://host:port"): what precedes the request target in a URL
-    timeout: urllib3.Timeout
-    retries: urllib3.Retry
+    The instance sets ``JSESSIONID`` and ``glide_user_route`` (``Path=/``, host-only); a new value replaces the old
+    (an expired session is answered with a new cookie), ``Max-Age=0`` or an empty value removes one.
+    """
+
+    def __init__(self) -> None:
+        self._values: dict[str, str] = {}
+
+    def header(self) -> str | None:
+        """The ``Cookie`` request header, or None when the lane holds no cookie yet."""
+        if not self._values:
+            return None
+        return "; ".join(f"{name}={value}" for name, value in self._values.items())
+
+    def keep(self, set_cookies: Iterable[str]) -> bool:
+        """Store the ``Set-Cookie`` values of an answer; True when one of them started a new session."""
+        new_session = False
+        for set_cookie in set_cookies:
+            pair, *attributes = set_cookie.split(";")
+            name, _, value = pair.strip().partition("=")
+            if not name:
+                continue
+            removed = not value or any(a.strip().lower() in ("max-age=0", "max-age=-1") for a in attributes)
+            if removed:
+                self._values.pop(name, None)
+                continue
+            new_session |= name == "JSESSIONID" and self._values.get(name) != value
+            self._values[name] = value
+        return new_session
+
+    def as_dict(self) -> dict[str, str]:
+        return dict(self._values)
+
+    def clear(self) -> None:
+        """Forget the session: the lane's next request starts a new one."""
+        self._values.clear()
 
 
 class PooledTransport:
-    """Sends one request at a time per caller (thread-safe) over ``session``'s pool for ``base_url``.
+    """Sends one request at a time per caller (thread-safe) over one urllib3 pool manager for ``base_url``.
 
-    :param session: the hook's configured session (auth, headers, cookies, verify, cert, proxies).
+    :param session: the hook's configured session, read once for its settings (auth, headers, verify, cert,
+        trust_env); nothing is sent through it.
     :param base_url: ``scheme://host[:port]`` of the instance.
     :param timeouts: ``(connect, read)`` seconds.
     :param conn_id: the connection, named in error messages.
+    :param pool_size: keep-alive connections kept open to the instance.
+    :param shared_session: every thread uses one set of cookies (one ServiceNow session, so the instance runs the
+        requests one at a time): the control of tests and benchmarks, not for production.
     """
 
-    def __init__(self, session: requests.Session, base_url: str, timeouts: tuple[float, float], conn_id: str) -> None:
+    def __init__(
+        self, session: requests.Session, base_url: str, timeouts: tuple[float, float], conn_id: str, *,
+        pool_size: int = 8, shared_session: bool = False,
+    ) -> None:
         self.session = session
         self.base_url = base_url
         self.timeouts = timeouts
         self.conn_id = conn_id
-        # What requests would work out from the environment (proxies, CA bundle) on every request: the same answer
-        # for every request to this one host, so it is worked out once. verify and cert are the session's own,
-        # passed per request, so REQUESTS_CA_BUNDLE cannot silently replace a path or False.
-        self._settings = session.merge_environment_settings(base_url, {}, False, session.verify, session.cert)
-        self._route: _Route | None = None
-
-    def route(self) -> _Route:
-        """The session's keep-alive connection pool for the instance, looked up once."""
-        if self._route is None:
-            session, settings = self.session, self._settings
-            template = session.prepare_request(requests.Request("GET", self.base_url))
-            adapter = session.get_adapter(self.base_url)
-            if not isinstance(adapter, HTTPAdapter):
-                raise TypeError(f"{type(adapter).__name__} is mounted for {self.base_url}; expected an HTTPAdapter")
-            pool = adapter.get_connection_with_tls_context(
-                template, settings["verify"], proxies=settings["proxies"], cert=settings["cert"]
-            )
-            adapter.cert_verify(pool, self.base_url, settings["verify"], settings["cert"])  # type: ignore[no-untyped-call]
-            if not isinstance(pool, urllib3.HTTPConnectionPool):
-                raise TypeError(f"unexpected connection pool {type(pool).__name__} for {self.base_url}")
-            connect, read = self.timeouts
-            self._route = _Route(
-                pool=pool,
-                absolute=adapter.request_url(template, settings["proxies"]) != template.path_url,
-                origin_length=len("{0.scheme}://{0.netloc}".format(urlparse(self.base_url))),
-                timeout=urllib3.Timeout(connect=connect, read=read),
-                retries=adapter.max_retries,
-            )
-        return self._route
+        self.shared_session = shared_session
+        self._headers = {name: _text_header(value) for name, value in session.headers.items()}
+        self._basic = _basic_authorization(session.auth)
+        self._timeout = urllib3.Timeout(connect=timeouts[0], read=timeouts[1])
+        self._pool = _pool_manager(session, base_url, max(1, pool_size))
+        self._lanes = threading.local()
+        self._shared = LaneCookies()
+        self._sessions_lock = threading.Lock()
+        self.sessions_started = 0  # answers that handed a lane a new ServiceNow session (Set-Cookie: JSESSIONID)
 
     def exchange(
         self, method: str, url: str, body: bytes | None, *, token: str | None = None,
@@ -112,40 +138,49 @@ class PooledTransport:
         :param method: the HTTP method.
         :param url: the absolute URL, query string included.
         :param body: the encoded body, if any.
-        :param token: an OAuth bearer token; without it the session's auth (basic) is used.
+        :param token: an OAuth bearer token; without it the session's basic auth is used.
         :param headers: headers on top of the session's.
         """
-        session = self.session
-        route = self.route()
-        request = requests.PreparedRequest()
-        request.method, request.url = method, url
-        request.headers = CaseInsensitiveDict({name: _text_header(value) for name, value in session.headers.items()})
-        request.headers.update(headers or {})
-        request.body = body
-        request.prepare_content_length(body)
+        sent = {**self._headers, **(headers or {})}
         if token is not None:
-            request.headers["Authorization"] = f"Bearer {token}"
-        else:
-            request.prepare_auth(session.auth, url)
-        if session.cookies:
-            request.prepare_cookies(session.cookies)
-        target = url if route.absolute else url[route.origin_length:] or "/"
+            sent["Authorization"] = f"Bearer {token}"
+        elif self._basic is not None:
+            sent["Authorization"] = self._basic
+        cookies = self.cookies()
+        cookie = cookies.header()
+        if cookie is not None:
+            sent["Cookie"] = cookie
         try:
-            raw = route.pool.urlopen(
-                method, target, body=request.body, headers=dict(request.headers), redirect=False,
-                assert_same_host=False, preload_content=True, decode_content=True, retries=route.retries,
-                timeout=route.timeout, chunked=False,
+            raw = self._pool.urlopen(
+                method, url, body=body, headers=sent, redirect=False, assert_same_host=False, retries=_RETRIES,
+                timeout=self._timeout, preload_content=True, decode_content=True,
             )
         except (urllib3.exceptions.HTTPError, OSError) as exc:
+            # The instance may still be running this request's transaction on the lane's session; the lane's next
+            # request would wait behind it (and could then commit later than settle_seconds allows for): start a
+            # new session instead.
+            cookies.clear()
             raise self._error(method, exc) from exc
-        if "set-cookie" in raw.headers:
-            extract_cookies_to_jar(session.cookies, request, raw)  # type: ignore[no-untyped-call]
+        set_cookies = raw.headers.getlist("Set-Cookie")
+        if set_cookies and cookies.keep(set_cookies):
+            with self._sessions_lock:
+                self.sessions_started += 1
         return Answer(raw.status, raw.reason or "", raw.headers, raw.data)
 
+    def cookies(self) -> LaneCookies:
+        """The calling thread's cookies: its lane's ServiceNow session (one set for all when shared)."""
+        if self.shared_session:
+            return self._shared
+        cookies: LaneCookies | None = getattr(self._lanes, "cookies", None)
+        if cookies is None:
+            cookies = self._lanes.cookies = LaneCookies()
+        return cookies
+
     def close(self) -> None:
-        """Close the session's connections; the pool is looked up again on the next exchange."""
-        self._route = None
-        self.session.close()
+        """Close the pooled connections; every lane starts a new ServiceNow session afterwards."""
+        self._pool.clear()
+        self._lanes = threading.local()
+        self._shared = LaneCookies()
 
     def _error(self, method: str, exc: BaseException) -> ServiceNowError:
         """A failure below HTTP as a typed error: a failed certificate check is configuration, the rest transient."""
@@ -160,6 +195,62 @@ class PooledTransport:
         if timed_out and not isinstance(reason, urllib3.exceptions.NewConnectionError):
             return ServiceNowTimeout(f"{method} timed out ({type(reason).__name__})")
         return ServiceNowTransientError(f"{method} connection failed ({short(exc)})")
+
+
+def _basic_authorization(auth: Any) -> str | None:
+    """The ``Authorization`` header of the session's basic auth (what ``HttpHook`` sets), or None without auth."""
+    if auth is None:
+        return None
+    if isinstance(auth, HTTPBasicAuth):
+        user, password = auth.username, auth.password
+    elif isinstance(auth, tuple) and len(auth) == 2:
+        user, password = auth
+    else:
+        raise TypeError(f"unsupported auth {type(auth).__name__}: the hook sends basic auth or an OAuth token")
+    return str(urllib3.make_headers(basic_auth=f"{_text(user)}:{_text(password)}")["authorization"])
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode("latin-1") if isinstance(value, bytes) else value
+
+
+def _tls_settings(session: requests.Session) -> dict[str, Any]:
+    """The pool manager's TLS arguments from the session's ``verify`` and ``cert``.
+
+    ``verify`` True means the CA bundle requests would use (``REQUESTS_CA_BUNDLE`` / ``CURL_CA_BUNDLE`` when the
+    session trusts the environment, else certifi's); a path (file or directory) is used as given, so the
+    environment cannot replace it; False turns verification off.
+    """
+    settings: dict[str, Any] = {}
+    verify = session.verify
+    if verify is False:
+        settings.update(cert_reqs=ssl.CERT_NONE, assert_hostname=False)
+    else:
+        bundle = verify if isinstance(verify, str) else None
+        if bundle is None and session.trust_env:
+            bundle = next((os.environ[name] for name in _CA_BUNDLE_ENV if os.environ.get(name)), None)
+        bundle = bundle or certifi.where()
+        settings["cert_reqs"] = ssl.CERT_REQUIRED
+        settings["ca_cert_dir" if os.path.isdir(bundle) else "ca_certs"] = bundle
+    cert = session.cert
+    if isinstance(cert, tuple):
+        settings.update(cert_file=cert[0], key_file=cert[1])
+    elif cert:
+        settings["cert_file"] = cert
+    return settings
+
+
+def _pool_manager(session: requests.Session, base_url: str, pool_size: int) -> urllib3.PoolManager:
+    """A pool manager for the instance, through the environment's proxy for it when the session trusts the
+    environment (``HTTPS_PROXY``, ``NO_PROXY``), as requests would choose."""
+    settings = {**_tls_settings(session), "maxsize": pool_size, "block": False, "retries": _RETRIES}
+    proxy = None
+    if session.trust_env:
+        proxies = {**get_environ_proxies(base_url, no_proxy=None), **(session.proxies or {})}
+        proxy = proxies.get(urlparse(base_url).scheme) or proxies.get("all")
+    if proxy:
+        return urllib3.ProxyManager(proxy, num_pools=1, **settings)
+    return urllib3.PoolManager(num_pools=1, **settings)
 
 
 def _text_header(value: str | bytes) -> str:
