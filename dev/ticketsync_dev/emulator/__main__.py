@@ -68,6 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--user", default="admin")
     parser.add_argument("--password", help=f"used when ${PASSWORD_ENV} is unset (default: 'admin')")
     parser.add_argument("--tables", help=f"comma-separated tables to serve (default: {','.join(DEFAULT_TABLES)})")
+    parser.add_argument(
+        "--no-reference-data", dest="reference_data", action="store_false",
+        help="leave the reference tables and sys_dictionary empty (by default they hold the fixed seed)",
+    )
     parser.add_argument("--tls-cert", help="PEM certificate: serve HTTPS when given with --tls-key")
     parser.add_argument("--tls-key", help="PEM private key")
     parser.add_argument("--verbose", action="store_true", help="log every request to stderr")
@@ -101,6 +105,7 @@ def config_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> Em
         password=environ.get(PASSWORD_ENV) or args.password or "admin",
         faults=faults,
         tables=tables,
+        reference_data=args.reference_data,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         verbose=args.verbose,

@@ -52,6 +52,8 @@ class EmulatorConfig:
     oauth_client_id: str = "ticketsync"
     oauth_client_secret: str = field(default="", repr=False)
     oauth_token_lifetime: float = 1799.0
+    # Fill the reference tables and sys_dictionary at start and after every reset (ticketsync_dev.emulator.reference).
+    reference_data: bool = True
 
     @property
     def tls(self) -> bool:
@@ -86,6 +88,8 @@ class EmulatorServer(ThreadingHTTPServer):
     def __init__(self, config: EmulatorConfig) -> None:
         self.config = config
         self._store = Store(config.tables)
+        if config.reference_data:
+            self._store.seed()
         self.faults = FaultInjector(config.faults)
         self.stats = Stats()
         credentials = f"{config.user}:{config.password}".encode()
@@ -142,6 +146,8 @@ class EmulatorServer(ThreadingHTTPServer):
 
     def reset(self, *, reset_faults: bool = False) -> None:
         self._store.clear()
+        if self.config.reference_data:
+            self._store.seed()
         self.stats.reset()
         self._oauth.reset()
         if reset_faults:
@@ -236,7 +242,7 @@ class EmulatorHandler(BaseHTTPRequestHandler):
 
     def _api(self, method: str) -> None:
         stats = self.server.stats
-        stats.begin(method)
+        stats.begin(method, table_api.table_of(self.path.partition("?")[0]))
         reply: Reply | None = None
         try:
             reply = self._api_reply(method)
