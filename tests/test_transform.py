@@ -136,7 +136,8 @@ def test_source_system_becomes_correlation_display_up_to_100() -> None:
 
 def test_loan_service_case_needs_consumer_and_account() -> None:
     assert reason(consumer=None, sold_product="") == (
-        "consumer: is required for sn_bom_loan_service; sold_product: is required for sn_bom_loan_service"
+        "consumer: is required for sn_bom_loan_service (give consumer or consumer_number); "
+        "sold_product: is required for sn_bom_loan_service (give sold_product or account_number)"
     )
 
 

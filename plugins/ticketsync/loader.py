@@ -21,6 +21,7 @@ an attempt (nothing was done), so a rate-limit storm, however long, never makes 
 
 from __future__ import annotations
 
+import json
 import logging
 import queue
 import threading
@@ -28,7 +29,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from ticketsync.hooks.servicenow import (
     CreatedRecord,
@@ -40,6 +41,7 @@ from ticketsync.hooks.servicenow import (
     ServiceNowTransientError,
 )
 from ticketsync.models import PreparedCase, Rejection, SourceRow, SyncAction, SyncStatus
+from ticketsync.references import ReferenceResolver
 from ticketsync.source import Outcome, Shard, SourceTable
 from ticketsync.throttle import Throttle, backoff_delay
 from ticketsync.transform import prepare
@@ -52,6 +54,10 @@ class TableClient(Protocol):
 
     def create_record(self, table: str, body: dict[str, str]) -> CreatedRecord: ...
     def find_by_correlation(self, table: str, correlation_ids: Sequence[str]) -> dict[str, list[ExistingRecord]]: ...
+    def find_by_keys(self, table: str, key_field: str, keys: Sequence[str]) -> dict[str, list[str]]: ...
+
+
+_T = TypeVar("_T")
 
 
 class ServiceNowUnavailable(Exception):
@@ -96,6 +102,7 @@ class LoadCounts:
     still_pending: int = 0
     posts: int = 0
     lookups: int = 0
+    reference_lookups: int = 0
     rate_limited: int = 0
 
     def as_dict(self) -> dict[str, int]:
@@ -141,6 +148,7 @@ class CaseLoader:
         self._auth_error: ServiceNowConfigurationError | None = None
         self._writer: _OutcomeWriter | None = None
         self._settle_until = 0.0  # no retry round looks up before this (time.monotonic())
+        self.references = ReferenceResolver(self._find_keys)
 
     # ----------------------------------------------------------------------------------------------------------
     # the run
@@ -250,18 +258,32 @@ class CaseLoader:
         for row in rows:
             prepared = prepare(row)
             if isinstance(prepared, Rejection):
-                self._record(Outcome(row.id, SyncStatus.REJECTED, error=prepared.reason))
-                self.counts.rejected += 1
+                self._reject(prepared)
             else:
                 by_table.setdefault(prepared.table, []).append((prepared, row))
         for table, cases in by_table.items():
             existing = self._lookup(table, [case.correlation_id for case, _ in cases])
-            for case, row in cases:
-                self._adopt_or_send(pool, case, row, existing.get(case.correlation_id))
+            to_send = [(case, row) for case, row in cases if self._adopted_or_failed(case, row, existing)]
+            resolved = self.references.resolve([case for case, _ in to_send])
+            self.counts.reference_lookups = self.references.lookups
+            for result, (_, row) in zip(resolved, to_send, strict=True):
+                if isinstance(result, Rejection):
+                    self._reject(result)
+                else:
+                    future = pool.submit(self._post, result, row)
+                    self._in_flight[future] = result
+                    future.add_done_callback(self._done.put)
 
-    def _adopt_or_send(
-        self, pool: ThreadPoolExecutor, case: PreparedCase, row: SourceRow, found: list[ExistingRecord] | None
-    ) -> None:
+    def _reject(self, rejection: Rejection) -> None:
+        self._record(Outcome(rejection.row_id, SyncStatus.REJECTED, error=rejection.reason))
+        self.counts.rejected += 1
+
+    def _adopted_or_failed(
+        self, case: PreparedCase, row: SourceRow, existing: dict[str, list[ExistingRecord]]
+    ) -> bool:
+        """Adopt the row's existing record, or fail a row out of attempts; True when the row is still to be sent
+        (its business keys are resolved only then: a row with a record needs no look-up of its keys)."""
+        found = existing.get(case.correlation_id)
         if found:
             self._record(_adopted(row, found))
             self.counts.adopted += 1
@@ -270,18 +292,30 @@ class CaseLoader:
             self._record(Outcome(row.id, SyncStatus.FAILED, error=error[:4000]))
             self.counts.failed += 1
         else:
-            future = pool.submit(self._post, case, row)
-            self._in_flight[future] = case
-            future.add_done_callback(self._done.put)
+            return True
+        return False
 
     def _lookup(self, table: str, correlation_ids: list[str]) -> dict[str, list[ExistingRecord]]:
-        """One batched look-up, retried with backoff; after that the instance counts as unavailable."""
+        """One batched look-up by correlation id, retried (see :meth:`_with_retries`)."""
+        self.counts.lookups += 1
+        return self._with_retries(
+            f"look up existing records in {table}", lambda: self.client.find_by_correlation(table, correlation_ids)
+        )
+
+    def _find_keys(self, table: str, key_field: str, keys: list[str]) -> dict[str, list[str]]:
+        """One batched business-key look-up, retried (see :meth:`_with_retries`)."""
+        return self._with_retries(
+            f"look up {key_field} in {table}", lambda: self.client.find_by_keys(table, key_field, keys)
+        )
+
+    def _with_retries(self, what: str, call: Callable[[], _T]) -> _T:
+        """One look-up, retried with backoff; after that the instance counts as unavailable (the rows stay
+        pending, never rejected: nothing about them is known)."""
         failures, last_error = 0, ""
         for _ in range(self.settings.max_rate_limited_waits + self.settings.retry_rounds + 1):
             try:
                 with self.throttle.slot():
-                    self.counts.lookups += 1
-                    found = self.client.find_by_correlation(table, correlation_ids)
+                    found = call()
                 self.throttle.succeeded()
                 return found
             except ServiceNowRateLimited as exc:
@@ -291,9 +325,7 @@ class CaseLoader:
                 if failures > self.settings.retry_rounds:
                     break
                 self._sleep(backoff_delay(failures, base=self.settings.backoff_base, cap=self.settings.backoff_cap))
-        raise ServiceNowUnavailable(
-            f"could not look up existing records in {table} after {failures} failures: {last_error}"
-        )
+        raise ServiceNowUnavailable(f"could not {what} after {failures} failures: {last_error}")
 
     def _post(self, case: PreparedCase, row: SourceRow) -> _Posted:
         """Runs on a worker thread: one POST, repeated only after a 429 (which did nothing)."""
@@ -356,12 +388,13 @@ class CaseLoader:
             self.counts.created += 1
             return Outcome(
                 row.id, SyncStatus.CREATED, sys_id=posted.record.sys_id, number=posted.record.number,
-                attempts_made=1, http_status=201, action=SyncAction.CREATED,
+                attempts_made=1, http_status=201, action=SyncAction.CREATED, resolved=_resolved(posted.case),
             )
         if isinstance(error, ServiceNowRequestError):
             self.counts.failed += 1
             return Outcome(
-                row.id, SyncStatus.FAILED, error=str(error)[:4000], attempts_made=1, http_status=error.status
+                row.id, SyncStatus.FAILED, error=str(error)[:4000], attempts_made=1, http_status=error.status,
+                resolved=_resolved(posted.case),
             )
         self._retry_ids.append(row.id)
         attempt = row.attempts + 1
@@ -447,6 +480,11 @@ class _OutcomeWriter:
                 self._error = exc
             finally:
                 self._queue.task_done()
+
+
+def _resolved(case: PreparedCase) -> str | None:
+    """The sys_ids the row's business keys resolved to, as written back (``resolved_references``)."""
+    return json.dumps(dict(case.resolved), sort_keys=True) if case.resolved else None
 
 
 def _adopted(row: SourceRow, found: list[ExistingRecord]) -> Outcome:

@@ -107,3 +107,11 @@ def test_stats_count_requests_by_table(emulator: RunningEmulator, session: reque
     query(session, _url(emulator, "sys_user_group"), "name=Card Services")
 
     assert emulator.stats()["by_table"] == {"csm_consumer": {"GET": 1}, "sys_user_group": {"GET": 2}}
+
+
+def test_random_faults_can_be_limited_to_some_tables(emulator: RunningEmulator, session: requests.Session) -> None:
+    emulator.set_faults(error_503=1.0, tables=["sys_user_group"])
+
+    assert session.get(_url(emulator, "sys_user_group")).status_code == 503
+    assert session.get(_url(emulator, "csm_consumer")).status_code == 200
+    assert emulator.faults.to_dict()["tables"] == ["sys_user_group"]

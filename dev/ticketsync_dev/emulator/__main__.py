@@ -87,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     for flag, name in _RATE_FLAGS.items():
         faults.add_argument(flag, dest=name, type=_rate, default=0.0, metavar="RATE")
     faults.add_argument("--fault-methods", default="GET,POST,PATCH,PUT,DELETE", help="methods random faults hit")
+    faults.add_argument("--fault-tables", default="", help="tables random faults hit (comma-separated; default all)")
     faults.add_argument("--seed", type=int, help="seed of the random fault draws")
     return parser
 
@@ -95,7 +96,11 @@ def config_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> Em
     """The emulator configuration a command line asks for (raises FaultConfigError on bad fault settings)."""
     fault_fields = [*_RATE_FLAGS.values(), *(name for name, _ in _NUMBER_FLAGS.values()), "concurrency_limit", "seed"]
     faults = FaultConfig().with_changes(
-        {**{name: getattr(args, name) for name in fault_fields}, "methods": args.fault_methods}
+        {
+            **{name: getattr(args, name) for name in fault_fields},
+            "methods": args.fault_methods,
+            "tables": args.fault_tables,
+        }
     )
     tables = tuple(name.strip() for name in (args.tables or "").split(",") if name.strip()) or DEFAULT_TABLES
     return EmulatorConfig(

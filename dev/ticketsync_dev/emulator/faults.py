@@ -81,6 +81,7 @@ class FaultConfig:
     slow_before_commit_ms: float = 0
     fail_auth: bool = False
     methods: tuple[str, ...] = ALL_METHODS
+    tables: tuple[str, ...] = ()  # random faults hit only requests to these tables; empty: every table
     seed: int | None = None
 
     def __post_init__(self) -> None:
@@ -112,6 +113,7 @@ class FaultConfig:
         """A JSON-ready view."""
         data = dataclasses.asdict(self)
         data["methods"] = list(self.methods)
+        data["tables"] = list(self.tables)
         return data
 
     def with_changes(self, changes: Mapping[str, Any]) -> FaultConfig:
@@ -127,6 +129,8 @@ class FaultConfig:
 def _coerce(name: str, value: Any) -> Any:
     if name == "methods":
         return _coerce_methods(value)
+    if name == "tables":
+        return _coerce_tables(value)
     if name == "fail_auth":
         if not isinstance(value, bool):
             raise FaultConfigError("fail_auth must be a boolean")
@@ -150,6 +154,14 @@ def _coerce_methods(value: Any) -> tuple[str, ...]:
     if not isinstance(value, list | tuple) or not all(isinstance(item, str) for item in value):
         raise FaultConfigError("methods must be a list of HTTP method names")
     return tuple(item.strip().upper() for item in value)
+
+
+def _coerce_tables(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [part for part in value.split(",") if part.strip()]
+    if not isinstance(value, list | tuple) or not all(isinstance(item, str) for item in value):
+        raise FaultConfigError("tables must be a list of table names")
+    return tuple(item.strip() for item in value)
 
 
 class TokenBucket:
@@ -231,10 +243,12 @@ class FaultInjector:
             self._rng.seed(config.seed)
             self.bucket.reset()
 
-    def draw(self, method: str) -> str | None:
+    def draw(self, method: str, table: str | None = None) -> str | None:
         """At most one random fault for this request: one uniform draw against the cumulative rates."""
         config = self._config
         if method not in config.methods or config.total_fault_rate() <= 0:
+            return None
+        if config.tables and table not in config.tables:
             return None
         with self._lock:
             point = self._rng.random()

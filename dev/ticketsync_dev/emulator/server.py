@@ -278,7 +278,7 @@ class EmulatorHandler(BaseHTTPRequestHandler):
         delay = injector.latency_seconds()
         if delay > 0:
             time.sleep(delay)
-        kind = injector.draw(method)
+        kind = injector.draw(method, table_api.table_of(self.path.partition("?")[0]))
         if kind is not None:
             self.server.stats.fault(kind)
         if kind in PRE_COMMIT_FAULTS:

@@ -22,6 +22,7 @@ class Outcome:
     attempts_made: int = 0
     http_status: int | None = None
     action: str | None = None
+    resolved: str | None = None  # JSON: reference field -> the sys_id its business key resolved to
 
 
 class Outcomes(SourceConnection):
@@ -36,12 +37,13 @@ class Outcomes(SourceConnection):
             UPDATE {self.table}
                SET status = ?, sys_id = COALESCE(?, sys_id), number = COALESCE(?, number), error = ?,
                    attempts = attempts + ?, last_http_status = COALESCE(?, last_http_status),
-                   sync_action = COALESCE(?, sync_action), synced_at = {now}, updated_at = {now},
+                   sync_action = COALESCE(?, sync_action), resolved_references = COALESCE(?, resolved_references),
+                   synced_at = {now}, updated_at = {now},
                    lease_expires_at = {now}
              WHERE id = ? AND claim_token = ? AND status = 'pending'""")
         params = [
             (
-                str(o.status), o.sys_id, o.number, o.error, o.attempts_made, o.http_status, o.action,
+                str(o.status), o.sys_id, o.number, o.error, o.attempts_made, o.http_status, o.action, o.resolved,
                 o.row_id, token,
             )
             for o in outcomes
