@@ -15,6 +15,7 @@ from typing import Any
 from ticketsync.hooks.servicenow import ExistingRecord
 from ticketsync.loader import TableClient
 from ticketsync.models import PreparedCase, Rejection, SourceRow, SyncStatus
+from ticketsync.references import ReferenceResolver
 from ticketsync.source import SourceTable
 from ticketsync.transform import prepare
 
@@ -78,8 +79,17 @@ class DryRunPlan:
         }
 
 
-def plan_chunk(client: TableClient, rows: list[SourceRow], plan: DryRunPlan, *, max_attempts: int) -> None:
-    """Transform the rows and look the valid ones up (GET only), adding each to the plan."""
+def plan_chunk(
+    client: TableClient,
+    rows: list[SourceRow],
+    plan: DryRunPlan,
+    *,
+    max_attempts: int,
+    resolver: ReferenceResolver | None = None,
+) -> None:
+    """Transform the rows and look the valid ones up (GET only), adding each to the plan; with ``resolver``, the
+    business keys of the rows a run would create are resolved too (GET only), and a key that does not resolve puts
+    its row under "reject" with the reason the run would write."""
     by_table: dict[str, list[PreparedCase]] = {}
     attempts = {}
     for row in rows:
@@ -92,19 +102,31 @@ def plan_chunk(client: TableClient, rows: list[SourceRow], plan: DryRunPlan, *, 
     for table, cases in by_table.items():
         plan.lookups += 1
         found = client.find_by_correlation(table, [case.correlation_id for case in cases])
-        for case in cases:
-            _plan_case(plan, case, found.get(case.correlation_id), attempts[case.correlation_id], max_attempts)
+        to_create = [
+            case for case in cases
+            if _plan_case(plan, case, found.get(case.correlation_id), attempts[case.correlation_id], max_attempts)
+        ]
+        results: list[PreparedCase | Rejection] = list(to_create)
+        if resolver is not None:
+            results = resolver.resolve(to_create)
+        for case, result in zip(to_create, results, strict=True):
+            if isinstance(result, Rejection):
+                plan.reject.append((case.correlation_id, result.reason[:500]))
+            else:
+                plan.create.append(case.correlation_id)
 
 
 def _plan_case(
     plan: DryRunPlan, case: PreparedCase, found: list[ExistingRecord] | None, attempts: int, max_attempts: int
-) -> None:
+) -> bool:
+    """Plan an adoption or a failure; True when the row would be created (once its keys resolve)."""
     if found:
         plan.adopt.append((case.correlation_id, found[0].number or found[0].sys_id))
     elif attempts >= max_attempts:
         plan.fail.append((case.correlation_id, f"already used {attempts} attempts and no record exists"))
     else:
-        plan.create.append(case.correlation_id)
+        return True
+    return False
 
 
 def format_plan(plan: dict[str, Any]) -> str:

@@ -11,6 +11,7 @@ from ticketsync.hooks.servicenow import ServiceNowHook
 from ticketsync.links import MAX_LINKED_IDS, ServiceNowRecordsLink, records_url
 from ticketsync.models import DEFAULT_TARGET_TABLE
 from ticketsync.operators.base import claim_token
+from ticketsync.references import ReferenceResolver
 
 
 def as_bool(value: Any) -> bool:
@@ -104,8 +105,9 @@ class LoadRunInfoMixin:
             with self.open_source() as source:  # type: ignore[attr-defined]
                 chunks = dryrun.selection(source, limit=int(self.limit), chunk_size=settings.chunk_size,  # type: ignore[attr-defined]
                                           request_ids=request_ids)
+                resolver = ReferenceResolver(hook.find_by_keys)
                 for rows in chunks:
-                    dryrun.plan_chunk(hook, rows, plan, max_attempts=settings.max_attempts)
+                    dryrun.plan_chunk(hook, rows, plan, max_attempts=settings.max_attempts, resolver=resolver)
         finally:
             hook.close()
         result = plan.as_dict()
