@@ -406,8 +406,9 @@ class CaseLoader:
             text = f"rate limited before attempt {attempt}: {error} (nothing was created; will retry)"
             return Outcome(row.id, SyncStatus.PENDING, error=text[:4000], attempts_made=0, http_status=429)
         text = f"attempt {attempt}: {error} (will retry)"
+        # The POST may have been committed: keep what it sent, so a later adoption of that record shows it too.
         return Outcome(row.id, SyncStatus.PENDING, error=text[:4000], attempts_made=1,
-                       http_status=error.status if error else None)
+                       http_status=error.status if error else None, resolved=_resolved(posted.case))
 
     def _record(self, outcome: Outcome) -> None:
         self._buffer.append(outcome)
