@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 CHROMIUM := /usr/bin/chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: help venv demo ui browser test lint emulator scaleout bench soak clean
+.PHONY: help venv demo ui browser test lint emulator scaleout bench soak clean check-sync
 
 help:
 	@echo "make demo      run the whole sync end to end on the embedded defaults (SQLite + local emulator)"
@@ -18,6 +18,7 @@ help:
 	@echo "make scaleout  one DAG run on the real CeleryExecutor, mapped loaders on two workers (PostgreSQL + Redis)"
 	@echo "make bench     benchmark: the DAG vs a sequential loop and a naive mapped DAG; writes README's table"
 	@echo "make soak      100,000 requests through the DAG with ~10% faults and two worker kills, then checks"
+	@echo "make check-sync  check sync definitions against sys_dictionary (emulator; CHECK_SYNC_ARGS=--conn-id ID)"
 
 # The virtual environment, rebuilt when a requirements file changes. Exact pins, full lock in constraints.txt.
 $(STAMP): requirements.txt requirements-dev.txt constraints.txt
@@ -47,6 +48,10 @@ test: $(STAMP) $(CHROMIUM)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check plugins dev dags tests scripts bench
 	$(VENV)/bin/mypy
+
+# Check sync definitions against sys_dictionary; CHECK_SYNC_ARGS="--conn-id servicenow_default my.yaml" for an instance.
+check-sync: $(STAMP)
+	PYTHONPATH=plugins:dev $(PY) scripts/check_sync.py $(CHECK_SYNC_ARGS)
 
 emulator: $(STAMP)
 	PYTHONPATH=plugins:dev $(PY) -m ticketsync_dev.emulator --port 8765

@@ -22,6 +22,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, PlainValidator
 
+from ticketsync.definitions import SyncDefinition, packaged_definition
+
 DEFAULT_TARGET_TABLE = "sn_bom_loan_service"
 
 SYS_ID_PATTERN = re.compile(r"[0-9a-f]{32}")
@@ -310,14 +312,6 @@ class BusinessKey:
     on_no_match: Literal["reject", "empty"] = "reject"
 
 
-LOAN_KEYS: tuple[BusinessKey, ...] = (
-    BusinessKey("consumer_number", "consumer", "csm_consumer", "number"),
-    # sold_product references sn_install_base_sold_product; a financial account is its subclass with the number.
-    BusinessKey("account_number", "sold_product", "sn_bom_financial_account", "account_number"),
-    BusinessKey("assignment_group_name", "assignment_group", "sys_user_group", "name"),
-)
-
-
 @dataclass(frozen=True)
 class TargetSpec:
     """What ticketsync knows about one ServiceNow target table.
@@ -336,13 +330,23 @@ class TargetSpec:
         return next((key for key in self.keys if key.field == field_name), None)
 
 
+def target_spec(definition: SyncDefinition) -> TargetSpec:
+    """The required columns and business keys of a definition whose reference fields are read from source columns
+    of the same name (the ``ticket_requests`` contract)."""
+    keys = []
+    for name, spec in definition.fields.items():
+        if spec.key is not None:
+            if spec.column != name:
+                raise ValueError(f"{definition.dag_id}: fields.{name}: the sys_id column must be named {name}")
+            keys.append(BusinessKey(spec.key.column, name, spec.key.table, spec.key.field, spec.key.on_no_match))
+    required = tuple(spec.column or name for name, spec in definition.fields.items() if spec.required)
+    return TargetSpec(table=definition.target_table, required=required, keys=tuple(keys))
+
+
+# A loan service case is about one consumer's loan account: without both, an agent cannot act on it. The required
+# fields and the business keys come from the packaged loan definition (definitions/sn_bom_loan_service.yaml).
 TARGETS: dict[str, TargetSpec] = {
-    "sn_bom_loan_service": TargetSpec(
-        table="sn_bom_loan_service",
-        # A loan service case is about one consumer's loan account: without both, an agent cannot act on it.
-        required=("consumer", "sold_product", "short_description"),
-        keys=LOAN_KEYS,
-    ),
+    DEFAULT_TARGET_TABLE: target_spec(packaged_definition(DEFAULT_TARGET_TABLE)),
 }
 
 
