@@ -90,7 +90,7 @@ def _check_field(table: str, name: str, spec: FieldSpec, entry: DictionaryEntry)
             found.append(Finding("error", f"{where}.reference", f"the instance's {table}.{name} references "
                                                                  f"{entry.reference}, not {spec.reference}"))
     elif spec.sys_id or spec.reference:
-        found.append(Finding("error", where, f"is a {entry.internal_type} field on the instance, not a reference"))
+        found.append(Finding("error", where, f"is not a reference on the instance (its type is {entry.internal_type})"))
     if spec.max_length and entry.max_length and spec.max_length > entry.max_length:
         found.append(Finding("error", f"{where}.max_length", f"{spec.max_length} is larger than the instance's "
                                                              f"{entry.max_length} for {table}.{name}"))
