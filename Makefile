@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 CHROMIUM := /usr/bin/chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: help venv demo ui browser test lint emulator scaleout bench soak clean check-sync
+.PHONY: help venv demo ui browser test lint emulator scaleout bench soak clean migrate check-sync
 
 help:
 	@echo "make demo      run the whole sync end to end on the embedded defaults (SQLite + local emulator)"
@@ -16,7 +16,8 @@ help:
 	@echo "make lint      ruff and mypy"
 	@echo "make emulator  run the ServiceNow emulator in the foreground on 127.0.0.1:8765"
 	@echo "make scaleout  one DAG run on the real CeleryExecutor, mapped loaders on two workers (PostgreSQL + Redis)"
-	@echo "make bench     benchmark: the DAG vs a sequential loop and a naive mapped DAG; writes README's table"
+	@echo "make bench     benchmark: the DAG vs a sequential loop and a naive mapped DAG; writes docs/performance.md"
+	@echo "make migrate   apply the source table's schema migrations (MIGRATE_ARGS=\"--conn-id ticket_source --sql\")"
 	@echo "make soak      100,000 requests through the DAG with ~10% faults and two worker kills, then checks"
 	@echo "make check-sync  check sync definitions against sys_dictionary (emulator; CHECK_SYNC_ARGS=--conn-id ID)"
 
@@ -60,13 +61,18 @@ emulator: $(STAMP)
 scaleout: $(STAMP)
 	PYTHONPATH=plugins:dev $(PY) scripts/scaleout.py $(SCALEOUT_ARGS)
 
-# BENCH_ARGS="--quick --no-readme" for a smoke run; see bench/bench.py --help
+# BENCH_ARGS="--quick --no-write" for a smoke run; see bench/bench.py --help
 bench: $(STAMP)
 	PYTHONPATH=plugins:dev $(PY) bench/bench.py $(BENCH_ARGS)
 
 clean:
 	rm -rf .demo .airflow .artifacts .pytest_cache .mypy_cache .ruff_cache
 
-# The soak (README "Reliability"): SOAK_ARGS="--rows 10000" for the CI size. Needs PostgreSQL at 127.0.0.1:5432.
+# The soak (docs/reliability.md): SOAK_ARGS="--rows 10000" for the CI size. Needs PostgreSQL at 127.0.0.1:5432.
 soak: $(STAMP)
 	PYTHONPATH=plugins:dev $(PY) scripts/soak.py $(SOAK_ARGS)
+
+# Schema migrations of the source table (docs/migrations.md): MIGRATE_ARGS="--conn-id ticket_source --sql" prints
+# the SQL; without --sql / --status it applies them.
+migrate: $(STAMP)
+	PYTHONPATH=plugins $(PY) -m ticketsync.source.migrate $(MIGRATE_ARGS)

@@ -12,10 +12,10 @@ one run:
    ``airflow dags test`` process (the largest single process of its tree; ``dags test`` runs the tasks in it);
 5. the DAG again with the emulator's rate limit set below the ceiling: the 429s it answered and the rate it served.
 
-It prints one table and writes it between the markers of the README's performance section.
+It prints one table and writes it, with the date and the commit measured, between the markers of docs/performance.md.
 
     make bench                                  # the full table (about 10 minutes on a quiet 2-core machine)
-    PYTHONPATH=plugins:dev .venv/bin/python bench/bench.py --quick --no-readme
+    PYTHONPATH=plugins:dev .venv/bin/python bench/bench.py --quick --no-write
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ from ticketsync_dev.samples import sample_requests
 
 PG_ADMIN_DSN = os.environ.get("TICKETSYNC_TEST_PG_DSN", "host=127.0.0.1 port=5432 user=postgres dbname=postgres")
 TABLE = "sn_bom_loan_service"
-README = REPO / "README.md"
+PAGE = REPO / "docs" / "performance.md"
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
 TIMESTAMP = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+)Z")
 
@@ -324,18 +324,31 @@ def render(rows: list[Row], args: argparse.Namespace, ceiling: float, total_seco
     note = (f"Emulator latency {args.latency_ms:g} ms, concurrency limit {args.concurrency} (ceiling "
             f"{ceiling:.0f} requests/s), max_in_flight {args.concurrency}; PostgreSQL source; "
             f"{os.cpu_count()} CPUs, load average {load[0]:.1f} at the end; the whole bench took "
-            f"{total_seconds / 60:.1f} min ({time.strftime('%Y-%m-%d')}, `{command}`).")
+            f"{total_seconds / 60:.1f} min ({args.measured_on}, commit `{args.commit}`, `{command}`).")
     return "\n".join(lines) + "\n\n" + note + "\n"
 
 
-def write_readme(table: str) -> None:
-    text = README.read_text(encoding="utf-8")
+def measured_commit() -> str:
+    """The commit the bench measured (``+changes`` when the work tree differs from it), or ``unknown``."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("+changes" if dirty else "")
+
+
+def write_page(table: str) -> None:
+    """Put the table between the markers of the performance page (appended under a heading if they are missing)."""
+    text = PAGE.read_text(encoding="utf-8")
     block = f"{START}\n{table}{END}"
     if START in text and END in text:
         text = text[: text.index(START)] + block + text[text.index(END) + len(END):]
     else:
-        text = text.rstrip("\n") + "\n\n## Performance\n\n" + block + "\n"
-    README.write_text(text, encoding="utf-8")
+        text = text.rstrip("\n") + "\n\n## The benchmark\n\n" + block + "\n"
+    PAGE.write_text(text, encoding="utf-8")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -355,7 +368,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--rate-limit", type=float, default=400.0, help="the emulator's rate limit, req/s (400)")
     parser.add_argument("--rate-rows", type=int, help="rows of the rate-limited run (20 s at the limit)")
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run of every measurement")
-    parser.add_argument("--no-readme", action="store_true", help="print the table only")
+    parser.add_argument("--no-write", "--no-readme", dest="no_write", action="store_true",
+                        help="print the table only (do not write docs/performance.md)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs) and say where")
     parser.add_argument("--timeout", type=float, default=3600.0, help="longest one DAG run may take, s")
     parser.add_argument("--table-from", type=Path, metavar="RAW_JSON",
@@ -380,14 +394,16 @@ def from_raw(path: Path) -> tuple[dict[str, Any], float]:
 
 def _with_load(args: argparse.Namespace, results: dict[str, Any]) -> None:
     args.load_average = results.pop("load_average", None)
+    args.commit = results.pop("commit", "unknown")
+    args.measured_on = results.pop("measured_on", "date unknown")
 
 
 def publish(args: argparse.Namespace, ceiling: float, results: dict[str, Any], total_seconds: float) -> None:
     table = render(build_table(args, ceiling, results), args, ceiling, total_seconds)
     print("\n" + table)
-    if not args.no_readme:
-        write_readme(table)
-        print(f"written to {README.relative_to(REPO)} between {START} and {END}")
+    if not args.no_write:
+        write_page(table)
+        print(f"written to {PAGE.relative_to(REPO)} between {START} and {END}")
 
 
 def main(argv: list[str]) -> int:
@@ -398,6 +414,7 @@ def main(argv: list[str]) -> int:
         publish(args, args.concurrency / (args.latency_ms / 1000), results, total_seconds)
         return 0
     started = time.perf_counter()
+    args.commit, args.measured_on = measured_commit(), time.strftime("%Y-%m-%d")
     work = Path(tempfile.mkdtemp(prefix="ticketsync-bench-"))
     bench = Bench(args, work)
     results: dict[str, Any] = {}
@@ -424,7 +441,8 @@ def main(argv: list[str]) -> int:
             bench.log(f"{args.big_rows} rows: {big.seconds:.1f} s, peak RSS {big.max_rss_mb:.0f} MB")
         total_seconds = time.perf_counter() - started
         raw = {k: (v.__dict__ if isinstance(v, RunResult) else v) for k, v in results.items()}
-        print("raw: " + json.dumps({**raw, "total_seconds": total_seconds, "load_average": os.getloadavg()[0]}))
+        print("raw: " + json.dumps({**raw, "total_seconds": total_seconds, "load_average": os.getloadavg()[0],
+                                    "commit": args.commit, "measured_on": args.measured_on}))
         publish(args, bench.ceiling, results, total_seconds)
     finally:
         if args.keep:

@@ -22,7 +22,7 @@ ServiceNow (connection `servicenow_default`), or are rejected with a reason nami
 
 | task | does |
 | --- | --- |
-| `extract` | creates the table if missing, claims up to `limit` pending rows for this run under a lease |
+| `extract` | creates the table or applies its pending migrations; claims up to `limit` pending rows under a lease |
 | `transform` | validates the claimed rows; invalid ones become `rejected` with the reason, and are never sent |
 | `load` | looks up each chunk by `correlation_id` (= `request_id`), adopts existing records, creates the rest |
 | `report` | logs claimed / created / adopted / rejected / failed / still pending; fails the run if a row failed |
@@ -31,13 +31,13 @@ ServiceNow (connection `servicenow_default`), or are rejected with a reason nami
 `id % loaders = i`, so on the CeleryExecutor several workers share one run's backlog without overlap.
 
 Clearing and rerunning any task is safe: rows are claimed under this run's token, every create is preceded by a
-look-up on `correlation_id`, and outcomes are written back as they arrive. See the README for the status lifecycle.
+look-up on `correlation_id`, and outcomes are written back as they arrive. Status lifecycle: docs/operations.md.
 
 **Manual runs** (Trigger with parameters): `dry_run` validates and looks up the rows a run would take and reports
 what it would create, adopt or reject, writing nothing anywhere; `request_ids` replays chosen rows (also `rejected`
 or `failed` ones whose data was fixed): they are reset to pending for this run, their previous state kept in
 `ticket_requests_replays`, and looked up before any create. Alerts and lineage are configured by Airflow
-Variables and Connections (README: Alerting, Lineage).
+Variables and Connections (docs/operations.md: Alerting, Lineage).
 """
 
 # Seconds between task retries; tests and the demo shorten it. Read from the environment: no I/O at parse time.

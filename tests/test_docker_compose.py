@@ -1,4 +1,4 @@
-"""docker-compose.yaml and the Dockerfile keep the promises the README makes.
+"""docker-compose.yaml and the Dockerfile keep the promises docs/getting-started.md makes.
 
 No Docker needed: the compose file is parsed with PyYAML (which applies the `<<`
 merges) and its ${VAR:-default} references are resolved the way Compose does.
@@ -18,7 +18,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = REPO / "docker-compose.yaml"
 SOURCE_SCHEMA = (
-    REPO / "plugins" / "ticketsync" / "source" / "sql" / "ticket_requests.postgresql.sql"
+    REPO / "plugins" / "ticketsync" / "source" / "migrations" / "0001_initial.postgresql.sql"
 )
 
 LONG_RUNNING_AIRFLOW_SERVICES = (

@@ -212,6 +212,7 @@ PRODUCER_COLUMNS: tuple[str, ...] = (
     "account_number",
     "assignment_group_name",
 )
+KEY_COLUMNS: frozenset[str] = frozenset({"consumer_number", "account_number", "assignment_group_name"})
 
 
 class SourceRow(BaseModel):

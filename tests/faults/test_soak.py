@@ -1,4 +1,4 @@
-"""The soak at CI size: `scripts/soak.py --rows 10000` (the README reports the 100,000-row run of `make soak`)."""
+"""The soak at CI size: `scripts/soak.py` (docs/reliability.md reports the 100,000-row run of `make soak`)."""
 
 from __future__ import annotations
 

@@ -129,7 +129,7 @@ def test_a_wrong_user_password_with_the_password_grant_is_an_auth_error(
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        ({"auth_type": "kerberos"}, "auth_type 'kerberos' is not one of basic"),
+        ({"auth_type": "kerberos"}, "extra auth_type must be one of basic, oauth_client_credentials, oauth_pass"),
         ({"auth_type": "oauth_client_credentials", "client_id": "x"}, "has no client_secret"),
         ({"auth_type": "oauth_client_credentials", "client_secret": "s"}, "has no client_id"),
     ],

@@ -116,7 +116,7 @@ def _valid_row_problem(request_id: str, row: dict[str, Any], by_sys_id: dict[str
 
 
 def save_result(group: str, name: str, result: dict[str, Any]) -> None:
-    """Keep a test's figures for the summary printed at the end of the session (and for the README)."""
+    """Keep a test's figures for the summary printed at the end of the session (and for docs/reliability.md)."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{group}.json"
     data = json.loads(path.read_text()) if path.exists() else {}

@@ -1,4 +1,4 @@
-"""Extract: make sure the table exists, then claim pending rows for this run."""
+"""Extract: bring the table to the latest schema version, then claim pending rows for this run."""
 
 from __future__ import annotations
 
@@ -9,12 +9,14 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from ticketsync import dryrun
 from ticketsync.operators.base import SourceTaskOperator, claim_token
-from ticketsync.operators.runinfo import as_bool, as_list
 from ticketsync.source import SourceTable
+from ticketsync.typed import flag, id_list
 
 
 class ClaimRequestsOperator(SourceTaskOperator):
-    """Create ``ticket_requests`` if missing and claim up to ``limit`` pending rows in chunks, under a lease.
+    """Create ``ticket_requests`` if missing or apply its pending schema migrations (unless the source connection's
+    extra ``ticketsync_auto_migrate`` is false: then fail at once if any is pending, docs/migrations.md), and claim up
+    to ``limit`` pending rows in chunks, under a lease.
 
     Idempotent: a retry re-claims the rows this run already holds. Returns the shard indexes ``[0, …, loaders-1]``
     that the mapped load expands over (each loader takes the rows with ``id % loaders = index``; Airflow maps only
@@ -24,6 +26,13 @@ class ClaimRequestsOperator(SourceTaskOperator):
     ``pending`` with their previous state kept in ``<table>_replays`` (see :meth:`SourceTable.replay`).
     ``is_dry_run``: only count what would be claimed (plain SELECTs; no table is created, no row touched), and
     return ``[0]``: one loader plans the whole selection.
+
+    :param limit: at most this many rows per run (templated).
+    :param chunk_size: rows claimed per statement (templated).
+    :param lease_seconds: how long the claim holds the rows before another run may take them (templated).
+    :param loaders: the number of mapped loaders (shards) to return (templated).
+    :param is_dry_run: count only; touch nothing (templated).
+    :param request_ids: replay exactly these requests: a list or a comma-separated string (templated).
     """
 
     template_fields = (
@@ -56,13 +65,13 @@ class ClaimRequestsOperator(SourceTaskOperator):
         loaders = int(self.loaders)
         if loaders < 1:
             raise ValueError(f"loaders must be at least 1, got {loaders}")
-        request_ids = as_list(self.request_ids)
-        if as_bool(self.is_dry_run):
+        request_ids = id_list(self.request_ids, name="request_ids")
+        if flag(self.is_dry_run, name="is_dry_run"):
             context["ti"].xcom_push(key="claimed", value=0)
             context["ti"].xcom_push(key="selected", value=self.dry_run_count(request_ids))
             return [0]
         with self.open_source() as source:
-            source.ensure_schema()
+            self.ensure_schema(source)
             if request_ids:
                 claimed = self.replay(source, token, request_ids)
             else:

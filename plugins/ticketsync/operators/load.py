@@ -11,12 +11,13 @@ from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 from ticketsync.hooks.servicenow import ServiceNowConfigurationError, ServiceNowHook, ServiceNowRequestError
 from ticketsync.loader import CaseLoader, LoadSettings, ServiceNowUnavailable
-from ticketsync.operators.base import SourceTaskOperator, claim_token
-from ticketsync.operators.runinfo import LoadRunInfoMixin, as_bool, as_list
+from ticketsync.operators.base import claim_token
+from ticketsync.operators.runinfo import LoadRunInfoOperator
 from ticketsync.source import Shard, SourceTable
+from ticketsync.typed import flag, id_list, optional_positive
 
 
-class ServiceNowLoadOperator(LoadRunInfoMixin, SourceTaskOperator):
+class ServiceNowLoadOperator(LoadRunInfoOperator):
     """Create one ServiceNow record per claimed, valid row of this run, or adopt the one that already exists.
 
     Built on :class:`~ticketsync.hooks.servicenow.ServiceNowHook` rather than ``HttpOperator``: one task sends
@@ -31,7 +32,7 @@ class ServiceNowLoadOperator(LoadRunInfoMixin, SourceTaskOperator):
     * returns the per-outcome counts (XCom carries counts, never bodies);
     * ``is_dry_run``: looks the rows a run would take up (GET only) and returns the plan; writes nothing (extract
       then plans a single loader, which plans the whole selection);
-    * reports OpenLineage facets and the "ServiceNow records" extra link (:class:`LoadRunInfoMixin`).
+    * reports OpenLineage facets and the "ServiceNow records" extra link (:class:`LoadRunInfoOperator`).
 
     Scale-out: as a mapped task (``.partial(shard_count=N).expand(shard_index=[0, …, N-1])``) each of the N loaders
     takes only the rows of the run's claim with ``id % N = shard_index``, so the N task instances (on any workers)
@@ -41,10 +42,27 @@ class ServiceNowLoadOperator(LoadRunInfoMixin, SourceTaskOperator):
     Pace: ``rate_limit`` (requests per second) overrides the connection's ``rate_limit`` extra; either is the total
     for the integration user, so each of the N loaders keeps to ``rate_limit / N``. ``max_in_flight`` is per
     loader: N loaders keep up to ``N * max_in_flight`` requests in flight.
+
+    :param servicenow_conn_id: the ServiceNow connection (templated).
+    :param chunk_size: rows looked up and sent per chunk (templated).
+    :param max_in_flight: requests in flight at once for this loader (templated).
+    :param max_attempts: attempts per row across runs before it is marked failed (templated).
+    :param lease_seconds: how long each chunk the loader takes stays leased to it (templated).
+    :param rate_limit: requests per second for the integration user in total; overrides the connection's
+        ``rate_limit`` extra; None, empty or 0 means "use the connection's" (templated).
+    :param retry_rounds: in-task rounds for rows that failed transiently.
+    :param backoff_base: seconds of the first backoff between rounds (doubling, with jitter).
+    :param is_dry_run: look up and plan only; write nothing (templated).
+    :param limit: at most this many rows in a dry run (templated).
+    :param request_ids: a dry run plans only these requests (templated).
+    :param shard_index: this loader's shard, when mapped; None for the whole claim (templated).
+    :param shard_count: the number of shards (templated).
+    :param settle_seconds: on a retry after a dead try, wait this long since its POSTs before any look-up
+        (templated).
     """
 
     template_fields = (
-        *SourceTaskOperator.template_fields,
+        *LoadRunInfoOperator.template_fields,
         "servicenow_conn_id",
         "chunk_size",
         "max_in_flight",
@@ -105,7 +123,7 @@ class ServiceNowLoadOperator(LoadRunInfoMixin, SourceTaskOperator):
     def settings(self, connection_rate_limit: float | None = None) -> LoadSettings:
         """The loader's settings; the run's rate (this operator's, else the connection's) split between loaders."""
         shard = self.shard()
-        total_rate = _positive(self.rate_limit) or connection_rate_limit
+        total_rate = optional_positive(self.rate_limit, name="rate_limit") or connection_rate_limit
         return LoadSettings(
             chunk_size=int(self.chunk_size),
             max_in_flight=int(self.max_in_flight),
@@ -132,8 +150,8 @@ class ServiceNowLoadOperator(LoadRunInfoMixin, SourceTaskOperator):
             time.sleep(wait)
 
     def execute(self, context: Context) -> dict[str, Any]:
-        if as_bool(self.is_dry_run):
-            return self.dry_run_load(context, as_list(self.request_ids))
+        if flag(self.is_dry_run, name="is_dry_run"):
+            return self.dry_run_load(context, id_list(self.request_ids, name="request_ids"))
         token = claim_token(context)
         hook = ServiceNowHook(self.servicenow_conn_id, pool_size=int(self.max_in_flight))
         started, loader = datetime.now(UTC), None
@@ -167,12 +185,3 @@ class ServiceNowLoadOperator(LoadRunInfoMixin, SourceTaskOperator):
             )
         return counts.as_dict()
 
-
-def _positive(value: float | str | None) -> float | None:
-    """An optional templated number: None, empty, "None" and 0 mean "not set"."""
-    if value is None or value in ("", "None"):
-        return None
-    number = float(value)
-    if number < 0:
-        raise ValueError(f"rate_limit must not be negative, got {value!r}")
-    return number or None

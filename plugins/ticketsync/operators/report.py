@@ -9,7 +9,7 @@ from airflow.sdk.exceptions import AirflowException
 
 from ticketsync import alerts, dryrun
 from ticketsync.operators.base import SourceTaskOperator, claim_token
-from ticketsync.operators.runinfo import as_bool
+from ticketsync.typed import flag
 
 SUMMARY_ROWS = (
     ("claimed", "claimed"),
@@ -47,6 +47,11 @@ class SyncReportOperator(SourceTaskOperator):
     A mapped load (one loader per shard): ``shards_task_id`` names the task whose return value the load expanded
     over (the extract), and every one of those loaders must have returned its counts, or the run fails; their
     counters (posts, look-ups, 429s…) are summed into the log.
+
+    :param load_task_id: the load task whose counts are reported (templated).
+    :param shards_task_id: the task whose return value a mapped load expanded over, if the load is mapped
+        (templated).
+    :param is_dry_run: print the load's plan; write nothing (templated).
     """
 
     template_fields = (*SourceTaskOperator.template_fields, "load_task_id", "shards_task_id", "is_dry_run")
@@ -67,11 +72,11 @@ class SyncReportOperator(SourceTaskOperator):
         self.is_dry_run = is_dry_run
 
     def execute(self, context: Context) -> dict[str, Any]:
-        if as_bool(self.is_dry_run):
+        if flag(self.is_dry_run, name="is_dry_run"):
             return self.report_dry_run(context)
         token = claim_token(context)
         with self.open_source() as source:
-            source.ensure_schema()
+            self.ensure_schema(source)
             by_status = source.token_summary(token)
             errors = source.first_errors(token, ("failed", "pending", "rejected"))
             backlog = source.backlog()

@@ -1,55 +1,60 @@
 """What the load leaves for people and tools besides its rows: OpenLineage facets, the "ServiceNow records" link,
-and the dry-run plan. A mixin, so the load operator's own code stays about loading."""
+and the dry-run plan. A base class of the load operator, so the operator's own code stays about loading."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk import Context
 
 from ticketsync import dryrun
 from ticketsync.hooks.servicenow import ServiceNowHook
 from ticketsync.links import MAX_LINKED_IDS, ServiceNowRecordsLink, records_url
 from ticketsync.models import DEFAULT_TARGET_TABLE
-from ticketsync.operators.base import claim_token
+from ticketsync.operators.base import SourceTaskOperator, claim_token
 from ticketsync.references import ReferenceResolver
 
-
-def as_bool(value: Any) -> bool:
-    """A templated boolean param: native (``render_template_as_native_obj``) or its string form."""
-    if isinstance(value, str):
-        return value.strip().lower() in ("1", "true", "yes", "on")
-    return bool(value)
+if TYPE_CHECKING:
+    from ticketsync.loader import LoadSettings
 
 
-def as_list(value: Any) -> list[str]:
-    """A templated list param (``request_ids``): a list, or a comma/newline-separated string."""
-    if value in (None, "", "None"):
-        return []
-    if isinstance(value, str):
-        value = value.replace("\n", ",").split(",")
-    return [str(item).strip() for item in value if str(item).strip()]
+class LoadRunInfoOperator(SourceTaskOperator):
+    """Base of :class:`~ticketsync.operators.load.ServiceNowLoadOperator`: its link, lineage and dry run.
 
-
-class LoadRunInfoMixin:
-    """Mixed into :class:`~ticketsync.operators.load.ServiceNowLoadOperator` (which provides the attributes used)."""
+    Stores nothing of its own in ``__init__``; subclasses set ``servicenow_conn_id`` and ``limit`` and implement
+    :meth:`settings`.
+    """
 
     operator_extra_links: Any = (ServiceNowRecordsLink(),)
     target_table = DEFAULT_TARGET_TABLE  # the table the link and the lineage name (the only one supported so far)
+    servicenow_conn_id: str
+    limit: int | str
     records_url: str | None = None
     _lineage_counts: dict[str, Any] | None = None
     _lineage_base_url: str | None = None
     _lineage_dry_run: bool = False
 
+    def settings(self, connection_rate_limit: float | None = None) -> LoadSettings:
+        """The loader's settings (the subclass's)."""
+        raise NotImplementedError
+
     # -- the run's record, for the link and for OpenLineage ------------------------------------------------------
 
-    def remember_load(self, context: Any, hook: ServiceNowHook, counts: dict[str, Any] | None,
+    def remember_load(self, context: Context, hook: ServiceNowHook, counts: dict[str, Any] | None,
                       started: datetime) -> None:
-        """Called when the load ends, however it ends. Only observability depends on it, so it never raises."""
+        """Called when the load ends, however it ends. Only observability depends on it, so it never raises.
+
+        :param context: the task's context.
+        :param hook: the load's hook (its connection gives the instance's URL and user).
+        :param counts: the load's counts, if it got as far as counting.
+        :param started: when the load started (the link's time window opens here).
+        """
         self._lineage_counts = counts
         try:
             hook.get_conn()  # sets base_url from the connection; no network
             self._lineage_base_url = hook.base_url
-            with self.open_source() as source:  # type: ignore[attr-defined]
+            with self.open_source() as source:
                 ids = source.created_request_ids(claim_token(context), MAX_LINKED_IDS + 1)
             login = hook.get_connection(hook.servicenow_conn_id).login
             self.records_url = records_url(
@@ -57,7 +62,7 @@ class LoadRunInfoMixin:
                 window=(started, datetime.now(UTC)), created_by=login,
             )
         except Exception as exc:  # observability code: a missing link must not fail or mask the load
-            self.log.warning("no ServiceNow records link for this run: %s", exc)  # type: ignore[attr-defined]
+            self.log.warning("no ServiceNow records link for this run: %s", exc)
 
     # -- OpenLineage (called by the provider's listener; only when a transport is configured) --------------------
 
@@ -66,9 +71,9 @@ class LoadRunInfoMixin:
 
         from ticketsync import lineage
 
-        conn = BaseHook.get_connection(self.source_conn_id)  # type: ignore[attr-defined]
+        conn = BaseHook.get_connection(self.source_conn_id)
         schema = self._source_schema() if conn.conn_type in ("postgres", "postgresql") else None
-        source = lineage.source_dataset(conn, self.source_table, schema)  # type: ignore[attr-defined]
+        source = lineage.source_dataset(conn, self.source_table, schema)
         base_url = self._lineage_base_url or self._base_url_from_connection()
         target = lineage.servicenow_dataset(base_url, self.target_table) if base_url else None
         return lineage.operator_lineage(source, target, self._lineage_counts, dry_run=self._lineage_dry_run)
@@ -78,14 +83,14 @@ class LoadRunInfoMixin:
 
     def _source_schema(self) -> str | None:
         try:
-            with self.open_source() as source:  # type: ignore[attr-defined]
+            with self.open_source() as source:
                 schema: str | None = source.current_schema()
                 return schema
         except Exception:  # lineage is best effort; PostgreSQL's default schema is the usual answer
             return None
 
     def _base_url_from_connection(self) -> str | None:
-        hook = ServiceNowHook(self.servicenow_conn_id)  # type: ignore[attr-defined]
+        hook = ServiceNowHook(self.servicenow_conn_id)
         try:
             hook.get_conn()
             return str(hook.base_url)
@@ -96,14 +101,18 @@ class LoadRunInfoMixin:
 
     # -- dry run ---------------------------------------------------------------------------------------------------
 
-    def dry_run_load(self, context: Any, request_ids: list[str]) -> dict[str, Any]:
-        """Validate and look up what a real load would take; GET only, nothing written anywhere."""
-        settings = self.settings()  # type: ignore[attr-defined]
-        hook = ServiceNowHook(self.servicenow_conn_id, pool_size=1)  # type: ignore[attr-defined]
+    def dry_run_load(self, context: Context, request_ids: list[str]) -> dict[str, Any]:
+        """Validate and look up what a real load would take; GET only, nothing written anywhere.
+
+        :param context: the task's context.
+        :param request_ids: only these requests (all pending ones if empty).
+        """
+        settings = self.settings()
+        hook = ServiceNowHook(self.servicenow_conn_id, pool_size=1)
         plan = dryrun.DryRunPlan()
         try:
-            with self.open_source() as source:  # type: ignore[attr-defined]
-                chunks = dryrun.selection(source, limit=int(self.limit), chunk_size=settings.chunk_size,  # type: ignore[attr-defined]
+            with self.open_source() as source:
+                chunks = dryrun.selection(source, limit=int(self.limit), chunk_size=settings.chunk_size,
                                           request_ids=request_ids)
                 resolver = ReferenceResolver(hook.find_by_keys)
                 for rows in chunks:
@@ -113,5 +122,5 @@ class LoadRunInfoMixin:
         result = plan.as_dict()
         self._lineage_counts = {"taken": result["selected"], "lookups": plan.lookups}
         self._lineage_dry_run = True
-        self.log.info("dry run of %s:\n%s", claim_token(context), dryrun.format_plan(result))  # type: ignore[attr-defined]
+        self.log.info("dry run of %s:\n%s", claim_token(context), dryrun.format_plan(result))
         return result

@@ -8,9 +8,9 @@ from airflow.sdk import Context
 
 from ticketsync.models import Rejection, SyncStatus
 from ticketsync.operators.base import SourceTaskOperator, claim_token
-from ticketsync.operators.runinfo import as_bool
 from ticketsync.source import Outcome
 from ticketsync.transform import prepare
+from ticketsync.typed import flag
 
 
 class ValidateRequestsOperator(SourceTaskOperator):
@@ -18,6 +18,9 @@ class ValidateRequestsOperator(SourceTaskOperator):
 
     Valid rows are left as they are: the load transforms them again (it is cheap and pure), so no body is stored
     or passed between tasks. Returns ``{"valid": n, "rejected": m}``.
+
+    :param chunk_size: rows read per statement (templated).
+    :param is_dry_run: write nothing (templated).
     """
 
     template_fields = (*SourceTaskOperator.template_fields, "chunk_size", "is_dry_run")
@@ -29,7 +32,7 @@ class ValidateRequestsOperator(SourceTaskOperator):
         self.is_dry_run = is_dry_run
 
     def execute(self, context: Context) -> dict[str, int]:
-        if as_bool(self.is_dry_run):
+        if flag(self.is_dry_run, name="is_dry_run"):
             self.log.info("dry run: nothing is written here; the load validates and plans the rows")
             return {"valid": 0, "rejected": 0}
         token = claim_token(context)

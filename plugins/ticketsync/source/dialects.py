@@ -26,7 +26,6 @@ class DialectSql:
     modulo: str  # takes one parameter: the divisor (psycopg reads a bare % as a placeholder, so PostgreSQL uses MOD)
     pending_age: str  # seconds since MIN(created_at)
     lock_for_update: str  # appended to a SELECT that must lock the rows it reads in a write transaction
-    schema_file: str
     paramstyle_format: bool  # the driver wants %s instead of ?
 
 
@@ -39,7 +38,6 @@ SQL: dict[Dialect, DialectSql] = {
         modulo="MOD(id, ?)",
         pending_age="EXTRACT(EPOCH FROM (now() - MIN(created_at)))",
         lock_for_update="FOR UPDATE",
-        schema_file="ticket_requests.postgresql.sql",
         paramstyle_format=True,
     ),
     Dialect.SQLITE: DialectSql(
@@ -50,7 +48,6 @@ SQL: dict[Dialect, DialectSql] = {
         modulo="(id % ?)",
         pending_age="(julianday('now') - julianday(MIN(created_at))) * 86400.0",
         lock_for_update="",
-        schema_file="ticket_requests.sqlite.sql",
         paramstyle_format=False,
     ),
 }
@@ -70,8 +67,3 @@ def placeholders(count: int) -> str:
 def lease_param(seconds: float, dialect: Dialect) -> Any:
     """The lease length as the dialect's ``lease_until`` expression takes it."""
     return f"{float(seconds):.3f}" if dialect is Dialect.SQLITE else float(seconds)
-
-
-def strip_comments(script: str) -> str:
-    """Drop ``--`` comment lines (the shipped schema has no ``--`` inside string literals)."""
-    return "\n".join(line.split("--", 1)[0] for line in script.splitlines())

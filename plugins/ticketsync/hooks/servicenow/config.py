@@ -1,0 +1,121 @@
+"""The connection's extras as one typed model, parsed once when the hook first connects.
+
+Extras are read by name only (never forwarded as headers); a missing or blank extra takes its default, and an
+invalid one is refused with a message naming the connection and the extra.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal
+from urllib.parse import urlparse
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, SecretStr, ValidationError
+
+from ticketsync.hooks.servicenow.errors import ServiceNowInvalidConnection
+from ticketsync.typed import FALSE, TRUE, Flag, PositiveNumber, blank_is_none, describe
+
+DEFAULT_TIMEOUT = (10.0, 60.0)
+AUTH_TYPES = ("basic", "oauth_client_credentials", "oauth_password")
+AuthType = Literal["basic", "oauth_client_credentials", "oauth_password"]
+SECRET_EXTRAS = frozenset({"client_secret"})
+
+
+def _verify(value: Any) -> Any:
+    if isinstance(value, str) and value.lower() in TRUE + FALSE:
+        return value.lower() in TRUE
+    return value
+
+
+def _lower(value: Any) -> Any:
+    return value.lower() if isinstance(value, str) else value
+
+
+Verify = Annotated[bool | str, BeforeValidator(_verify)]
+Timeout = tuple[PositiveNumber, PositiveNumber] | PositiveNumber
+
+MUST_BE = {
+    "auth_type": "one of " + ", ".join(AUTH_TYPES),
+    "client_id": "a string",
+    "client_secret": "a string",
+    "timeout": "a positive number of seconds, or [connect, read] seconds",
+    "verify": "true, false, or the path of a CA bundle",
+    "cert": "the path of a client certificate",
+    "trust_env": "true or false",
+    "allow_insecure_http": "true or false",
+    "rate_limit": "a positive number of requests per second",
+}
+
+
+class ServiceNowExtras(BaseModel):
+    """The extras ServiceNowHook reads (every other extra is ignored).
+
+    :param auth_type: ``basic`` (login and password), ``oauth_client_credentials`` or ``oauth_password``.
+    :param client_id: the OAuth client (``oauth_*`` only).
+    :param client_secret: the OAuth client's secret (``oauth_*`` only).
+    :param timeout: seconds to wait, or ``[connect, read]``.
+    :param verify: verify the instance's TLS certificate (true), don't (false, test instances only), or verify it
+        against this CA bundle.
+    :param cert: client certificate for mutual TLS.
+    :param trust_env: let ``requests`` read proxies and CA bundle from the environment.
+    :param allow_insecure_http: allow plain http to a host that is not loopback.
+    :param rate_limit: requests per second for this integration user, across every loader.
+    """
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    auth_type: Annotated[AuthType, BeforeValidator(_lower)] = "basic"
+    client_id: str | None = None
+    client_secret: SecretStr | None = None
+    timeout: Timeout = DEFAULT_TIMEOUT
+    verify: Verify = True
+    cert: str | None = None
+    trust_env: Flag = True
+    allow_insecure_http: Flag = False
+    rate_limit: PositiveNumber | None = None
+
+    @classmethod
+    def from_extra(cls, conn_id: str, extra: Mapping[str, Any]) -> ServiceNowExtras:
+        """The extras of connection ``conn_id`` (``verify_ssl`` is read as ``verify``, as ``HttpHook`` does)."""
+        values = {name: blank_is_none(extra.get(name)) for name in cls.model_fields}
+        if values["verify"] is None:
+            values["verify"] = blank_is_none(extra.get("verify_ssl"))
+        try:
+            return cls.model_validate({name: value for name, value in values.items() if value is not None})
+        except ValidationError as exc:
+            name = str(exc.errors()[0]["loc"][0])
+            got = "" if name in SECRET_EXTRAS else f", got {describe(values[name])}"
+            raise ServiceNowInvalidConnection(
+                f"connection {conn_id!r}: extra {name} must be {MUST_BE[name]}{got}"
+            ) from None
+
+    @property
+    def timeouts(self) -> tuple[float, float]:
+        """``(connect, read)`` seconds."""
+        return self.timeout if isinstance(self.timeout, tuple) else (self.timeout, self.timeout)
+
+
+def is_loopback(host: str | None) -> bool:
+    if not host:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def require_https(conn_id: str, base_url: str, *, allow_insecure_http: bool) -> None:
+    """Credentials travel over https; plain http only to a loopback emulator, or when the connection allows it."""
+    parsed = urlparse(base_url)
+    if parsed.scheme == "https":
+        return
+    if parsed.scheme == "http" and (is_loopback(parsed.hostname) or allow_insecure_http):
+        return
+    raise ServiceNowInvalidConnection(
+        f"connection {conn_id!r} points at {parsed.scheme}://{parsed.hostname}: "
+        "ServiceNow credentials must travel over HTTPS. Set the connection's schema to 'https' "
+        "(plain http is accepted only for a loopback emulator, or with the extra allow_insecure_http=true)"
+    )

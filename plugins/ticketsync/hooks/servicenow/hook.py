@@ -1,0 +1,467 @@
+"""ServiceNowHook: the Table API on top of the HTTP provider's ``HttpHook``.
+
+The hook owns the session, auth, TLS, timeouts and the Table API calls, and turns every answer into a parsed
+result or a typed error. It holds no business rules: whether an error is retried is the load operator's decision.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlencode
+
+import requests
+from airflow.providers.http.hooks.http import HttpHook
+from requests.adapters import HTTPAdapter
+
+from ticketsync.hooks.servicenow.auth import (
+    DEFAULT_TOKEN_LIFETIME,
+    TOKEN_PATH,
+    OAuthSettings,
+    TokenCache,
+    mask_secret,
+    oauth_error,
+    oauth_settings,
+)
+from ticketsync.hooks.servicenow.config import ServiceNowExtras, require_https
+from ticketsync.hooks.servicenow.errors import (
+    ServiceNowAuthError,
+    ServiceNowError,
+    ServiceNowInvalidConnection,
+    ServiceNowRateLimited,
+    ServiceNowRequestError,
+    ServiceNowTransientError,
+)
+from ticketsync.hooks.servicenow.transport import Answer, PooledTransport
+
+TABLE_NAME = re.compile(r"[a-z0-9_]{1,80}")
+LOOKUP_PAGE = 1000
+
+
+@dataclass(frozen=True)
+class CreatedRecord:
+    """A record the hook created: its ``sys_id`` and ``number``."""
+
+    sys_id: str
+    number: str | None
+
+
+@dataclass(frozen=True)
+class ExistingRecord:
+    """A record a correlation look-up found."""
+
+    sys_id: str
+    number: str | None
+    correlation_id: str
+    created_on: str
+
+
+class ServiceNowHook(HttpHook):
+    """Table API calls over one pooled keep-alive session, shared by every thread of the hook.
+
+    The connection: host ``<instance>.service-now.com``, schema ``https``, login and password (basic auth or
+    the OAuth password grant); the extras are :class:`~ticketsync.hooks.servicenow.config.ServiceNowExtras`.
+
+    :param servicenow_conn_id: the Airflow connection (conn_type ``http``).
+    :param pool_size: keep-alive connections kept open; match it to the requests you keep in flight.
+    """
+
+    conn_name_attr = "servicenow_conn_id"
+    default_conn_name = "servicenow_default"
+    conn_type = "http"
+    hook_name = "ServiceNow Table API"
+
+    def __init__(self, servicenow_conn_id: str = default_conn_name, *, pool_size: int = 8) -> None:
+        adapter = HTTPAdapter(pool_connections=1, pool_maxsize=max(1, pool_size), max_retries=0)
+        super().__init__(method="GET", http_conn_id=servicenow_conn_id, adapter=adapter)
+        self.servicenow_conn_id = servicenow_conn_id
+        self._extras: ServiceNowExtras | None = None
+        self._oauth: OAuthSettings | None = None
+        self._transport: PooledTransport | None = None
+        self._tokens = TokenCache()
+
+    # ----------------------------------------------------------------------------------------------------------
+    # the connection and the session
+    # ----------------------------------------------------------------------------------------------------------
+
+    def get_conn(
+        self, headers: dict[Any, Any] | None = None, extra_options: dict[str, Any] | None = None
+    ) -> requests.Session:
+        """The hook's one session, built on first use and reused by every call (and every thread).
+
+        :param headers: headers added to the session (on first use only).
+        :param extra_options: extras that override the connection's (on first use only).
+        """
+        return self._connect(headers, extra_options).session
+
+    def _connect(
+        self, headers: dict[Any, Any] | None = None, extra_options: dict[str, Any] | None = None
+    ) -> PooledTransport:
+        if self._transport is None:
+            session = super().get_conn(headers=headers, extra_options=extra_options)
+            session.headers.update({"Accept": "application/json", "Content-Type": "application/json"})
+            extras = self.extras()
+            require_https(self.servicenow_conn_id, self.base_url, allow_insecure_http=extras.allow_insecure_http)
+            self._transport = PooledTransport(session, self.base_url, extras.timeouts, self.servicenow_conn_id)
+        return self._transport
+
+    def extras(self) -> ServiceNowExtras:
+        """The connection's extras, typed (read on first use; no network)."""
+        if self._extras is None:
+            extra = self.get_connection(self.servicenow_conn_id).extra_dejson
+            self._extras = ServiceNowExtras.from_extra(self.servicenow_conn_id, extra)
+        return self._extras
+
+    def _configure_session_from_extra(
+        self, session: requests.Session, connection: Any, extra_options: dict[str, Any]
+    ) -> requests.Session:
+        """Apply the typed extras; unlike ``HttpHook``, never turn the other extras into headers."""
+        extras = ServiceNowExtras.from_extra(
+            self.servicenow_conn_id, {**connection.extra_dejson, **(extra_options or {})}
+        )
+        self._extras = extras
+        if isinstance(extras.verify, str) and not os.path.exists(extras.verify):
+            raise ServiceNowInvalidConnection(
+                f"connection {self.servicenow_conn_id!r}: the CA bundle in extra 'verify' does not exist: "
+                f"{extras.verify}"
+            )
+        session.verify = extras.verify  # True, False, or a CA bundle file or directory
+        if extras.verify is False:
+            self.log.warning(
+                "TLS certificate verification is OFF for connection %r (extra verify=false): "
+                "use it only against a test instance", self.servicenow_conn_id,
+            )
+        if extras.cert:
+            session.cert = extras.cert
+        session.trust_env = extras.trust_env
+        self._oauth = oauth_settings(self.servicenow_conn_id, extras, connection)
+        if self._oauth is not None:
+            session.auth = None  # the bearer token goes on each request instead of basic auth
+        return session
+
+    def rate_limit(self) -> float | None:
+        """The connection's ``rate_limit`` extra (requests per second in total for this integration user), if set."""
+        return self.extras().rate_limit
+
+    def close(self) -> None:
+        """Close the session's connections; the next call opens new ones."""
+        if self._transport is not None:
+            self._transport.close()
+            self._transport = None
+
+    # ----------------------------------------------------------------------------------------------------------
+    # one request
+    # ----------------------------------------------------------------------------------------------------------
+
+    def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict[str, str] | None = None,
+        body: dict[str, Any] | None = None,
+    ) -> Answer:
+        """One request; an OAuth token refused with 401 is renewed once (nothing was done with a 401)."""
+        transport = self._connect()  # reads the connection, OAuth settings included, on first use
+        url = self.url_from_endpoint(path) + (f"?{urlencode(params)}" if params else "")
+        data = json.dumps(body, ensure_ascii=False).encode("utf-8") if body is not None else None
+        token = self._access_token() if self._oauth is not None else None
+        answer = transport.exchange(method, url, data, token=token)
+        if answer.status_code == 401 and token is not None:
+            self._tokens.invalidate(token)
+            token = self._access_token()
+            answer = transport.exchange(method, url, data, token=token)
+        self._raise_for_status(answer)
+        return answer
+
+    def _access_token(self) -> str:
+        return self._tokens.get(self._fetch_token)
+
+    def _fetch_token(self) -> tuple[str, float]:
+        """``POST /oauth_token.do`` (form-encoded) for a new access token; returns it and its lifetime (s)."""
+        oauth = self._oauth
+        if oauth is None:
+            raise RuntimeError("no OAuth settings")
+        headers = {"Content-Type": "application/x-www-form-urlencoded", "Accept": "application/json"}
+        response = self._connect().exchange(
+            "POST", self.url_from_endpoint(TOKEN_PATH), urlencode(oauth.form()).encode("ascii"), headers=headers
+        )
+        status = response.status_code
+        if 400 <= status < 500 and status not in (408, 429):  # any refusal is about the configuration
+            raise ServiceNowAuthError(
+                f"{status} OAuth token request refused ({oauth_error(_json_or_none(response), response.reason)}): "
+                "check client_id and client_secret" + (", login and password" if oauth.grant_type == "password" else "")
+                + f" of connection {self.servicenow_conn_id!r} (the task is not retried for this)",
+                status=status,
+            )
+        self._raise_for_status(response)
+        unusable = ServiceNowTransientError(f"{status} OAuth token answer without an access_token", status=status)
+        try:
+            payload = response.json()
+            token = payload["access_token"]
+            lifetime = float(payload.get("expires_in") or DEFAULT_TOKEN_LIFETIME)
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise unusable from exc
+        if not isinstance(token, str) or not token:
+            raise unusable
+        mask_secret(token)
+        self.log.info("obtained an OAuth access token (%s grant) valid for %.0f s", oauth.grant_type, lifetime)
+        return token, lifetime
+
+    def _raise_for_status(self, response: Answer) -> None:
+        status = response.status_code
+        if status < 400:
+            return
+        message, detail = _error_fields(response)
+        if status == 401:
+            if self._oauth is None:
+                what, check = "the credentials", "its login and password"
+            else:
+                what, check = "a freshly issued OAuth token", "its OAuth client and the integration user's roles"
+            raise ServiceNowAuthError(
+                f"401 {message}: ServiceNow refused {what} of connection {self.servicenow_conn_id!r}; "
+                f"check {check} (the task is not retried for this)",
+                status=401,
+            )
+        if status == 429:
+            raise ServiceNowRateLimited(
+                f"429 {message}" + (f": {detail}" if detail else ""),
+                retry_after=_seconds(response, "Retry-After"),
+                rule=response.headers.get("X-RateLimit-Rule"),
+                limit_per_hour=_seconds(response, "X-RateLimit-Limit"),
+            )
+        if status >= 500 or status == 408:
+            raise ServiceNowTransientError(f"{status} {message}" + (f": {detail}" if detail else ""), status=status)
+        raise ServiceNowRequestError(status, message, detail)
+
+    # ----------------------------------------------------------------------------------------------------------
+    # Table API
+    # ----------------------------------------------------------------------------------------------------------
+
+    @staticmethod
+    def table_path(table: str) -> str:
+        """``/api/now/table/{table}``, for a valid table name only.
+
+        :param table: the table name (lowercase letters, digits and ``_``).
+        """
+        if not TABLE_NAME.fullmatch(table):
+            raise ValueError(f"invalid ServiceNow table name {table!r}")
+        return f"/api/now/table/{table}"
+
+    def create_record(self, table: str, body: dict[str, str]) -> CreatedRecord:
+        """``POST /api/now/table/{table}``; a 2xx without a sys_id is treated as unknown, not as success.
+
+        :param table: the table to insert into.
+        :param body: the record's field values, as strings.
+        """
+        params = {"sysparm_fields": "sys_id,number", "sysparm_exclude_reference_link": "true"}
+        response = self._send("POST", self.table_path(table), params=params, body=body)
+        result = _json_result(response)
+        sys_id = result.get("sys_id") if isinstance(result, dict) else None
+        if not isinstance(sys_id, str) or not sys_id:
+            raise ServiceNowTransientError(
+                f"{response.status_code} answer without a sys_id: the record may or may not exist",
+                status=response.status_code,
+            )
+        number = result.get("number")
+        return CreatedRecord(sys_id=sys_id, number=str(number) if number else None)
+
+    def list_records(
+        self,
+        table: str,
+        *,
+        query: str,
+        fields: Sequence[str],
+        limit: int = LOOKUP_PAGE,
+        offset: int = 0,
+    ) -> list[dict[str, Any]]:
+        """``GET /api/now/table/{table}``: one page of the records matching ``query``.
+
+        :param table: the table to read.
+        :param query: an encoded query (``field=value^ORDERBYfield``); empty for every record.
+        :param fields: the fields to return.
+        :param limit: the page size.
+        :param offset: the records to skip.
+        """
+        params = {
+            "sysparm_query": query,
+            "sysparm_fields": ",".join(fields),
+            "sysparm_limit": str(limit),
+            "sysparm_offset": str(offset),
+            "sysparm_exclude_reference_link": "true",
+        }
+        result = _json_result(self._send("GET", self.table_path(table), params=params))
+        if not isinstance(result, list):
+            raise ServiceNowTransientError("list answer whose 'result' is not a list", status=200)
+        return [record for record in result if isinstance(record, dict)]
+
+    def find_by_correlation(self, table: str, correlation_ids: Iterable[str]) -> dict[str, list[ExistingRecord]]:
+        """Every record of ``table`` whose ``correlation_id`` is one of the given ids, oldest first, in one
+        ``correlation_idIN…`` query (paged if more records than a page come back).
+
+        :param table: the table to search.
+        :param correlation_ids: the ids to look up.
+        """
+        ids = sorted(set(correlation_ids))
+        wanted = set(ids)
+        found: dict[str, list[ExistingRecord]] = {}
+        if not ids:
+            return found
+        query = f"correlation_idIN{','.join(ids)}^ORDERBYsys_created_on"
+        fields = ("sys_id", "number", "correlation_id", "sys_created_on")
+        offset = 0
+        while True:
+            page = self.list_records(table, query=query, fields=fields, limit=LOOKUP_PAGE, offset=offset)
+            for record in page:
+                existing = _existing_record(record, wanted)
+                found.setdefault(existing.correlation_id, []).append(existing)
+            if len(page) < LOOKUP_PAGE:
+                return found
+            offset += LOOKUP_PAGE
+
+    def find_by_keys(self, table: str, key_field: str, keys: Iterable[str]) -> dict[str, list[str]]:
+        """The sys_ids of the records of ``table`` whose ``key_field`` is one of ``keys``, in one
+        ``<key_field>IN…`` query (paged), by key folded to lower case (the instance compares without case).
+
+        :param table: the reference table to search (``csm_consumer``).
+        :param key_field: the business key's field there (``number``).
+        :param keys: the keys to look up.
+        """
+        if not TABLE_NAME.fullmatch(key_field):
+            raise ValueError(f"invalid field name {key_field!r}")
+        wanted = sorted(set(keys))
+        folded = {key.casefold() for key in wanted}
+        found: dict[str, list[str]] = {}
+        if not wanted:
+            return found
+        query = f"{key_field}IN{','.join(wanted)}^ORDERBYsys_id"
+        offset = 0
+        while True:
+            page = self.list_records(table, query=query, fields=("sys_id", key_field), limit=LOOKUP_PAGE, offset=offset)
+            for record in page:
+                key, sys_id = _keyed_record(record, key_field, folded, table)
+                found.setdefault(key, []).append(sys_id)
+            if len(page) < LOOKUP_PAGE:
+                return found
+            offset += LOOKUP_PAGE
+
+    def get_record(self, table: str, sys_id: str, fields: Sequence[str] = ()) -> dict[str, Any]:
+        """``GET /api/now/table/{table}/{sys_id}``.
+
+        :param table: the table to read.
+        :param sys_id: the record's sys_id.
+        :param fields: the fields to return (all if empty).
+        """
+        params = {"sysparm_exclude_reference_link": "true"}
+        if fields:
+            params["sysparm_fields"] = ",".join(fields)
+        result = _json_result(self._send("GET", f"{self.table_path(table)}/{sys_id}", params=params))
+        if not isinstance(result, dict):
+            raise ServiceNowTransientError("record answer whose 'result' is not an object", status=200)
+        return result
+
+    def test_connection(self) -> tuple[bool, str]:
+        """Airflow's "Test connection": one cheap authenticated read of the loan service case table."""
+        try:
+            self.list_records("sn_bom_loan_service", query="", fields=("sys_id",), limit=1)
+        except ServiceNowError as exc:
+            return False, str(exc)
+        return True, "Connection successfully tested"
+
+
+def _keyed_record(record: dict[str, Any], key_field: str, folded: set[str], table: str) -> tuple[str, str]:
+    """(folded key, sys_id) of one record of a business-key look-up; anything odd in it is an error, as for the
+    correlation look-up: a reference resolved from a damaged or unfiltered answer would point at the wrong record."""
+    sys_id = record.get("sys_id")
+    key = record.get(key_field)
+    if not isinstance(sys_id, str) or not re.fullmatch(r"[0-9a-f]{32}", sys_id):
+        raise ServiceNowTransientError(
+            "key look-up answer holds a record without a valid sys_id; not trusted", status=200
+        )
+    if not isinstance(key, str) or key.casefold() not in folded:
+        raise ServiceNowRequestError(
+            200,
+            "key look-up answer holds records that do not match the query",
+            f"the instance ignored '{key_field}IN…' on {table} (does the table have a field {key_field} the "
+            "integration user can read?)",
+        )
+    return key.casefold(), sys_id
+
+
+def _existing_record(record: dict[str, Any], wanted: set[str]) -> ExistingRecord:
+    """One record of a look-up answer. Idempotency rests on this answer, so anything odd in it is an error:
+    a record without sys_id means the answer is damaged, and a correlation id we did not ask for means the
+    instance dropped the query term (it does that silently for an unknown field), so "not found" proves nothing."""
+    sys_id = record.get("sys_id")
+    correlation = record.get("correlation_id")
+    if not isinstance(sys_id, str) or not sys_id:
+        raise ServiceNowTransientError("look-up answer holds a record without sys_id; not trusted", status=200)
+    if correlation not in wanted:
+        raise ServiceNowRequestError(
+            200,
+            "look-up answer holds records that do not match the query",
+            "the instance ignored 'correlation_idIN…' (does the table have a correlation_id field the "
+            "integration user can read?); without it ticketsync cannot prevent duplicates",
+        )
+    return ExistingRecord(
+        sys_id=sys_id,
+        number=str(record.get("number") or "") or None,
+        correlation_id=str(correlation),
+        created_on=str(record.get("sys_created_on") or ""),
+    )
+
+
+def _json_or_none(response: Answer) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        return None
+
+
+def _seconds(response: Answer, header: str) -> float | None:
+    value = response.headers.get(header)
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None
+
+
+def _error_fields(response: Answer) -> tuple[str, str | None]:
+    """ServiceNow's ``{"error": {"message", "detail"}}``, or the start of whatever else came back."""
+    try:
+        payload = response.json()
+        error = payload.get("error") or {}
+        message = str(error.get("message") or response.reason or "error")
+        detail = error.get("detail")
+        return message, (str(detail) if detail else None)
+    except (ValueError, AttributeError):
+        text = " ".join(response.text.split())[:200]
+        return (response.reason or "error"), (text or None)
+
+
+def _json_result(response: Answer) -> Any:
+    """The ``result`` of a 2xx answer; an answer that is not a JSON object with ``result`` is not trusted."""
+    content_type = response.headers.get("Content-Type", "")
+    if "json" not in content_type.lower():
+        raise ServiceNowTransientError(
+            f"{response.status_code} answer with Content-Type {content_type or 'none'!r} instead of JSON "
+            "(a hibernating instance or a proxy page?)",
+            status=response.status_code,
+        )
+    try:
+        payload = response.json()
+    except ValueError as exc:
+        raise ServiceNowTransientError(
+            f"{response.status_code} answer with a malformed JSON body ({exc})", status=response.status_code
+        ) from exc
+    if not isinstance(payload, dict) or "result" not in payload:
+        raise ServiceNowTransientError(
+            f"{response.status_code} answer without a 'result' member", status=response.status_code
+        )
+    return payload["result"]

@@ -1,0 +1,51 @@
+-- Migration 2: the status CHECK constraint also admits 'update_pending' (a created row whose case is to be
+-- updated; issue 13 writes it). SQLite cannot alter a CHECK constraint: the table is rebuilt (create the new table,
+-- copy every row with its id, drop the old, rename, recreate the indexes), in the runner's one transaction, so a
+-- crash anywhere leaves version 1 intact. Safe to run twice (the leftover-free rebuild is repeatable).
+-- No foreign keys, triggers or views refer to the table; a rebuild of a table with any must recreate them here.
+DROP TABLE IF EXISTS ticket_requests_rebuild;
+CREATE TABLE ticket_requests_rebuild (
+    id                 INTEGER PRIMARY KEY AUTOINCREMENT,
+    request_id         TEXT NOT NULL UNIQUE,
+    source_system      TEXT,
+    target_table       TEXT NOT NULL DEFAULT 'sn_bom_loan_service',
+    consumer           TEXT,
+    sold_product       TEXT,
+    assignment_group   TEXT,
+    contact_type       TEXT,
+    product            TEXT,
+    service_definition TEXT,
+    category           TEXT,
+    short_description  TEXT,
+    notes              TEXT,
+    status             TEXT NOT NULL DEFAULT 'pending'
+                       CHECK (status IN ('pending', 'created', 'rejected', 'failed', 'update_pending')),
+    sys_id             TEXT,
+    number             TEXT,
+    error              TEXT,
+    attempts           INTEGER NOT NULL DEFAULT 0,
+    synced_at          TEXT,
+    sync_action        TEXT CHECK (sync_action IN ('created', 'adopted')),
+    last_http_status   INTEGER,
+    claim_token        TEXT,
+    lease_expires_at   TEXT,
+    created_at         TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+    updated_at         TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+);
+INSERT INTO ticket_requests_rebuild (
+    id, request_id, source_system, target_table, consumer, sold_product, assignment_group, contact_type, product,
+    service_definition, category, short_description, notes, status, sys_id, number, error, attempts, synced_at,
+    sync_action, last_http_status, claim_token, lease_expires_at, created_at, updated_at)
+SELECT
+    id, request_id, source_system, target_table, consumer, sold_product, assignment_group, contact_type, product,
+    service_definition, category, short_description, notes, status, sys_id, number, error, attempts, synced_at,
+    sync_action, last_http_status, claim_token, lease_expires_at, created_at, updated_at
+FROM ticket_requests;
+-- AUTOINCREMENT: carry the old high-water mark, so an id once used (by a since-deleted row) is never reused.
+DELETE FROM sqlite_sequence WHERE name = 'ticket_requests_rebuild';
+INSERT INTO sqlite_sequence (name, seq)
+    SELECT 'ticket_requests_rebuild', seq FROM sqlite_sequence WHERE name = 'ticket_requests';
+DROP TABLE ticket_requests;
+ALTER TABLE ticket_requests_rebuild RENAME TO ticket_requests;
+CREATE INDEX IF NOT EXISTS ticket_requests_pending_idx ON ticket_requests (id) WHERE status = 'pending';
+CREATE INDEX IF NOT EXISTS ticket_requests_claim_idx ON ticket_requests (claim_token, id) WHERE status = 'pending';
