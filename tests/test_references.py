@@ -3,6 +3,7 @@ HTTP, with a real source table (SQLite and PostgreSQL)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterator
 from typing import Any
@@ -169,3 +170,35 @@ def test_keys_of_a_batch_are_looked_up_once_and_cached() -> None:
         ("sn_bom_financial_account", ["LN-100001", "LN-100002", "LN-100003"]),
         ("sys_user_group", ["Loan Servicing"]),
     ]
+
+
+def test_a_key_look_up_the_instance_ignored_is_not_trusted(hook: ServiceNowHook) -> None:
+    """An unknown field in the query is dropped by the instance, which then answers with the whole table."""
+    from ticketsync.hooks.servicenow import ServiceNowRequestError
+
+    with pytest.raises(ServiceNowRequestError, match="the instance ignored 'customer_noIN…' on csm_consumer"):
+        hook.find_by_keys("csm_consumer", "customer_no", ["C-0001"])
+    assert hook.find_by_keys("csm_consumer", "number", ["C-0001", "C-0404"]) == {
+        "c-0001": [seeded_sys_id("csm_consumer", "C-0001")]
+    }
+
+
+def test_on_no_match_empty_sends_the_field_empty_but_an_ambiguous_key_still_rejects() -> None:
+    from ticketsync.models import BusinessKey, KeyLookup, PreparedCase
+
+    key = BusinessKey("assignment_group_name", "assignment_group", "sys_user_group", "name", on_no_match="empty")
+    found = {"collections": ["a" * 32, "b" * 32], "loan servicing": ["c" * 32]}
+    resolver = ReferenceResolver(lambda _t, _f, keys: {k.casefold(): found[k.casefold()] for k in keys
+                                                        if k.casefold() in found})
+    base = prepare(SourceRow(id=1, **keyed(1, "C-0001", "LN-100001", group=None)))
+    assert isinstance(base, PreparedCase)
+    cases = [dataclasses.replace(base, row_id=n, keys=(KeyLookup(key, group),))
+             for n, group in ((1, "Nobody"), (2, "Collections"), (3, "Loan Servicing"))]
+    empty, ambiguous, one = resolver.resolve(cases)
+    assert isinstance(empty, PreparedCase)
+    assert "assignment_group" not in empty.body.to_json()
+    assert not isinstance(ambiguous, PreparedCase)
+    assert ambiguous.reason.startswith("assignment_group_name: 2 sys_user_group records have name 'Collections'")
+    assert isinstance(one, PreparedCase)
+    assert one.body.to_json()["assignment_group"] == "c" * 32
+    assert one.resolved == (("assignment_group", "c" * 32),)

@@ -170,7 +170,8 @@ class ServiceNowLoadOperator(LoadRunInfoOperator):
             raise AirflowFailException(str(exc)) from exc
         except ServiceNowRequestError as exc:
             # Only a look-up raises this out of the loader (a refused POST fails its row, not the task): without
-            # a trustworthy look-up nothing can be created safely, and retrying will not change the answer.
+            # a trustworthy look-up (by correlation id, or of a business key) nothing can be created safely, and
+            # retrying will not change the answer.
             raise AirflowFailException(f"the idempotency look-up was refused: {exc}") from exc
         except ServiceNowUnavailable as exc:
             raise AirflowException(f"ServiceNow unavailable; the task will be retried: {exc}") from exc
