@@ -1,4 +1,4 @@
-"""Shared fixtures: a throw-away PostgreSQL database, source tables on both dialects, and the emulator."""
+"""Shared fixtures: throw-away PostgreSQL and MariaDB databases, source tables on every dialect, and the emulator."""
 
 from __future__ import annotations
 
@@ -11,7 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+import pymysql
 import pytest
+from pymysql.constants import CLIENT
 
 from ticketsync.source import Dialect, SourceTable
 from ticketsync_dev.emulator import EmulatorConfig, RunningEmulator, start_emulator
@@ -19,6 +21,13 @@ from ticketsync_dev.local import LocalAirflow
 
 PG_ADMIN_DSN = os.environ.get("TICKETSYNC_TEST_PG_DSN", "host=127.0.0.1 port=5432 user=postgres dbname=postgres")
 REQUIRE_POSTGRES = os.environ.get("TICKETSYNC_REQUIRE_POSTGRES") == "1" or os.environ.get("CI") == "true"
+MARIADB_ADMIN = {
+    "host": os.environ.get("TICKETSYNC_TEST_MARIADB_HOST", "127.0.0.1"),
+    "port": int(os.environ.get("TICKETSYNC_TEST_MARIADB_PORT", "3306")),
+    "user": os.environ.get("TICKETSYNC_TEST_MARIADB_USER", "root"),
+    "password": os.environ.get("TICKETSYNC_TEST_MARIADB_PASSWORD", ""),
+}
+REQUIRE_MARIADB = os.environ.get("TICKETSYNC_REQUIRE_MARIADB") == "1" or os.environ.get("CI") == "true"
 
 
 @pytest.fixture(scope="session")
@@ -43,6 +52,45 @@ def pg_database() -> Iterator[dict[str, Any]]:
 
 def pg_connector(params: dict[str, Any]) -> Callable[[], psycopg.Connection[Any]]:
     return lambda: psycopg.connect(**params)
+
+
+def mariadb_admin() -> pymysql.connections.Connection[Any]:
+    return pymysql.connect(**MARIADB_ADMIN, autocommit=True, connect_timeout=5)
+
+
+@pytest.fixture(scope="session")
+def mariadb_database() -> Iterator[dict[str, Any]]:
+    """A fresh MariaDB database for this test session, dropped at the end. In CI it must exist: no skip."""
+    try:
+        admin = mariadb_admin()
+    except pymysql.err.OperationalError as exc:
+        if REQUIRE_MARIADB:
+            pytest.fail(f"MariaDB is required here but unreachable: {exc}")
+        pytest.skip(f"MariaDB unreachable: {exc}")
+    name = f"ticketsync_test_{uuid.uuid4().hex[:10]}"
+    with admin.cursor() as cursor:
+        cursor.execute(f"CREATE DATABASE `{name}`")
+    try:
+        yield {**MARIADB_ADMIN, "database": name}
+    finally:
+        with admin.cursor() as cursor:
+            cursor.execute(f"DROP DATABASE IF EXISTS `{name}`")
+        admin.close()
+
+
+def mariadb_connector(params: dict[str, Any]) -> Callable[[], pymysql.connections.Connection[Any]]:
+    """What ``SourceTable.from_conn_id`` opens for a ``mysql`` connection (utf8mb4, UPDATE counts matched rows)."""
+    return lambda: pymysql.connect(**params, charset="utf8mb4", client_flag=CLIENT.FOUND_ROWS, connect_timeout=10)
+
+
+def mariadb_conn_json(params: dict[str, Any]) -> str:
+    """A ``mysql`` Airflow connection to the given MariaDB database, as ``AIRFLOW_CONN_*`` reads it."""
+    import json
+
+    return json.dumps({
+        "conn_type": "mysql", "host": params["host"], "port": params["port"], "login": params["user"],
+        "password": params["password"], "schema": params["database"],
+    })
 
 
 def airflow_conn_json(params: dict[str, Any]) -> str:
@@ -76,6 +124,27 @@ def fresh_source_database(pg_database: dict[str, Any], prefix: str) -> Iterator[
         admin.close()
 
 
+@contextmanager
+def fresh_mariadb_database(
+    mariadb_database: dict[str, Any], prefix: str
+) -> Iterator[tuple[SourceTable, dict[str, Any]]]:
+    """Like :func:`fresh_source_database`, on MariaDB: a new database holding ``ticket_requests``, dropped after."""
+    name = f"ticketsync_{prefix}_{uuid.uuid4().hex[:8]}"
+    admin = mariadb_admin()
+    with admin.cursor() as cursor:
+        cursor.execute(f"CREATE DATABASE `{name}`")
+    params = {**mariadb_database, "database": name}
+    source = SourceTable(mariadb_connector(params), Dialect.MYSQL)
+    source.ensure_schema()
+    try:
+        yield source, params
+    finally:
+        source.close()
+        with admin.cursor() as cursor:
+            cursor.execute(f"DROP DATABASE IF EXISTS `{name}`")
+        admin.close()
+
+
 @pytest.fixture(scope="session")
 def airflow_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One migrated Airflow home (SQLite metadata database) for every test that runs the DAG with ``dags test``."""
@@ -84,16 +153,26 @@ def airflow_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return home
 
 
-@pytest.fixture(params=[Dialect.SQLITE, Dialect.POSTGRES], ids=["sqlite", "postgres"])
-def source(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SourceTable]:
-    """A fresh, empty ``ticket_requests`` table on each dialect (its own table name on PostgreSQL)."""
-    if request.param is Dialect.SQLITE:
+def new_source(request: pytest.FixtureRequest, dialect: Dialect, tmp_path: Path) -> SourceTable:
+    """A fresh, empty ``ticket_requests`` table on ``dialect`` (its own table name in the session's database on
+    PostgreSQL and MariaDB, its own file on SQLite)."""
+    if dialect is Dialect.SQLITE:
         path = tmp_path / "source.db"
         table = SourceTable(lambda: sqlite3.connect(path), Dialect.SQLITE)
+    elif dialect is Dialect.MYSQL:
+        params = request.getfixturevalue("mariadb_database")
+        table = SourceTable(mariadb_connector(params), Dialect.MYSQL, table=f"tr_{uuid.uuid4().hex[:8]}")
     else:
         params = request.getfixturevalue("pg_database")
         table = SourceTable(pg_connector(params), Dialect.POSTGRES, table=f"tr_{uuid.uuid4().hex[:8]}")
     table.ensure_schema()
+    return table
+
+
+@pytest.fixture(params=[Dialect.SQLITE, Dialect.POSTGRES, Dialect.MYSQL], ids=["sqlite", "postgres", "mariadb"])
+def source(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SourceTable]:
+    """A fresh, empty ``ticket_requests`` table on each dialect."""
+    table = new_source(request, request.param, tmp_path)
     yield table
     table.close()
 

@@ -9,7 +9,7 @@ from airflow.sdk import Connection
 
 from ticketsync.alerts import Alert
 from ticketsync.assets import servicenow_asset, source_asset
-from ticketsync.lineage import operator_lineage, servicenow_dataset, source_dataset
+from ticketsync.lineage import DatasetName, operator_lineage, servicenow_dataset, source_dataset
 from ticketsync.links import MAX_LINKED_IDS, records_url
 
 
@@ -42,6 +42,9 @@ def test_openlineage_names_follow_the_naming_spec() -> None:
     lite = Connection(conn_id="s", conn_type="sqlite", host="/var/lib/ticketsync/source.db")
     assert source_dataset(lite, "ticket_requests").namespace.startswith("file://")
     assert source_dataset(lite, "ticket_requests").name == "/var/lib/ticketsync/source.db.ticket_requests"
+    maria = Connection(conn_id="s", conn_type="mysql", host="db.bank.internal", schema="requests")
+    expected = DatasetName("mysql://db.bank.internal:3306", "requests.ticket_requests")
+    assert source_dataset(maria, "ticket_requests") == expected
     target = servicenow_dataset("https://acme.service-now.com:443", "sn_bom_loan_service")
     assert (target.namespace, target.name) == ("https://acme.service-now.com", "sn_bom_loan_service")
     assert servicenow_dataset("http://127.0.0.1:8765", "t").namespace == "http://127.0.0.1:8765"

@@ -1,4 +1,4 @@
-"""Property-based, the whole task: hostile rows are written to a real source table (SQLite and PostgreSQL), then
+"""Property-based, the whole task: hostile rows are written to a real source table (SQLite, PostgreSQL, MariaDB), then
 the real transform and CaseLoader run against the emulator over real HTTP. Every row ends ``created`` or
 ``rejected`` with a reason naming its columns, each created record holds exactly the body that was sent, and one
 bad row never stops or loses the others.
@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import psycopg
+import pymysql
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -62,7 +63,7 @@ def produce(source: SourceTable, row: dict[str, Any], not_utf8: tuple[str, bytes
             with source._transaction() as cursor:
                 cursor.execute(f"UPDATE {source.table} SET {column} = CAST(? AS TEXT) "
                                f"WHERE id = (SELECT MAX(id) FROM {source.table})", (raw,))
-    except (sqlite3.Error, psycopg.Error, OverflowError):  # the producer's own write failed
+    except (sqlite3.Error, psycopg.Error, pymysql.Error, OverflowError):  # the producer's own write failed
         return False
     return True
 

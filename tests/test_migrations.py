@@ -33,7 +33,8 @@ from ticketsync_dev.samples import sample_requests
 REPO = Path(__file__).resolve().parents[1]
 MIGRATIONS = REPO / "plugins" / "ticketsync" / "source" / "migrations"
 SCHEMA_V1 = REPO / "tests" / "support" / "schema_v1"
-V1_FILE = {Dialect.SQLITE: "ticket_requests.sqlite.sql", Dialect.POSTGRES: "ticket_requests.postgresql.sql"}
+V1_FILE = {Dialect.SQLITE: "ticket_requests.sqlite.sql", Dialect.POSTGRES: "ticket_requests.postgresql.sql",
+           Dialect.MYSQL: "ticket_requests.mysql.sql"}
 
 
 def v1_script(dialect: Dialect, table: str) -> str:

@@ -1,14 +1,19 @@
-"""The source table on SQLite and on a real PostgreSQL: schema, claims, leases, write-back."""
+"""The source table on SQLite and on a real PostgreSQL and MariaDB: schema, claims, leases, write-back."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
+import uuid
+from typing import Any
 
 import pytest
 
+from tests.conftest import mariadb_conn_json
 from ticketsync.models import SyncStatus
-from ticketsync.source import Outcome, Shard, SourceTable, validate_identifier
+from ticketsync.source import Dialect, Outcome, Shard, SourceTable, validate_identifier
+from ticketsync.source.mysql import connect_kwargs
 from ticketsync_dev.samples import sample_requests
 
 
@@ -25,7 +30,7 @@ def test_ensure_schema_is_idempotent_and_keeps_rows(source: SourceTable) -> None
 
 def test_request_id_is_unique(source: SourceTable) -> None:
     source.insert_requests(sample_requests(1))
-    with pytest.raises(Exception, match=r"(?i)unique"):
+    with pytest.raises(Exception, match=r"(?i)unique|duplicate"):
         source.insert_requests(sample_requests(1))
 
 
@@ -163,3 +168,33 @@ def test_a_retry_round_and_the_release_of_a_shard_touch_only_its_rows(source: So
 def test_a_shard_index_must_lie_within_the_count(index: int, count: int) -> None:
     with pytest.raises(ValueError, match="invalid shard"):
         Shard(index, count)
+
+
+def test_an_airflow_mysql_connection_opens_a_mariadb_source(
+    mariadb_database: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """conn_type ``mysql`` (what the MySQL provider's form and ``mysql://`` URIs give) reaches MariaDB through
+    PyMySQL; an UPDATE counts the rows it matched, as on PostgreSQL, so a second release still reports them."""
+    monkeypatch.setenv("AIRFLOW_CONN_TICKET_SOURCE_MARIADB", mariadb_conn_json(mariadb_database))
+    with SourceTable.from_conn_id("ticket_source_mariadb", table=f"tr_{uuid.uuid4().hex[:8]}") as source:
+        assert source.dialect is Dialect.MYSQL
+        source.ensure_schema()
+        source.insert_requests(sample_requests(2))
+        source.claim("run-a", limit=10, chunk_size=10, lease_seconds=3600)
+        assert source.release("run-a") == 2
+        assert source.release("run-a") == 2
+
+
+def test_mysql_connection_extras_are_read_by_name() -> None:
+    from airflow.sdk import Connection
+
+    connection = Connection(conn_id="s", conn_type="mysql", host="db.bank.internal", login="sync", password="pw",
+                            schema="requests",
+                            extra=json.dumps({"ssl": json.dumps({"ca": "/etc/ssl/bank-ca.pem"}), "connect_timeout": 3,
+                                              "unrelated": "ignored"}))
+    kwargs = connect_kwargs(connection)
+    assert (kwargs["host"], kwargs["port"], kwargs["user"], kwargs["database"]) == (
+        "db.bank.internal", 3306, "sync", "requests")
+    assert kwargs["ssl"] == {"ca": "/etc/ssl/bank-ca.pem"}
+    assert kwargs["connect_timeout"] == 3.0
+    assert "unrelated" not in kwargs

@@ -96,6 +96,9 @@ def test_oldest_pending_age(source: SourceTable) -> None:
     if source.dialect == "postgres":
         statement = (f"UPDATE {source.table} SET created_at = now() - interval '3 hours' "
                      "WHERE request_id = 'REQ-0000001'")
+    elif source.dialect == "mysql":
+        statement = (f"UPDATE {source.table} SET created_at = UTC_TIMESTAMP(6) - INTERVAL 3 HOUR "
+                     "WHERE request_id = 'REQ-0000001'")
     else:
         statement = (f"UPDATE {source.table} SET created_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-3 hours') "
                      "WHERE request_id = 'REQ-0000001'")

@@ -43,6 +43,10 @@ def source_dataset(conn: Connection, table: str, schema: str | None = None) -> D
         port = conn.port or 5432
         database = conn.schema or "postgres"
         return DatasetName(f"postgres://{host}:{port}", f"{database}.{schema or 'public'}.{table}")
+    if conn.conn_type == "mysql":
+        host = conn.host or "localhost"
+        port = conn.port or 3306
+        return DatasetName(f"mysql://{host}:{port}", f"{conn.schema}.{table}" if conn.schema else table)
     if conn.conn_type == "sqlite":
         path = os.path.abspath(conn.host or "")
         return DatasetName(f"file://{socket.gethostname()}", f"{path}.{table}")

@@ -57,7 +57,13 @@ def describe(value: Any) -> str:
 
 
 def parse(adapter: TypeAdapter[T], value: Any, *, name: str, must_be: str) -> T:
-    """``value`` as ``adapter``'s type, or :class:`InvalidValue` naming ``name`` and what it ``must_be``."""
+    """``value`` as ``adapter``'s type, or :class:`InvalidValue` naming it and what it must be.
+
+    :param adapter: the type to parse into.
+    :param value: the raw value (a string from a template or a form, or a native value).
+    :param name: what the value is, for the message (``is_dry_run``, ``connection 'x': extra timeout``).
+    :param must_be: what a valid value is, for the message.
+    """
     try:
         return adapter.validate_python(value)
     except ValidationError:
@@ -65,13 +71,23 @@ def parse(adapter: TypeAdapter[T], value: Any, *, name: str, must_be: str) -> T:
 
 
 def flag(value: Any, *, name: str, default: bool = False) -> bool:
-    """A templated boolean argument: native (``render_template_as_native_obj``) or its string form."""
+    """A templated boolean argument: native (``render_template_as_native_obj``) or its string form.
+
+    :param value: the rendered value; None, blank or ``"None"`` mean ``default``.
+    :param name: the argument's name, for the message.
+    :param default: the value when not set.
+    """
     parsed = parse(_OPTIONAL_FLAG, value, name=name, must_be="true or false")
     return default if parsed is None else parsed
 
 
 def optional_positive(value: Any, *, name: str, must_be: str = "a number of at least 0") -> float | None:
-    """A templated optional number: None, blank, ``"None"`` and 0 mean "not set"; a negative number is refused."""
+    """A templated optional number: None, blank, ``"None"`` and 0 mean "not set"; a negative number is refused.
+
+    :param value: the rendered value.
+    :param name: the argument's name, for the message.
+    :param must_be: what a valid value is, for the message.
+    """
     return parse(_OPTIONAL_NUMBER, value, name=name, must_be=must_be) or None
 
 
@@ -95,5 +111,9 @@ _ID_LIST: TypeAdapter[list[str] | None] = TypeAdapter(
 
 
 def id_list(value: Any, *, name: str) -> list[str]:
-    """A templated list argument (``request_ids``): a list, or a comma/newline-separated string; blanks dropped."""
+    """A templated list argument (``request_ids``): a list, or a comma/newline-separated string; blanks dropped.
+
+    :param value: the rendered value; None, blank or ``"None"`` mean an empty list.
+    :param name: the argument's name, for the message.
+    """
     return parse(_ID_LIST, value, name=name, must_be="a list of ids or a comma-separated string") or []

@@ -1,5 +1,6 @@
-"""End to end: the real DAG, run by Airflow (`airflow dags test`), against a real source database and the emulator
-as its own process over HTTP, with faults injected. Every run is checked for exactly-once creation."""
+"""End to end: the real DAG, run by Airflow (`airflow dags test`), against a real source database (PostgreSQL,
+MariaDB, SQLite) and the emulator as its own process over HTTP, with faults injected. Every run is checked for
+exactly-once creation."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import airflow_conn_json, fresh_source_database
+from tests.conftest import airflow_conn_json, fresh_mariadb_database, fresh_source_database, mariadb_conn_json
 from ticketsync.source import Dialect, SourceTable
 from ticketsync_dev.local import EmulatorProcess, LocalAirflow, sqlite_connection
 from ticketsync_dev.samples import sample_requests
@@ -35,6 +36,13 @@ def pg_source(pg_database: dict[str, Any]) -> Iterator[tuple[SourceTable, str]]:
     """A fresh database holding the default ``ticket_requests`` table, and its Airflow connection JSON."""
     with fresh_source_database(pg_database, "e2e") as (source, params):
         yield source, airflow_conn_json(params)
+
+
+@pytest.fixture
+def mariadb_source(mariadb_database: dict[str, Any]) -> Iterator[tuple[SourceTable, str]]:
+    """A fresh MariaDB database holding ``ticket_requests``, and its Airflow connection JSON (conn_type ``mysql``)."""
+    with fresh_mariadb_database(mariadb_database, "e2e") as (source, params):
+        yield source, mariadb_conn_json(params)
 
 
 @pytest.fixture
@@ -113,6 +121,18 @@ def test_dag_run_on_postgresql_with_faults_creates_each_case_exactly_once(
     assert {"error_500", "error_503", "cut_after_commit", "html_200"} <= set(result["faults"])
     assert result["throttled"] > 0
     print("\nPostgreSQL end-to-end:", json.dumps(result))
+
+
+def test_dag_run_on_mariadb_with_faults_creates_each_case_exactly_once(
+    airflow_home: Path, mariadb_source: tuple[SourceTable, str], tmp_path: Path
+) -> None:
+    source, conn = mariadb_source
+    result = run_sync_twice(airflow_home, source, conn, tmp_path, 600, FAULTS)
+    assert result["outcome"].get("rejected") == 40
+    assert result["outcome"].get("created_created", 0) + result["outcome"].get("created_adopted", 0) == 560
+    assert {"error_500", "error_503", "cut_after_commit", "html_200"} <= set(result["faults"])
+    assert result["throttled"] > 0
+    print("\nMariaDB end-to-end:", json.dumps(result))
 
 
 def test_dag_run_on_sqlite_with_faults_creates_each_case_exactly_once(

@@ -1,26 +1,34 @@
-"""The source database drops the loader's connection mid-load (real PostgreSQL, ``pg_terminate_backend`` from
-another connection): the load reconnects and goes on, or, if the database stays away, fails with the original error
-(the clean-up's own errors are logged, not raised over it); either way the next attempt ends with every row created
-exactly once."""
+"""The source database drops the loader's connection mid-load (real PostgreSQL with ``pg_terminate_backend``, real
+MariaDB with ``KILL``, from another connection): the load reconnects and goes on, or, if the database stays away,
+fails with the original error (the clean-up's own errors are logged, not raised over it); either way the next attempt
+ends with every row created exactly once."""
 
 from __future__ import annotations
 
 import json
 import logging
 import threading
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import psycopg
+import pymysql
 import pytest
 
-from tests.conftest import PG_ADMIN_DSN
+from tests.conftest import (
+    PG_ADMIN_DSN,
+    fresh_mariadb_database,
+    mariadb_admin,
+    mariadb_conn_json,
+    mariadb_connector,
+)
 from tests.faults.conftest import conn_json
 from tests.support.faults import TABLE, Backlog, save_result, verdict
 from ticketsync.hooks.servicenow import ServiceNowHook
 from ticketsync.loader import CaseLoader, LoadSettings
-from ticketsync.source import Dialect, SourceTable
+from ticketsync.source import Dialect, SourceTable, is_connection_error
 from ticketsync_dev.emulator import EmulatorConfig, RunningEmulator, start_emulator
 from ticketsync_dev.local import EmulatorProcess, LocalAirflow
 
@@ -42,68 +50,163 @@ def emulator(monkeypatch: pytest.MonkeyPatch) -> Iterator[RunningEmulator]:
         yield running
 
 
-def loader_source(params: dict[str, Any]) -> SourceTable:
-    """The loader's own source table, on a connection we can find in pg_stat_activity by its application_name."""
-    return SourceTable(lambda: psycopg.connect(**params, application_name=APP), Dialect.POSTGRES)
+class Server(Protocol):
+    """One source database under test and the admin's levers on it."""
+
+    seed: SourceTable  # the producer's handle (never terminated by ``terminate(loader_only=True)``)
+    refused: str  # what the driver's error says when the database refuses new connections
+    driver_error: type[Exception]
+
+    def loader_source(self) -> SourceTable: ...
+    def airflow_conn(self) -> str: ...
+    def created(self) -> int: ...
+    def terminate(self, *, loader_only: bool) -> int: ...
+    def refuse_connections(self) -> None: ...
+    def allow_connections(self) -> None: ...
 
 
-def created(admin: psycopg.Connection[Any], dbname: str) -> int:
-    with psycopg.connect(PG_ADMIN_DSN.replace("dbname=postgres", f"dbname={dbname}"), autocommit=True) as conn:
-        row = conn.execute("SELECT count(*) FROM ticket_requests WHERE status = 'created'").fetchone()
-    return int(row[0]) if row else 0
+class Postgres:
+    refused = "not currently accepting connections"
+    driver_error = psycopg.Error
+
+    def __init__(self, seed: SourceTable, params: dict[str, Any], admin: psycopg.Connection[Any]) -> None:
+        self.seed, self.params, self.admin, self.dbname = seed, params, admin, params["dbname"]
+
+    def loader_source(self) -> SourceTable:
+        """The loader's own source table, on a connection we can find in pg_stat_activity by its application_name."""
+        return SourceTable(lambda: psycopg.connect(**self.params, application_name=APP), Dialect.POSTGRES)
+
+    def airflow_conn(self) -> str:
+        return conn_json(self.params)
+
+    def created(self) -> int:
+        with psycopg.connect(PG_ADMIN_DSN.replace("dbname=postgres", f"dbname={self.dbname}"),
+                             autocommit=True) as conn:
+            row = conn.execute("SELECT count(*) FROM ticket_requests WHERE status = 'created'").fetchone()
+        return int(row[0]) if row else 0
+
+    def terminate(self, *, loader_only: bool) -> int:
+        """Terminate the backends of the database (only the loader's, when ``loader_only``); returns how many."""
+        query = ("SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity "
+                 "WHERE datname = %s AND pid <> pg_backend_pid()")
+        args: list[Any] = [self.dbname]
+        if loader_only:
+            query += " AND application_name = %s"
+            args.append(APP)
+        row = self.admin.execute(query, args).fetchone()
+        return int(row[0]) if row else 0
+
+    def refuse_connections(self) -> None:
+        self.admin.execute(f'ALTER DATABASE "{self.dbname}" ALLOW_CONNECTIONS false')
+
+    def allow_connections(self) -> None:
+        self.admin.execute(f'ALTER DATABASE "{self.dbname}" ALLOW_CONNECTIONS true')
 
 
-def terminate(admin: psycopg.Connection[Any], dbname: str, application: str | None = APP) -> int:
-    """Terminate the backends of ``dbname`` (only the loader's, when ``application`` is given); returns how many."""
-    query = ("SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity "
-             "WHERE datname = %s AND pid <> pg_backend_pid()")
-    args: list[Any] = [dbname]
-    if application:
-        query += " AND application_name = %s"
-        args.append(application)
-    row = admin.execute(query, args).fetchone()
-    return int(row[0]) if row else 0
+class MariaDB:
+    """The loader (and the DAG) connect as their own user, so ``KILL`` finds exactly their connections and
+    ``ACCOUNT LOCK`` refuses their new ones; the seed connects as root."""
+
+    refused = "locked"
+    driver_error = pymysql.Error
+
+    def __init__(self, seed: SourceTable, params: dict[str, Any], user: str,
+                 admin: pymysql.connections.Connection[Any]) -> None:
+        self.seed, self.user, self.admin = seed, user, admin
+        self.params = {**params, "user": user, "password": "loader-pw"}
+        self.database = params["database"]
+
+    def loader_source(self) -> SourceTable:
+        return SourceTable(mariadb_connector(self.params), Dialect.MYSQL)
+
+    def airflow_conn(self) -> str:
+        return mariadb_conn_json(self.params)
+
+    def _admin(self, statement: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        """On one autocommit connection, as the PostgreSQL admin: the killer must act within milliseconds."""
+        with self.admin.cursor() as cursor:
+            cursor.execute(statement, args or None)
+            return list(cursor.fetchall())
+
+    def created(self) -> int:
+        rows = self._admin(f"SELECT count(*) FROM `{self.database}`.ticket_requests WHERE status = 'created'")
+        return int(rows[0][0])
+
+    def terminate(self, *, loader_only: bool) -> int:
+        """``KILL`` every connection of the loader's user (the seed's root connection is never the loader's)."""
+        ids = [int(row[0]) for row in self._admin("SELECT id FROM information_schema.processlist WHERE user = %s",
+                                                  (self.user,))]
+        killed = 0
+        for thread_id in ids:
+            try:
+                self._admin(f"KILL CONNECTION {thread_id}")
+                killed += 1
+            except pymysql.err.OperationalError:  # it ended by itself meanwhile (1094: unknown thread id)
+                pass
+        return killed
+
+    def refuse_connections(self) -> None:
+        self._admin(f"ALTER USER '{self.user}'@'%' ACCOUNT LOCK")
+
+    def allow_connections(self) -> None:
+        self._admin(f"ALTER USER '{self.user}'@'%' ACCOUNT UNLOCK")
+
+
+@pytest.fixture(params=["postgres", "mariadb"])
+def server(request: pytest.FixtureRequest) -> Iterator[Server]:
+    """A fresh source database holding ``ticket_requests`` on each server dialect, with its admin levers."""
+    if request.param == "postgres":
+        seed, params = request.getfixturevalue("pg_source")
+        with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as admin:
+            yield Postgres(seed, params, admin)
+        return
+    mariadb_database = request.getfixturevalue("mariadb_database")
+    user = f"ts_loader_{uuid.uuid4().hex[:8]}"
+    with fresh_mariadb_database(mariadb_database, "faults") as (seed, params):
+        admin = mariadb_admin()
+        with admin.cursor() as cursor:
+            cursor.execute(f"CREATE USER '{user}'@'%' IDENTIFIED BY 'loader-pw'")
+            cursor.execute(f"GRANT ALL ON `{params['database']}`.* TO '{user}'@'%'")
+        try:
+            yield MariaDB(seed, params, user, admin)
+        finally:
+            with admin.cursor() as cursor:
+                cursor.execute(f"DROP USER IF EXISTS '{user}'@'%'")
+            admin.close()
 
 
 class Killer(threading.Thread):
-    """Terminates the loader's backend each time the created count passes one of ``marks``."""
+    """Terminates the loader's connections each time the created count passes one of ``marks``."""
 
-    def __init__(self, admin: psycopg.Connection[Any], dbname: str, marks: list[int],
-                 before: Callable[[], None] = lambda: None, application: str | None = APP) -> None:
+    def __init__(self, server: Server, marks: list[int], before: Callable[[], None] = lambda: None,
+                 loader_only: bool = True) -> None:
         super().__init__(daemon=True)
-        self.admin, self.dbname, self.marks, self.before, self.application = admin, dbname, marks, before, application
+        self.server, self.marks, self.before, self.loader_only = server, marks, before, loader_only
         self.terminated: list[tuple[int, int]] = []  # (created at the time, backends terminated)
         self.stop = threading.Event()
 
     def run(self) -> None:
         marks = list(self.marks)
         while marks and not self.stop.wait(0.02):
-            now = created(self.admin, self.dbname)
+            now = self.server.created()
             if now >= marks[0]:
                 marks.pop(0)
                 self.before()
-                killed = terminate(self.admin, self.dbname, self.application)
+                killed = self.server.terminate(loader_only=self.loader_only)
                 self.terminated.append((now, killed))
 
 
-@pytest.fixture
-def admin() -> Iterator[psycopg.Connection[Any]]:
-    with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
-        yield conn
-
-
 def test_the_load_reconnects_when_its_backend_is_terminated_and_creates_each_row_once(
-    pg_source: tuple[SourceTable, dict[str, Any]], emulator: RunningEmulator, admin: psycopg.Connection[Any],
-    caplog: pytest.LogCaptureFixture,
+    server: Server, emulator: RunningEmulator, caplog: pytest.LogCaptureFixture,
 ) -> None:
-    seed, params = pg_source
+    seed = server.seed
     backlog = Backlog(300, invalid_every=15)
     seed.insert_requests(backlog.requests())
-    killer = Killer(admin, params["dbname"], [40, 120, 200])
+    killer = Killer(server, [40, 120, 200])
     hook = ServiceNowHook("servicenow_loss", pool_size=SETTINGS.max_in_flight)
     caplog.set_level(logging.WARNING, logger="ticketsync")
     attempts = 0
-    with loader_source(params) as source:
+    with server.loader_source() as source:
         source.claim(TOKEN, limit=10_000, chunk_size=500, lease_seconds=600)
         killer.start()
         while attempts < 3:  # as Airflow's task retries would
@@ -111,13 +214,13 @@ def test_the_load_reconnects_when_its_backend_is_terminated_and_creates_each_row
             try:
                 if CaseLoader(hook, source, TOKEN, SETTINGS).run().still_pending == 0:
                     break
-            except psycopg.Error:
+            except server.driver_error:
                 continue
     killer.stop.set()
     killer.join()
     hook.close()
     result = verdict(seed, emulator.store.records(TABLE), backlog)
-    save_result("connection-loss", "loader, 3 backend terminations", {
+    save_result("connection-loss", f"{source.dialect}: loader, 3 backend terminations", {
         **result.as_dict(), "attempts": attempts, "terminations": len(killer.terminated),
         "requests": emulator.stats()["requests_total"],
     })
@@ -132,37 +235,31 @@ def test_the_load_reconnects_when_its_backend_is_terminated_and_creates_each_row
 
 
 def test_a_database_that_stays_away_fails_the_load_with_the_original_error_and_the_retry_finishes(
-    pg_source: tuple[SourceTable, dict[str, Any]], emulator: RunningEmulator, admin: psycopg.Connection[Any],
-    caplog: pytest.LogCaptureFixture,
+    server: Server, emulator: RunningEmulator, caplog: pytest.LogCaptureFixture,
 ) -> None:
     """The database refuses new connections after the kill, so reconnecting fails: the load raises the connection
     error (not a secondary error from its clean-up, which is logged); the next attempt finds every row."""
-    seed, params = pg_source
-    dbname = params["dbname"]
+    seed = server.seed
     backlog = Backlog(200, invalid_every=20)
     seed.insert_requests(backlog.requests())
     seed.close()
-
-    def refuse_connections() -> None:
-        admin.execute(f'ALTER DATABASE "{dbname}" ALLOW_CONNECTIONS false')
-
-    killer = Killer(admin, dbname, [60], before=refuse_connections)
+    killer = Killer(server, [60], before=server.refuse_connections)
     hook = ServiceNowHook("servicenow_loss", pool_size=SETTINGS.max_in_flight)
     caplog.set_level(logging.WARNING, logger="ticketsync")
-    with loader_source(params) as source:
+    with server.loader_source() as source:
         source.claim(TOKEN, limit=10_000, chunk_size=500, lease_seconds=600)
         killer.start()
-        with pytest.raises(psycopg.OperationalError, match="not currently accepting connections"):
+        with pytest.raises(server.driver_error, match=server.refused):
             CaseLoader(hook, source, TOKEN, SETTINGS).run()
         killer.join()
         cleanup_errors = [r for r in caplog.records if "clean-up after" in r.message]
-        admin.execute(f'ALTER DATABASE "{dbname}" ALLOW_CONNECTIONS true')
+        server.allow_connections()
         at_failure = len(emulator.store.records(TABLE))
-        written_back = created(admin, dbname)
+        written_back = server.created()
         counts = CaseLoader(hook, source, TOKEN, SETTINGS).run()  # the task retry
     hook.close()
     result = verdict(seed, emulator.store.records(TABLE), backlog)
-    save_result("connection-loss", "loader, database refusing connections until the retry", {
+    save_result("connection-loss", f"{source.dialect}: loader, database refusing connections until the retry", {
         **result.as_dict(), "attempts": 2, "written_back_at_failure": written_back,
         "records_at_failure": at_failure, "adopted_by_retry": counts.adopted,
         "requests": emulator.stats()["requests_total"],
@@ -182,19 +279,18 @@ def test_a_database_that_stays_away_fails_the_load_with_the_original_error_and_t
 
 @pytest.mark.slow
 def test_the_dag_survives_its_source_backends_being_terminated_mid_load(
-    airflow_home: Path, pg_source: tuple[SourceTable, dict[str, Any]], admin: psycopg.Connection[Any],
-    tmp_path: Path,
+    airflow_home: Path, server: Server, tmp_path: Path,
 ) -> None:
-    """Every backend of the source database is terminated three times while the real DAG loads."""
-    source, params = pg_source
+    """Every connection of the DAG to the source database is terminated three times while the real DAG loads."""
+    source = server.seed
     backlog = Backlog(400, invalid_every=20)
     source.insert_requests(backlog.requests())
     source.close()
     with EmulatorProcess(tmp_path / "emulator", "--latency-ms", "30") as emulator:
         airflow = LocalAirflow(home=airflow_home, connections={
-            "ticket_source": conn_json(params), "servicenow_default": emulator.connection(),
+            "ticket_source": server.airflow_conn(), "servicenow_default": emulator.connection(),
         })
-        killer = Killer(admin, params["dbname"], [50, 150, 250], application=None)
+        killer = Killer(server, [50, 150, 250], loader_only=False)
         killer.start()
         codes = []
         for run in range(1, 4):
@@ -206,7 +302,7 @@ def test_the_dag_survives_its_source_backends_being_terminated_mid_load(
         result = verdict(source, emulator.records(TABLE), backlog)
         requests = emulator.stats()["requests_total"]
     log = (tmp_path / "run1.log").read_text()
-    save_result("connection-loss", "DAG run, all source backends terminated 3 times", {
+    save_result("connection-loss", f"{source.dialect}: DAG run, all source backends terminated 3 times", {
         **result.as_dict(), "attempts": len(codes), "terminations": len(killer.terminated), "requests": requests,
     })
     assert len(killer.terminated) == 3, killer.terminated
@@ -215,3 +311,45 @@ def test_the_dag_survives_its_source_backends_being_terminated_mid_load(
     assert not result.problems, result.problems
     assert (result.pending, result.duplicates, result.failed) == (0, 0, 0)
     assert result.created + result.adopted == len(backlog.valid_ids)
+
+
+def test_mariadb_errors_that_mean_a_lost_connection_are_told_from_those_that_do_not(
+    mariadb_database: dict[str, Any],
+) -> None:
+    """``KILL`` of a connection makes its next statement fail with a lost-connection error (and leaves it closed);
+    a lock wait timeout is an ``OperationalError`` too, but the connection is fine and must not be dropped."""
+    victim = mariadb_connector(mariadb_database)()
+    with victim.cursor() as cursor:
+        cursor.execute("SELECT CONNECTION_ID()")
+        thread_id = int(cursor.fetchone()[0])
+    admin = mariadb_admin()
+    with admin.cursor() as cursor:
+        cursor.execute(f"KILL CONNECTION {thread_id}")
+    with pytest.raises(pymysql.Error) as lost, victim.cursor() as cursor:
+        cursor.execute("SELECT 1")
+    assert is_connection_error(lost.value), lost.value
+    victim.close()
+
+    table = f"lock_{uuid.uuid4().hex[:8]}"
+    holder, waiter = (mariadb_connector(mariadb_database)() for _ in range(2))
+    try:
+        with holder.cursor() as cursor:
+            cursor.execute(f"CREATE TABLE {table} (id INT PRIMARY KEY)")
+            cursor.execute(f"INSERT INTO {table} VALUES (1)")
+            holder.commit()
+            cursor.execute(f"SELECT id FROM {table} WHERE id = 1 FOR UPDATE")
+        with waiter.cursor() as cursor:
+            cursor.execute("SET SESSION innodb_lock_wait_timeout = 1")
+            with pytest.raises(pymysql.err.OperationalError) as timeout:
+                cursor.execute(f"SELECT id FROM {table} WHERE id = 1 FOR UPDATE")
+            assert timeout.value.args[0] == 1205
+            assert not is_connection_error(timeout.value)
+            cursor.execute("SELECT 1")  # the connection is still good
+    finally:
+        holder.rollback()
+        waiter.rollback()
+        with holder.cursor() as cursor:
+            cursor.execute(f"DROP TABLE IF EXISTS {table}")
+        holder.close()
+        waiter.close()
+        admin.close()

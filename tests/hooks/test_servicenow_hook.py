@@ -37,7 +37,7 @@ def hook(emulator: RunningEmulator, monkeypatch: pytest.MonkeyPatch) -> Iterator
 
 
 def test_hook_declares_its_connection_contract() -> None:
-    assert ServiceNowHook.conn_type == "http"
+    assert ServiceNowHook.conn_type == "servicenow"
     assert ServiceNowHook.default_conn_name == "servicenow_default"
     assert ServiceNowHook.conn_name_attr == "servicenow_conn_id"
 

@@ -132,12 +132,14 @@ def storable(value: Any, dialect: Dialect) -> bool:
 
     SQLite keeps NUL in text and bytes as blobs, but its driver cannot encode a lone surrogate nor bind an integer
     past 64 bits. PostgreSQL TEXT refuses NUL (its insert fails: the producer's problem, not ours) and casts bytes
-    (bound as bytea) to their hex text `\\x…`, so blobs reach ticketsync there as text.
+    (bound as bytea) to their hex text `\\x…`, so blobs reach ticketsync there as text. MariaDB's utf8mb4 LONGTEXT
+    keeps NUL; bytes that are UTF-8 become that text and others fail the producer's insert (strict mode), as do
+    NaN and infinities (PyMySQL refuses them).
     """
     if isinstance(value, str):
         if any(0xD800 <= ord(char) <= 0xDFFF for char in value):
             return False
-        return dialect is Dialect.SQLITE or "\x00" not in value
+        return dialect in (Dialect.SQLITE, Dialect.MYSQL) or "\x00" not in value
     if isinstance(value, int) and not isinstance(value, bool) and dialect is Dialect.SQLITE:
         return -(2**63) <= value < 2**63
     return True

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from ticketsync.models import SourceRow
 from ticketsync.source.connection import SourceConnection, reconnecting
@@ -46,22 +47,19 @@ class Claims(SourceConnection):
     @reconnecting
     def _claim_chunk(self, token: str, after: int, size: int, lease_seconds: float) -> list[int]:
         sql = self._sql
-        # The pick is a CTE so PostgreSQL evaluates it exactly once (a LIMIT … SKIP LOCKED sub-select inside
-        # `IN (…)` may be re-run by the planner and update more rows than asked).
-        statement = f"""
-            WITH picked AS (
-                SELECT id FROM {self.table}
-                 WHERE status = 'pending' AND id > ?
-                   AND (claim_token IS NULL OR claim_token = ?
-                        OR lease_expires_at IS NULL OR lease_expires_at <= {sql.now})
-                 ORDER BY id LIMIT ? {sql.skip_locked})
-            UPDATE {self.table}
-               SET claim_token = ?, lease_expires_at = {sql.lease_until}, updated_at = {sql.now}
-             WHERE id IN (SELECT id FROM picked)
-            RETURNING id"""
+        pick = f"""
+            SELECT id FROM {self.table}
+             WHERE status = 'pending' AND id > ?
+               AND (claim_token IS NULL OR claim_token = ?
+                    OR lease_expires_at IS NULL OR lease_expires_at <= {sql.now})
+             ORDER BY id LIMIT ? {sql.skip_locked}"""
+        assignments = f"claim_token = ?, lease_expires_at = {sql.lease_until}, updated_at = {sql.now}"
         with self._transaction() as cursor:
-            cursor.execute(self._q(statement), (after, token, size, token, lease_param(lease_seconds, self.dialect)))
-            return [int(row[0]) for row in cursor.fetchall()]
+            rows = self._update_picked(
+                cursor, pick, (after, token, size), assignments, (token, lease_param(lease_seconds, self.dialect)),
+                returning="id",
+            )
+        return [int(row[0]) for row in rows]
 
     def iter_claimed(self, token: str, *, chunk_size: int) -> Iterator[list[SourceRow]]:
         """Stream the token's pending rows in id order, one chunk in memory at a time (read only)."""
@@ -94,22 +92,20 @@ class Claims(SourceConnection):
         ``shard``, only that shard's rows of the claim are taken.
         """
         sql = self._sql
-        columns = ", ".join(ROW_COLUMNS)
         in_shard, shard_params = self._shard_filter(shard)
-        statement = f"""
-            WITH picked AS (
-                SELECT id FROM {self.table}
-                 WHERE claim_token = ? AND status = 'pending' AND id > ?{in_shard}
-                 ORDER BY id LIMIT ? {sql.skip_locked})
-            UPDATE {self.table}
-               SET lease_expires_at = {sql.lease_until}, updated_at = {sql.now}
-             WHERE id IN (SELECT id FROM picked) AND claim_token = ? AND status = 'pending'
-            RETURNING {columns}"""
-        params = (token, after, *shard_params, size, lease_param(lease_seconds, self.dialect), token)
+        pick = f"""
+            SELECT id FROM {self.table}
+             WHERE claim_token = ? AND status = 'pending' AND id > ?{in_shard}
+             ORDER BY id LIMIT ? {sql.skip_locked}"""
         with self._transaction() as cursor:
-            cursor.execute(self._q(statement), params)
-            rows = [source_row(values) for values in cursor.fetchall()]
-        return sorted(rows, key=lambda row: row.id)
+            rows = self._update_picked(
+                cursor, pick, (token, after, *shard_params, size),
+                f"lease_expires_at = {sql.lease_until}, updated_at = {sql.now}",
+                (lease_param(lease_seconds, self.dialect),),
+                guard=" AND claim_token = ? AND status = 'pending'", guard_params=(token,),
+                returning=", ".join(ROW_COLUMNS),
+            )
+        return sorted((source_row(values) for values in rows), key=lambda row: row.id)
 
     @reconnecting
     def take_rows(
@@ -119,17 +115,16 @@ class Claims(SourceConnection):
         if not ids:
             return []
         sql = self._sql
-        columns = ", ".join(ROW_COLUMNS)
         in_shard, shard_params = self._shard_filter(shard)
-        statement = f"""
-            UPDATE {self.table}
-               SET lease_expires_at = {sql.lease_until}, updated_at = {sql.now}
-             WHERE claim_token = ? AND status = 'pending' AND id IN ({placeholders(len(ids))}){in_shard}
-            RETURNING {columns}"""
         with self._transaction() as cursor:
-            cursor.execute(self._q(statement), (lease_param(lease_seconds, self.dialect), token, *ids, *shard_params))
-            rows = [source_row(values) for values in cursor.fetchall()]
-        return sorted(rows, key=lambda row: row.id)
+            rows = self._update_returning(
+                cursor, f"lease_expires_at = {sql.lease_until}, updated_at = {sql.now}",
+                (lease_param(lease_seconds, self.dialect),),
+                f"claim_token = ? AND status = 'pending' AND id IN ({placeholders(len(ids))}){in_shard}",
+                (token, *ids, *shard_params),
+                returning=", ".join(ROW_COLUMNS),
+            )
+        return sorted((source_row(values) for values in rows), key=lambda row: row.id)
 
     @reconnecting
     def release(self, token: str, *, shard: Shard | None = None) -> int:
@@ -165,3 +160,45 @@ class Claims(SourceConnection):
         if shard is None or shard.count == 1:
             return "", ()
         return f" AND {self._sql.modulo} = ?", (shard.count, shard.index)
+
+    def _update_picked(
+        self, cursor: Any, pick: str, pick_params: tuple[Any, ...], assignments: str, assign_params: tuple[Any, ...],
+        *, guard: str = "", guard_params: tuple[Any, ...] = (), returning: str,
+    ) -> list[Sequence[Any]]:
+        """Set ``assignments`` on the rows ``pick`` selects (and locks) that also pass ``guard``; return their
+        ``returning`` columns.
+
+        With RETURNING the pick is a CTE, so PostgreSQL evaluates it exactly once (a ``LIMIT … SKIP LOCKED``
+        sub-select inside ``IN (…)`` may be re-run by the planner and update more rows than asked). Without it
+        (MariaDB / MySQL) the pick runs first and holds its row locks to the end of the transaction.
+        """
+        if self._sql.returning:
+            cursor.execute(
+                self._q(
+                    f"WITH picked AS ({pick}) UPDATE {self.table} SET {assignments} "
+                    f"WHERE id IN (SELECT id FROM picked){guard} RETURNING {returning}"
+                ),
+                (*pick_params, *assign_params, *guard_params),
+            )
+            return list(cursor.fetchall())
+        cursor.execute(self._q(pick), pick_params)
+        ids = tuple(int(row[0]) for row in cursor.fetchall())
+        if not ids:
+            return []
+        where = f"id IN ({placeholders(len(ids))}){guard}"
+        where_params = (*ids, *guard_params)
+        return self._update_returning(cursor, assignments, assign_params, where, where_params, returning=returning)
+
+    def _update_returning(
+        self, cursor: Any, assignments: str, assign_params: tuple[Any, ...], where: str, where_params: tuple[Any, ...],
+        *, returning: str,
+    ) -> list[Sequence[Any]]:
+        """``UPDATE … SET assignments WHERE where RETURNING returning``; without RETURNING, the UPDATE (which
+        locks the rows it changes) and then a read of the same rows in the same transaction."""
+        update = f"UPDATE {self.table} SET {assignments} WHERE {where}"
+        if self._sql.returning:
+            cursor.execute(self._q(f"{update} RETURNING {returning}"), (*assign_params, *where_params))
+            return list(cursor.fetchall())
+        cursor.execute(self._q(update), (*assign_params, *where_params))
+        cursor.execute(self._q(f"SELECT {returning} FROM {self.table} WHERE {where} ORDER BY id"), where_params)
+        return list(cursor.fetchall())

@@ -24,20 +24,44 @@ class DBAPIConnection(Protocol):
     def close(self) -> None: ...
 
 
-_DRIVERS = ("psycopg", "psycopg2")
+_DRIVERS = ("psycopg", "psycopg2", "pymysql")
+# Extras of the source connection that ticketsync reads itself (docs/migrations.md), not driver options.
+AUTO_MIGRATE_EXTRA = "ticketsync_auto_migrate"
+TICKETSYNC_EXTRAS = (AUTO_MIGRATE_EXTRA,)
 _CONNECTION_ERRORS = ("OperationalError", "InterfaceError")
+# MySQL / MariaDB client and server codes that mean the connection is gone (PyMySQL raises OperationalError for
+# these, but also for deadlocks and lock wait timeouts, which leave the connection open)
+MYSQL_CONNECTION_LOST = frozenset({
+    1053,  # server shutdown in progress
+    1927,  # ER_CONNECTION_KILLED (MariaDB: KILL <id>)
+    2003,  # can't connect
+    2006,  # server has gone away
+    2013,  # lost connection during query
+    2055,  # lost connection at <stage>
+    4031,  # MySQL 8: disconnected by the server because of inactivity
+})
 
 
 def is_connection_error(exc: BaseException) -> bool:
-    """A psycopg (3 or 2) ``OperationalError`` or ``InterfaceError``: the class of errors a lost server raises."""
-    return any(
-        cls.__name__ in _CONNECTION_ERRORS and cls.__module__.split(".")[0] in _DRIVERS for cls in type(exc).__mro__
-    )
+    """An ``OperationalError`` or ``InterfaceError`` of psycopg (3 or 2) or PyMySQL: the errors a lost server
+    raises. For PyMySQL's ``OperationalError`` only the codes in :data:`MYSQL_CONNECTION_LOST`."""
+    for cls in type(exc).__mro__:
+        driver = cls.__module__.split(".")[0]
+        if cls.__name__ not in _CONNECTION_ERRORS or driver not in _DRIVERS:
+            continue
+        if driver == "pymysql" and cls.__name__ == "OperationalError":
+            return bool(exc.args) and exc.args[0] in MYSQL_CONNECTION_LOST
+        return True
+    return False
 
 
 def is_closed(conn: Any) -> bool:
-    """psycopg 3: ``closed``/``broken`` are True; psycopg2: ``closed`` is 1 or 2."""
-    return bool(getattr(conn, "closed", False)) or bool(getattr(conn, "broken", False))
+    """psycopg 3: ``closed``/``broken`` are True; psycopg2: ``closed`` is 1 or 2; PyMySQL: ``open`` is False."""
+    return (
+        bool(getattr(conn, "closed", False))
+        or bool(getattr(conn, "broken", False))
+        or getattr(conn, "open", True) is False
+    )
 
 
 class SourceConnection:
@@ -59,20 +83,32 @@ class SourceConnection:
 
     @classmethod
     def from_conn_id(cls, conn_id: str, table: str = "ticket_requests") -> Self:
-        """Build from an Airflow connection: ``postgres`` (production) or ``sqlite`` (the embedded default)."""
+        """Build from an Airflow connection: ``postgres``, ``mysql`` (MariaDB or MySQL) or ``sqlite`` (the embedded
+        default)."""
         from airflow.sdk import BaseHook
 
-        conn_type = BaseHook.get_connection(conn_id).conn_type
+        connection = BaseHook.get_connection(conn_id)
+        conn_type = connection.conn_type
+        if conn_type == "mysql":
+            from ticketsync.source.mysql import connector
+
+            return cls(connector(connection), Dialect.MYSQL, table)
         if conn_type in ("postgres", "postgresql"):
             from airflow.providers.postgres.hooks.postgres import PostgresHook
 
-            connect: Callable[[], Any] = PostgresHook(postgres_conn_id=conn_id).get_conn
+            class SourcePostgresHook(PostgresHook):
+                # PostgresHook hands every other extra to the driver as a connection option
+                ignored_extra_options = PostgresHook.ignored_extra_options | set(TICKETSYNC_EXTRAS)
+
+            connect: Callable[[], Any] = SourcePostgresHook(postgres_conn_id=conn_id).get_conn
             return cls(connect, Dialect.POSTGRES, table)
         if conn_type == "sqlite":
             from airflow.providers.sqlite.hooks.sqlite import SqliteHook
 
             return cls(SqliteHook(sqlite_conn_id=conn_id).get_conn, Dialect.SQLITE, table)  # type: ignore[no-untyped-call]
-        raise ValueError(f"connection {conn_id!r} has conn_type {conn_type!r}; ticketsync supports postgres and sqlite")
+        raise ValueError(
+            f"connection {conn_id!r} has conn_type {conn_type!r}; ticketsync supports postgres, mysql and sqlite"
+        )
 
     def clone(self) -> Self:
         """Another handle on the same table, with its own connection (for a second thread)."""
@@ -89,8 +125,19 @@ class SourceConnection:
                 # invalid UTF-8 and would stop every row of the chunk. Undecodable bytes become lone surrogates
                 # instead, which validation rejects on that row and column alone.
                 conn.text_factory = _decode_text
+            if self._sql.session_setup:
+                self._set_up_session(conn)
             self._conn = conn
         return self._conn
+
+    def _set_up_session(self, conn: DBAPIConnection) -> None:
+        try:
+            with _closing_cursor(conn) as cursor:
+                for statement in self._sql.session_setup:
+                    cursor.execute(statement)
+        except BaseException:
+            self._drop(conn)
+            raise
 
     def close(self) -> None:
         if self._conn is not None:
@@ -178,6 +225,15 @@ def reconnecting(method: Callable[Concatenate[_C, _P], _R]) -> Callable[Concaten
         return method(self, *args, **kwargs)
 
     return run
+
+
+@contextmanager
+def _closing_cursor(conn: DBAPIConnection) -> Iterator[Any]:
+    cursor = conn.cursor()
+    try:
+        yield cursor
+    finally:
+        cursor.close()
 
 
 def _decode_text(raw: bytes) -> str:

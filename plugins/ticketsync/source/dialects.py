@@ -13,6 +13,7 @@ IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 class Dialect(StrEnum):
     POSTGRES = "postgres"
     SQLITE = "sqlite"
+    MYSQL = "mysql"  # MariaDB >= 10.6 (SKIP LOCKED) and MySQL >= 8.0
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,8 @@ class DialectSql:
     pending_age: str  # seconds since MIN(created_at)
     lock_for_update: str  # appended to a SELECT that must lock the rows it reads in a write transaction
     paramstyle_format: bool  # the driver wants %s instead of ?
+    returning: bool = True  # UPDATE … RETURNING and WITH … UPDATE; without them a claim is SELECT … FOR UPDATE + UPDATE
+    session_setup: tuple[str, ...] = ()  # run on every new connection
 
 
 SQL: dict[Dialect, DialectSql] = {
@@ -50,6 +53,23 @@ SQL: dict[Dialect, DialectSql] = {
         lock_for_update="",
         paramstyle_format=False,
     ),
+    # Timestamps are DATETIME(6) in UTC. READ COMMITTED as on PostgreSQL: a locking read takes no gap locks, so a
+    # claim does not block the producer's inserts; strict mode so a bad write fails instead of being truncated.
+    Dialect.MYSQL: DialectSql(
+        now="UTC_TIMESTAMP(6)",
+        lease_until="UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND",
+        skip_locked="FOR UPDATE SKIP LOCKED",
+        begin=None,
+        modulo="MOD(id, ?)",
+        pending_age="TIMESTAMPDIFF(MICROSECOND, MIN(created_at), UTC_TIMESTAMP(6)) / 1000000.0",
+        lock_for_update="FOR UPDATE",
+        paramstyle_format=True,
+        returning=False,
+        session_setup=(
+            "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED",
+            "SET SESSION sql_mode = CONCAT_WS(',', @@sql_mode, 'STRICT_ALL_TABLES')",
+        ),
+    ),
 }
 
 
@@ -66,4 +86,8 @@ def placeholders(count: int) -> str:
 
 def lease_param(seconds: float, dialect: Dialect) -> Any:
     """The lease length as the dialect's ``lease_until`` expression takes it."""
-    return f"{float(seconds):.3f}" if dialect is Dialect.SQLITE else float(seconds)
+    if dialect is Dialect.SQLITE:
+        return f"{float(seconds):.3f}"
+    if dialect is Dialect.MYSQL:
+        return round(float(seconds) * 1_000_000)
+    return float(seconds)

@@ -20,7 +20,7 @@ from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
-from ticketsync.source.connection import SourceConnection
+from ticketsync.source.connection import AUTO_MIGRATE_EXTRA, SourceConnection
 from ticketsync.source.dialects import Dialect
 
 log = logging.getLogger(__name__)
@@ -28,7 +28,6 @@ log = logging.getLogger(__name__)
 MIGRATIONS_PACKAGE = "ticketsync.source.migrations"
 TEMPLATE_TABLE = "ticket_requests"
 FILE_NAME = re.compile(r"(?P<version>\d{4})_(?P<name>[a-z0-9_]+)\.(?P<suffix>[a-z]+)\.sql")
-AUTO_MIGRATE_EXTRA = "ticketsync_auto_migrate"
 # How long a migration waits for a table lock held by a running statement before it gives up (PostgreSQL): better a
 # failed task, retried, than every reader of the table queued behind a waiting ALTER.
 PG_LOCK_TIMEOUT = "30s"
@@ -42,6 +41,7 @@ class DialectMigrations:
     lock: str | None  # run first in each migration's transaction: serialises migrators (None: BEGIN IMMEDIATE does)
     record: str  # the version row's insert, safe to repeat; takes version and name
     begin: str  # what opens a migration's transaction in the printed script
+    unlock: str | None = None  # releases a session-level lock after each migration (None: the transaction's end does)
 
 
 DIALECTS: dict[Dialect, DialectMigrations] = {
@@ -62,6 +62,18 @@ DIALECTS: dict[Dialect, DialectMigrations] = {
         lock=None,
         record="INSERT OR IGNORE INTO {table} (version, name) VALUES (?, ?)",
         begin="BEGIN IMMEDIATE",
+    ),
+    # DDL commits by itself here, so a migration is not one transaction: each mysql migration must be safe to run
+    # again from any point (IF NOT EXISTS, MODIFY). The lock is a named session lock, held across those commits.
+    Dialect.MYSQL: DialectMigrations(
+        suffix="mysql",
+        version_table="CREATE TABLE IF NOT EXISTS {table} (version INTEGER PRIMARY KEY, name VARCHAR(255) NOT NULL, "
+        "applied_at DATETIME(6) NOT NULL DEFAULT (UTC_TIMESTAMP(6))) ENGINE = InnoDB",
+        table_exists="SELECT 1 FROM information_schema.tables WHERE table_schema = DATABASE() AND table_name = ?",
+        lock="SELECT GET_LOCK(CONCAT('ticketsync.migrate:', ?), 600)",
+        record="INSERT IGNORE INTO {table} (version, name) VALUES (?, ?)",
+        begin="START TRANSACTION",
+        unlock="SELECT RELEASE_LOCK(CONCAT('ticketsync.migrate:', ?))",
     ),
 }
 
@@ -197,12 +209,25 @@ class Migrator:
         parts = []
         for migration in self.pending():
             statements = [self._lock_sql(), self._version_table_sql(), *migration.statements(self.source.table),
-                          self._literal_record(migration)]
+                          self._literal_record(migration), self._unlock_sql()]
             body = "".join(f"{s};\n" for s in statements if s)
             parts.append(f"-- migration {migration.version}: {migration.name}\n{self.dialect.begin};\n{body}COMMIT;\n")
         return "\n".join(parts)
 
     def _apply_one(self, migration: Migration) -> bool:
+        try:
+            return self._apply_locked(migration)
+        finally:
+            self._unlock()
+
+    def _unlock(self) -> None:
+        """Release a session-level migration lock; a lost session released it with it."""
+        if self.dialect.unlock is None or self.source._conn is None:
+            return
+        with self.source._transaction() as cursor:
+            cursor.execute(self.source._q(self.dialect.unlock), (self._lock_key(),))
+
+    def _apply_locked(self, migration: Migration) -> bool:
         source = self.source
         statements = migration.statements(source.table)
         with source._transaction() as cursor:
@@ -256,6 +281,9 @@ class Migrator:
 
     def _lock_sql(self) -> str | None:
         return self.dialect.lock.replace("?", str(self._lock_key())) if self.dialect.lock else None
+
+    def _unlock_sql(self) -> str | None:
+        return self.dialect.unlock.replace("?", str(self._lock_key())) if self.dialect.unlock else None
 
     def _literal_record(self, migration: Migration) -> str:
         record = self.dialect.record.format(table=self.version_table)

@@ -58,7 +58,8 @@ class Reports(SourceConnection):
 
     @reconnecting
     def current_schema(self) -> str | None:
-        """The schema the table's name resolves in on PostgreSQL (for lineage); None on SQLite."""
+        """The schema the table's name resolves in on PostgreSQL (for lineage); None on SQLite and MariaDB, where
+        the connection's database is the whole answer."""
         if self.dialect is not Dialect.POSTGRES:
             return None
         with self._transaction() as cursor:

@@ -44,7 +44,12 @@ class OAuthSettings:
 
 
 def oauth_settings(conn_id: str, extras: ServiceNowExtras, connection: Any) -> OAuthSettings | None:
-    """The OAuth grant the connection's ``auth_type`` asks for, or None for basic auth; refuses an incomplete one."""
+    """The OAuth grant the connection's ``auth_type`` asks for, or None for basic auth; refuses an incomplete one.
+
+    :param conn_id: the connection, named in error messages.
+    :param extras: its typed extras.
+    :param connection: the connection itself (its login and password, for the password grant).
+    """
     if extras.auth_type == "basic":
         return None
     client_id = extras.client_id or ""
@@ -74,7 +79,10 @@ class TokenCache:
         self._renew_at = 0.0
 
     def get(self, fetch: Callable[[], tuple[str, float]]) -> str:
-        """The cached token, or a new one from ``fetch`` (which returns the token and its lifetime in seconds)."""
+        """The cached token, or a new one.
+
+        :param fetch: gets a new token; returns it and its lifetime in seconds.
+        """
         with self._lock:
             if self._token is None or time.monotonic() >= self._renew_at:
                 token, lifetime = fetch()
@@ -83,14 +91,20 @@ class TokenCache:
             return self._token
 
     def invalidate(self, token: str) -> None:
-        """Forget ``token`` after a 401, unless another thread already replaced it."""
+        """Forget ``token`` after a 401, unless another thread already replaced it.
+
+        :param token: the token the instance refused.
+        """
         with self._lock:
             if self._token == token:
                 self._token = None
 
 
 def mask_secret(secret: str | None) -> None:
-    """Tell Airflow's log masker about a secret the connection does not already name (e.g. a fresh token)."""
+    """Tell Airflow's log masker about a secret the connection does not already name (e.g. a fresh token).
+
+    :param secret: the value to mask; nothing happens for an empty one.
+    """
     if not secret:
         return
     with suppress(ImportError):
@@ -100,7 +114,11 @@ def mask_secret(secret: str | None) -> None:
 
 
 def oauth_error(payload: Any, reason: str) -> str:
-    """The ``error``/``error_description`` of a refused token request (ServiceNow says little: access_denied)."""
+    """The ``error``/``error_description`` of a refused token request (ServiceNow says little: access_denied).
+
+    :param payload: the answer's JSON, or None if it was not JSON.
+    :param reason: the HTTP reason phrase, said when the payload says nothing.
+    """
     try:
         parts = [str(payload.get(key)) for key in ("error", "error_description") if payload.get(key)]
     except AttributeError:

@@ -20,6 +20,7 @@ DEFAULT_TIMEOUT = (10.0, 60.0)
 AUTH_TYPES = ("basic", "oauth_client_credentials", "oauth_password")
 AuthType = Literal["basic", "oauth_client_credentials", "oauth_password"]
 SECRET_EXTRAS = frozenset({"client_secret"})
+PREFIX = "extra__servicenow__"
 
 
 def _verify(value: Any) -> Any:
@@ -41,7 +42,10 @@ MUST_BE = {
     "client_secret": "a string",
     "timeout": "a positive number of seconds, or [connect, read] seconds",
     "verify": "true, false, or the path of a CA bundle",
+    "ca_bundle": "the path of a CA bundle",
     "cert": "the path of a client certificate",
+    "connect_timeout": "a positive number of seconds",
+    "read_timeout": "a positive number of seconds",
     "trust_env": "true or false",
     "allow_insecure_http": "true or false",
     "rate_limit": "a positive number of requests per second",
@@ -55,8 +59,11 @@ class ServiceNowExtras(BaseModel):
     :param client_id: the OAuth client (``oauth_*`` only).
     :param client_secret: the OAuth client's secret (``oauth_*`` only).
     :param timeout: seconds to wait, or ``[connect, read]``.
+    :param connect_timeout: seconds to wait for a connection (the form's field; wins over ``timeout``).
+    :param read_timeout: seconds to wait for an answer (the form's field; wins over ``timeout``).
     :param verify: verify the instance's TLS certificate (true), don't (false, test instances only), or verify it
         against this CA bundle.
+    :param ca_bundle: verify the instance's TLS certificate against this CA bundle (the form's field).
     :param cert: client certificate for mutual TLS.
     :param trust_env: let ``requests`` read proxies and CA bundle from the environment.
     :param allow_insecure_http: allow plain http to a host that is not loopback.
@@ -69,7 +76,10 @@ class ServiceNowExtras(BaseModel):
     client_id: str | None = None
     client_secret: SecretStr | None = None
     timeout: Timeout = DEFAULT_TIMEOUT
+    connect_timeout: PositiveNumber | None = None
+    read_timeout: PositiveNumber | None = None
     verify: Verify = True
+    ca_bundle: str | None = None
     cert: str | None = None
     trust_env: Flag = True
     allow_insecure_http: Flag = False
@@ -77,8 +87,15 @@ class ServiceNowExtras(BaseModel):
 
     @classmethod
     def from_extra(cls, conn_id: str, extra: Mapping[str, Any]) -> ServiceNowExtras:
-        """The extras of connection ``conn_id`` (``verify_ssl`` is read as ``verify``, as ``HttpHook`` does)."""
-        values = {name: blank_is_none(extra.get(name)) for name in cls.model_fields}
+        """The extras of connection ``conn_id``.
+
+        ``verify_ssl`` is read as ``verify`` (as ``HttpHook`` does), and ``extra__servicenow__<name>`` as ``<name>``
+        (the prefixed form older connection forms stored).
+
+        :param conn_id: the connection, named in error messages.
+        :param extra: the connection's extras (``extra_dejson``).
+        """
+        values = {name: blank_is_none(extra.get(name, extra.get(f"{PREFIX}{name}"))) for name in cls.model_fields}
         if values["verify"] is None:
             values["verify"] = blank_is_none(extra.get("verify_ssl"))
         try:
@@ -92,11 +109,24 @@ class ServiceNowExtras(BaseModel):
 
     @property
     def timeouts(self) -> tuple[float, float]:
-        """``(connect, read)`` seconds."""
-        return self.timeout if isinstance(self.timeout, tuple) else (self.timeout, self.timeout)
+        """``(connect, read)`` seconds: ``connect_timeout`` and ``read_timeout`` where set, else ``timeout``."""
+        connect, read = self.timeout if isinstance(self.timeout, tuple) else (self.timeout, self.timeout)
+        return (self.connect_timeout or connect, self.read_timeout or read)
+
+    @property
+    def tls_verify(self) -> bool | str:
+        """What ``requests`` gets as ``verify``: False when ``verify`` is false, else the CA bundle if one is named
+        (``ca_bundle``, or a path in ``verify``), else True."""
+        if self.verify is False:
+            return False
+        return self.ca_bundle or self.verify
 
 
 def is_loopback(host: str | None) -> bool:
+    """Whether ``host`` is ``localhost`` or a loopback address.
+
+    :param host: a host name or IP address (IPv6 in brackets or not).
+    """
     if not host:
         return False
     if host == "localhost":
@@ -108,7 +138,12 @@ def is_loopback(host: str | None) -> bool:
 
 
 def require_https(conn_id: str, base_url: str, *, allow_insecure_http: bool) -> None:
-    """Credentials travel over https; plain http only to a loopback emulator, or when the connection allows it."""
+    """Credentials travel over https; plain http only to a loopback emulator, or when the connection allows it.
+
+    :param conn_id: the connection, named in the error.
+    :param base_url: where the hook's requests go.
+    :param allow_insecure_http: the connection's ``allow_insecure_http`` extra.
+    """
     parsed = urlparse(base_url)
     if parsed.scheme == "https":
         return

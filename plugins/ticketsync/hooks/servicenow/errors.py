@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+NOT_RETRIED = "(the task is not retried for this)"
+
 
 class ServiceNowError(Exception):
     """Base of every error the hook raises; ``status`` is the HTTP status when there was an answer."""

@@ -11,13 +11,14 @@ import os
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
 import requests
 from airflow.providers.http.hooks.http import HttpHook
 from requests.adapters import HTTPAdapter
 
+from ticketsync.get_provider_info import CONN_FIELDS, CONNECTION_TYPE, HOOK_NAME, UI_FIELD_BEHAVIOUR
 from ticketsync.hooks.servicenow.auth import (
     DEFAULT_TOKEN_LIFETIME,
     TOKEN_PATH,
@@ -29,17 +30,23 @@ from ticketsync.hooks.servicenow.auth import (
 )
 from ticketsync.hooks.servicenow.config import ServiceNowExtras, require_https
 from ticketsync.hooks.servicenow.errors import (
+    NOT_RETRIED,
     ServiceNowAuthError,
     ServiceNowError,
     ServiceNowInvalidConnection,
     ServiceNowRateLimited,
     ServiceNowRequestError,
+    ServiceNowTLSError,
     ServiceNowTransientError,
 )
 from ticketsync.hooks.servicenow.transport import Answer, PooledTransport
 
+if TYPE_CHECKING:
+    from airflow.sdk import Connection
+
 TABLE_NAME = re.compile(r"[a-z0-9_]{1,80}")
 LOOKUP_PAGE = 1000
+TEST_TABLE = "sn_bom_loan_service"  # "Test" reads one sys_id of it: the table the load writes
 
 
 @dataclass(frozen=True)
@@ -63,17 +70,18 @@ class ExistingRecord:
 class ServiceNowHook(HttpHook):
     """Table API calls over one pooled keep-alive session, shared by every thread of the hook.
 
-    The connection: host ``<instance>.service-now.com``, schema ``https``, login and password (basic auth or
-    the OAuth password grant); the extras are :class:`~ticketsync.hooks.servicenow.config.ServiceNowExtras`.
+    The connection is of type ``servicenow`` (its own form; https unless the schema says otherwise) or ``http``
+    (schema ``https`` must be set): host ``<instance>.service-now.com``, login and password (basic auth or the
+    OAuth password grant); the extras are :class:`~ticketsync.hooks.servicenow.config.ServiceNowExtras`.
 
-    :param servicenow_conn_id: the Airflow connection (conn_type ``http``).
+    :param servicenow_conn_id: the Airflow connection (conn_type ``servicenow`` or ``http``).
     :param pool_size: keep-alive connections kept open; match it to the requests you keep in flight.
     """
 
     conn_name_attr = "servicenow_conn_id"
     default_conn_name = "servicenow_default"
-    conn_type = "http"
-    hook_name = "ServiceNow Table API"
+    conn_type = CONNECTION_TYPE
+    hook_name = HOOK_NAME
 
     def __init__(self, servicenow_conn_id: str = default_conn_name, *, pool_size: int = 8) -> None:
         adapter = HTTPAdapter(pool_connections=1, pool_maxsize=max(1, pool_size), max_retries=0)
@@ -109,6 +117,13 @@ class ServiceNowHook(HttpHook):
             self._transport = PooledTransport(session, self.base_url, extras.timeouts, self.servicenow_conn_id)
         return self._transport
 
+    def _set_base_url(self, connection: Connection) -> None:
+        """``HttpHook``'s base URL, but https by default for a ``servicenow`` connection (its form has no schema)."""
+        super()._set_base_url(connection)
+        host = connection.host or ""
+        if connection.conn_type == CONNECTION_TYPE and not connection.schema and "://" not in host:
+            self.base_url = "https" + self.base_url.removeprefix("http")
+
     def extras(self) -> ServiceNowExtras:
         """The connection's extras, typed (read on first use; no network)."""
         if self._extras is None:
@@ -124,13 +139,14 @@ class ServiceNowHook(HttpHook):
             self.servicenow_conn_id, {**connection.extra_dejson, **(extra_options or {})}
         )
         self._extras = extras
-        if isinstance(extras.verify, str) and not os.path.exists(extras.verify):
+        verify = extras.tls_verify
+        if isinstance(verify, str) and not os.path.exists(verify):
+            name = "ca_bundle" if extras.ca_bundle else "verify"
             raise ServiceNowInvalidConnection(
-                f"connection {self.servicenow_conn_id!r}: the CA bundle in extra 'verify' does not exist: "
-                f"{extras.verify}"
+                f"connection {self.servicenow_conn_id!r}: the CA bundle in extra {name!r} does not exist: {verify}"
             )
-        session.verify = extras.verify  # True, False, or a CA bundle file or directory
-        if extras.verify is False:
+        session.verify = verify  # True, False, or a CA bundle file or directory
+        if verify is False:
             self.log.warning(
                 "TLS certificate verification is OFF for connection %r (extra verify=false): "
                 "use it only against a test instance", self.servicenow_conn_id,
@@ -195,7 +211,7 @@ class ServiceNowHook(HttpHook):
             raise ServiceNowAuthError(
                 f"{status} OAuth token request refused ({oauth_error(_json_or_none(response), response.reason)}): "
                 "check client_id and client_secret" + (", login and password" if oauth.grant_type == "password" else "")
-                + f" of connection {self.servicenow_conn_id!r} (the task is not retried for this)",
+                + f" of connection {self.servicenow_conn_id!r} {NOT_RETRIED}",
                 status=status,
             )
         self._raise_for_status(response)
@@ -224,7 +240,7 @@ class ServiceNowHook(HttpHook):
                 what, check = "a freshly issued OAuth token", "its OAuth client and the integration user's roles"
             raise ServiceNowAuthError(
                 f"401 {message}: ServiceNow refused {what} of connection {self.servicenow_conn_id!r}; "
-                f"check {check} (the task is not retried for this)",
+                f"check {check} {NOT_RETRIED}",
                 status=401,
             )
         if status == 429:
@@ -365,13 +381,68 @@ class ServiceNowHook(HttpHook):
         return result
 
     def test_connection(self) -> tuple[bool, str]:
-        """Airflow's "Test connection": one cheap authenticated read of the loan service case table."""
-        try:
-            self.list_records("sn_bom_loan_service", query="", fields=("sys_id",), limit=1)
-        except ServiceNowError as exc:
-            return False, str(exc)
-        return True, "Connection successfully tested"
+        """Airflow's "Test" button: one cheap authenticated read (one ``sys_id`` of the loan service case table).
 
+        Returns whether it worked and a message saying what to fix: the credentials (401, a refused OAuth token),
+        TLS trust, an instance that cannot be reached, or the integration user's read access to the table.
+        """
+        try:
+            self.list_records(TEST_TABLE, query="", fields=("sys_id",), limit=1)
+        except ServiceNowInvalidConnection as exc:
+            return False, f"Invalid connection: {exc}"
+        except ServiceNowAuthError as exc:
+            return False, f"Authentication failed: {_without_task_advice(exc)}"
+        except ServiceNowTLSError as exc:
+            return False, f"TLS: {_without_task_advice(exc)}"
+        except ServiceNowRequestError as exc:
+            return False, (
+                f"{self.base_url} answered but refused to read table {TEST_TABLE}: {exc}. The integration user "
+                "needs read access to it (and its instance needs the Financial Services Operations plugin)"
+            )
+        except ServiceNowError as exc:  # transient: unreachable, timed out, 5xx, a hibernating instance's page
+            return False, f"{self.base_url or self.servicenow_conn_id} cannot be reached or is not answering: {exc}"
+        finally:
+            self.close()
+        return True, f"Connection successfully tested: {self.base_url} answered a Table API read of {TEST_TABLE}"
+
+    # ----------------------------------------------------------------------------------------------------------
+    # the connection form (Airflow 3.2+ reads the same declaration from the provider info)
+    # ----------------------------------------------------------------------------------------------------------
+
+    @classmethod
+    def get_ui_field_behaviour(cls) -> dict[str, Any]:
+        """The standard fields of the ``servicenow`` form: ``schema`` hidden (https by default), host, login and
+        password relabelled, placeholders. The same as ``ui-field-behaviour`` in the provider info."""
+        return {
+            "hidden_fields": list(UI_FIELD_BEHAVIOUR["hidden-fields"]),
+            "relabeling": dict(UI_FIELD_BEHAVIOUR["relabeling"]),
+            "placeholders": dict(UI_FIELD_BEHAVIOUR["placeholders"]),
+        }
+
+    @classmethod
+    def get_connection_form_widgets(cls) -> dict[str, Any]:
+        """The extra fields of the ``servicenow`` form as WTForms fields, built from the provider info's
+        ``conn-fields`` (which Airflow 3.2+ reads instead, without importing the hook)."""
+        from flask_appbuilder.fieldwidgets import BS3PasswordFieldWidget, BS3TextFieldWidget
+        from flask_babel import lazy_gettext
+        from wtforms import BooleanField, PasswordField, StringField
+        from wtforms.validators import Optional, any_of
+
+        widgets: dict[str, Any] = {}
+        for name, spec in CONN_FIELDS.items():
+            schema = spec["schema"]
+            label, description, default = lazy_gettext(spec["label"]), spec["description"], schema.get("default")
+            if "boolean" in schema["type"]:
+                widgets[name] = BooleanField(label, description=description, default=default)
+            elif schema.get("format") == "password":
+                widgets[name] = PasswordField(label, widget=BS3PasswordFieldWidget(), description=description)
+            else:
+                validators = [Optional()] + ([any_of(schema["enum"])] if "enum" in schema else [])
+                widgets[name] = StringField(
+                    label, widget=BS3TextFieldWidget(), validators=validators, description=description,
+                    default=None if default is None else str(default),
+                )
+        return widgets
 
 def _keyed_record(record: dict[str, Any], key_field: str, folded: set[str], table: str) -> tuple[str, str]:
     """(folded key, sys_id) of one record of a business-key look-up; anything odd in it is an error, as for the
@@ -413,6 +484,11 @@ def _existing_record(record: dict[str, Any], wanted: set[str]) -> ExistingRecord
         correlation_id=str(correlation),
         created_on=str(record.get("sys_created_on") or ""),
     )
+
+
+def _without_task_advice(exc: Exception) -> str:
+    """An error's message without the advice meant for a task's log (the "Test" button retries nothing)."""
+    return str(exc).replace(f" {NOT_RETRIED}", "")
 
 
 def _json_or_none(response: Answer) -> Any:

@@ -21,6 +21,7 @@ from requests.cookies import extract_cookies_to_jar
 from requests.structures import CaseInsensitiveDict
 
 from ticketsync.hooks.servicenow.errors import (
+    NOT_RETRIED,
     ServiceNowError,
     ServiceNowTimeout,
     ServiceNowTLSError,
@@ -142,6 +143,7 @@ class PooledTransport:
         return Answer(raw.status, raw.reason or "", raw.headers, raw.data)
 
     def close(self) -> None:
+        """Close the session's connections; the pool is looked up again on the next exchange."""
         self._route = None
         self.session.close()
 
@@ -150,8 +152,8 @@ class PooledTransport:
         if is_certificate_error(exc):
             return ServiceNowTLSError(
                 f"TLS certificate verification failed for {urlparse(self.base_url).hostname} ({short(exc)}). If "
-                f"the instance uses a private CA, set the extra 'verify' of connection {self.conn_id!r} "
-                "to its CA bundle (the task is not retried for this)"
+                f"the instance uses a private CA, give connection {self.conn_id!r} its CA bundle (the extra "
+                f"'ca_bundle', or the extra 'verify' set to the bundle's path) {NOT_RETRIED}"
             )
         reason = exc.reason if isinstance(exc, urllib3.exceptions.MaxRetryError) else exc
         timed_out = isinstance(reason, urllib3.exceptions.TimeoutError | TimeoutError)
@@ -165,7 +167,10 @@ def _text_header(value: str | bytes) -> str:
 
 
 def is_certificate_error(exc: BaseException) -> bool:
-    """Whether a transport error is a failed certificate verification (and not, say, a cut handshake)."""
+    """Whether a transport error is a failed certificate verification (and not, say, a cut handshake).
+
+    :param exc: the error, with its causes and reasons searched too.
+    """
     seen: set[int] = set()
     pending: list[BaseException] = [exc]
     while pending:
@@ -182,6 +187,9 @@ def is_certificate_error(exc: BaseException) -> bool:
 
 
 def short(exc: BaseException) -> str:
-    """A one-line cause without the URL's query string (which may hold ids) or anything secret."""
+    """A one-line cause without the URL's query string (which may hold ids) or anything secret.
+
+    :param exc: the error to describe.
+    """
     text = str(exc).split("(Caused by")[-1] if "(Caused by" in str(exc) else str(exc)
     return " ".join(text.split())[:200]
