@@ -23,7 +23,8 @@ import requests
 
 from tests.conftest import PG_ADMIN_DSN, airflow_conn_json, pg_connector
 from tests.test_migrations import dump, execute, old_ensure_schema, version_rows
-from ticketsync.source import Dialect, SourceTable
+from ticketsync.models import KEY_COLUMNS, SourceRow
+from ticketsync.source import ROW_COLUMNS, Dialect, SourceTable
 from ticketsync.source.migrator import Migrator
 from ticketsync.transform import prepare
 from ticketsync_dev.local import REPO, EmulatorProcess, LocalAirflow
@@ -71,8 +72,11 @@ def v1_database(dialect: Dialect, tmp_path: Path, pg_database: dict[str, Any] | 
 
 def post_case(emulator: EmulatorProcess, source: SourceTable, token: str, row_id: int) -> dict[str, Any]:
     """What an earlier run did for the row: the body the transform builds, POSTed to the instance."""
-    row = next(r for chunk in source.iter_claimed(token, chunk_size=100) for r in chunk if r.id == row_id)
-    case = prepare(row)
+    # read as the earlier release did: the version-1 columns (the business-key columns came with migration 3)
+    columns = [c for c in ROW_COLUMNS if c not in KEY_COLUMNS]
+    [values] = execute(source, f"SELECT {', '.join(columns)} FROM {source.table} WHERE id = ? AND claim_token = ?",
+                       (row_id, token))
+    case = prepare(SourceRow.model_validate(dict(zip(columns, values, strict=True))))
     body = case.body.model_dump(exclude_none=True)  # type: ignore[union-attr]
     response = requests.post(f"{emulator.url}/api/now/table/{TABLE}", json=body, auth=("admin", emulator.password),
                              params={"sysparm_exclude_reference_link": "true"}, timeout=30)
