@@ -12,7 +12,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 help:
 	@echo "make demo      run the whole sync end to end on the embedded defaults (SQLite + local emulator)"
 	@echo "make ui        the Airflow UI on 127.0.0.1 with the DAG, the emulator and sample requests (UI_ARGS=--help)"
-	@echo "make test      install and run every test (PostgreSQL at 127.0.0.1:5432 is needed)"
+	@echo "make test      install and run every test, in 2 processes (PostgreSQL and Redis on 127.0.0.1 are needed)"
 	@echo "make lint      ruff and mypy"
 	@echo "make emulator  run the ServiceNow emulator in the foreground on 127.0.0.1:8765"
 	@echo "make scaleout  one DAG run on the real CeleryExecutor, mapped loaders on two workers (PostgreSQL + Redis)"
@@ -43,8 +43,12 @@ browser: $(CHROMIUM)
 ui: $(STAMP)
 	PYTHONPATH=plugins:dev $(PY) scripts/ui.py $(UI_ARGS)
 
+# Every test, in PYTEST_WORKERS pytest-xdist processes (default 2; 0 runs them in this one). A test file stays on one
+# worker (--dist loadfile: its module fixtures and its order hold); the slowest files start first (tests/conftest.py).
+# PYTEST_ARGS adds options, e.g. PYTEST_ARGS="-k soak --durations=20".
+PYTEST_WORKERS ?= 2
 test: $(STAMP) $(CHROMIUM)
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest $(if $(filter-out 0,$(PYTEST_WORKERS)),-n $(PYTEST_WORKERS) --dist loadfile) $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check plugins dev dags tests scripts bench
@@ -68,7 +72,7 @@ bench: $(STAMP)
 clean:
 	rm -rf .demo .airflow .artifacts .pytest_cache .mypy_cache .ruff_cache
 
-# The soak (docs/reliability.md): SOAK_ARGS="--rows 10000" for the CI size. Needs PostgreSQL at 127.0.0.1:5432.
+# The soak (docs/reliability.md): SOAK_ARGS="--rows 5000" for the CI size. Needs PostgreSQL at 127.0.0.1:5432.
 soak: $(STAMP)
 	PYTHONPATH=plugins:dev $(PY) scripts/soak.py $(SOAK_ARGS)
 

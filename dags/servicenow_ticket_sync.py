@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 from airflow.sdk import DAG, Param
 
 from ticketsync.alerts import TicketSyncFailureNotifier
-from ticketsync.assets import servicenow_asset, source_asset
+from ticketsync.assets import cases_created_alias, source_asset
 from ticketsync.operators.extract import ClaimRequestsOperator
 from ticketsync.operators.load import ServiceNowLoadOperator
 from ticketsync.operators.report import SyncReportOperator
@@ -29,6 +29,10 @@ ServiceNow (connection `servicenow_default`), or are rejected with a reason nami
 
 `load` is mapped: `loaders` instances (one by default), loader *i* taking the claimed rows with
 `id % loaders = i`, so on the CeleryExecutor several workers share one run's backlog without overlap.
+
+Each `load` whose rows came to cases emits an event of the Asset
+`servicenow://servicenow_default/sn_bom_loan_service` with its counts in the extra; a run that created nothing emits
+none (docs/operations.md: Asset events).
 
 Clearing and rerunning any task is safe: rows are claimed under this run's token, every create is preceded by a
 look-up on `correlation_id`, and outcomes are written back as they arrive. Status lifecycle: docs/operations.md.
@@ -115,7 +119,7 @@ with DAG(
         lease_seconds="{{ params.lease_seconds }}",
         settle_seconds="{{ params.settle_seconds }}",
         is_dry_run="{{ params.dry_run }}", limit="{{ params.limit }}", request_ids="{{ params.request_ids }}",
-        inlets=[source_asset()], outlets=[servicenow_asset()],
+        inlets=[source_asset()], outlets=[cases_created_alias()],
         shard_count="{{ params.loaders }}",
         map_index_template="shard {{ task.shard_index }} of {{ task.shard_count }}",
     ).expand(shard_index=extract.output)

@@ -2,7 +2,8 @@
 
 Seeds a fresh SQLite source database with sample requests (some invalid), starts the ServiceNow emulator on
 loopback (20 ms latency, a few injected faults), runs the real DAG through Airflow twice (`airflow dags test`),
-prints the outcome per status, and stops what it started. Everything lives under `.demo/`.
+prints the outcome per status; then an agent works some cases on the emulator (opens, closes, deletes one) and the
+status DAG brings their state back into the source rows. Stops what it started. Everything lives under `.demo/`.
 """
 
 from __future__ import annotations
@@ -74,6 +75,57 @@ def print_outcome(path: Path, emulator: EmulatorProcess) -> None:
           f"{stats['requests_total']} API requests, faults injected: {injected}")
 
 
+STATUS_LINES = ("pages read", "list requests", "cases read", "rows changed", "rows unchanged", "cases not found")
+
+
+def work_cases(path: Path, emulator: EmulatorProcess) -> list[str]:
+    """An agent's day on the instance: two cases opened, one closed, one deleted. Returns their request ids."""
+    conn = sqlite3.connect(path)
+    created = conn.execute(
+        "SELECT request_id, sys_id, number FROM ticket_requests WHERE status = 'created' ORDER BY id LIMIT 4"
+    ).fetchall()
+    conn.close()
+    changes = [{"state": "10", "work_notes": "Taken by the loans team"}, {"state": "18", "comments": "Need a payslip"},
+               {"state": "3", "comments": "Deferment granted"}]
+    for (request_id, sys_id, number), change in zip(created, changes, strict=False):
+        emulator.work("sn_bom_loan_service", sys_id, **change)
+        print(f"  agent: {number} ({request_id}) -> state {change['state']}")
+    request_id, sys_id, number = created[3]
+    emulator.delete("sn_bom_loan_service", sys_id)
+    print(f"  agent: {number} ({request_id}) deleted")
+    return [row[0] for row in created]
+
+
+def print_case_states(path: Path, request_ids: list[str]) -> None:
+    conn = sqlite3.connect(path)
+    marks = ", ".join("?" for _ in request_ids)
+    rows = conn.execute(
+        f"SELECT request_id, status, case_state, case_state_label, case_updated_at, error FROM ticket_requests "
+        f"WHERE request_id IN ({marks}) ORDER BY id", request_ids,
+    ).fetchall()
+    states = conn.execute("SELECT case_state_label, COUNT(*) FROM ticket_requests WHERE case_state IS NOT NULL "
+                          "GROUP BY case_state_label ORDER BY 2 DESC").fetchall()
+    conn.close()
+    print("\nThe worked cases in the source table (case_state, case_state_label, case_updated_at):")
+    for request_id, status, state, label, updated, error in rows:
+        detail = f"{state} {label} (case updated {updated})" if not error else f"{state} {label}; error: {error[:90]}…"
+        print(f"  {request_id}  {status:<8}  {detail}")
+    print("All rows by case state: " + ", ".join(f"{label} {count}" for label, count in states))
+
+
+def run_status(airflow: LocalAirflow, work: Path) -> int:
+    status = LocalAirflow(home=airflow.home, connections=airflow.connections, dag_id="servicenow_case_status")
+    log = work / "logs" / "status.log"
+    started = time.monotonic()
+    print(f"\nairflow dags test servicenow_case_status (log: {log.relative_to(REPO)})")
+    code = status.run_dag(log)
+    print(f"  finished in {time.monotonic() - started:.1f} s: {'success' if code == 0 else 'FAILED'}")
+    for line in log.read_text(errors="replace").splitlines():
+        if line.startswith(STATUS_LINES):
+            print("   ", _strip_log_decoration(line))
+    return code
+
+
 def _strip_log_decoration(line: str) -> str:
     """Airflow's log lines carry a timestamp and level in front and `[logger] loc=…` behind; keep the message."""
     if line[:4].isdigit() and "] " in line:
@@ -112,7 +164,13 @@ def main() -> int:
                     print("   ", _strip_log_decoration(line))
         print_outcome(source_db, emulator)
         print_business_keys(source_db)
-    print("\nEmulator stopped. Run 2 found nothing pending: every request was synced once, or rejected with a reason.")
+        print("\nRun 2 found nothing pending: every request was synced once, or rejected with a reason.")
+        emulator.set_faults(error_503=0, cut_after_commit=0, html_200=0)
+        print("\nCases worked on the instance:")
+        worked = work_cases(source_db, emulator)
+        codes.append(run_status(airflow, work))
+        print_case_states(source_db, worked)
+    print("\nEmulator stopped.")
     return 0 if all(code == 0 for code in codes) else 1
 
 

@@ -236,6 +236,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, help="where logs go (default: a temporary directory, kept)")
     parser.add_argument("--keep-database", action="store_true")
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--airflow-home", type=Path,
+                        help="AIRFLOW_HOME to run in (default: a new one in the work directory, migrated)")
     args = parser.parse_args(argv)
     work = args.workdir or Path(tempfile.mkdtemp(prefix="ticketsync-soak-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -244,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     params, invalid = seed(args.pg_dsn, args.rows)
     figures.invalid = len(invalid)
     print(f"  seeded database {params['dbname']} in {time.monotonic() - figures.started:.0f} s", flush=True)
-    airflow = LocalAirflow(home=work / "airflow")
+    airflow = LocalAirflow(home=args.airflow_home or work / "airflow")
     airflow.migrate()
     # settle_seconds: the emulator's slowest write (2.5 s) stands in for ServiceNow's 60 s transaction quota.
     conf = {"limit": args.rows + 1, "lease_seconds": LEASE_SECONDS, "settle_seconds": 5}

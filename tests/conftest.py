@@ -15,6 +15,7 @@ import pymysql
 import pytest
 from pymysql.constants import CLIENT
 
+from tests.support.faults import clear_results, print_results
 from ticketsync.source import Dialect, SourceTable
 from ticketsync_dev.emulator import EmulatorConfig, RunningEmulator, start_emulator
 from ticketsync_dev.local import LocalAirflow
@@ -28,6 +29,41 @@ MARIADB_ADMIN = {
     "password": os.environ.get("TICKETSYNC_TEST_MARIADB_PASSWORD", ""),
 }
 REQUIRE_MARIADB = os.environ.get("TICKETSYNC_REQUIRE_MARIADB") == "1" or os.environ.get("CI") == "true"
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Once per test session: in the pytest-xdist controller (``-n``), or in the one process of a plain run."""
+    if not hasattr(session.config, "workerinput"):
+        clear_results()
+
+
+# The slowest test files, longest first (from `--durations` of CI runs): they start first, so that with pytest-xdist
+# (`make test`, --dist loadfile) the two workers end close together instead of one starting a long file last.
+SLOWEST_FIRST = (
+    "tests/ui/test_browser.py",
+    "tests/e2e/test_scaleout.py",
+    "tests/faults/test_soak.py",
+    "tests/e2e/test_operations.py",
+    "tests/e2e/test_dag_run.py",
+    "tests/faults/test_fault_matrix.py",
+    "tests/faults/test_kill_loop.py",
+    "tests/e2e/test_secrets.py",
+    "tests/operators/test_load_scale_out.py",
+    "tests/e2e/test_mapped_load.py",
+    "tests/faults/test_source_connection_loss.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Order the files as SLOWEST_FIRST says, then the rest as collected; tests keep their order within a file."""
+    rank = {path: index for index, path in enumerate(SLOWEST_FIRST)}
+    root = f"{Path(__file__).resolve().parent.parent}/"
+    items.sort(key=lambda item: rank.get(str(item.path).removeprefix(root), len(rank)))
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """The figures the fault tests saved (``.artifacts/faults/*.json``)."""
+    print_results(terminalreporter)
 
 
 @pytest.fixture(scope="session")
@@ -146,10 +182,26 @@ def fresh_mariadb_database(
 
 
 @pytest.fixture(scope="session")
-def airflow_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One migrated Airflow home (SQLite metadata database) for every test that runs the DAG with ``dags test``."""
-    home = tmp_path_factory.mktemp("airflow")
+def airflow_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The one ``airflow db migrate`` of the session (per pytest-xdist worker): a home nothing runs in, cloned."""
+    home = tmp_path_factory.mktemp("airflow-template")
     LocalAirflow(home=home).migrate()
+    return home
+
+
+@pytest.fixture(scope="session")
+def airflow_home(airflow_template: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One Airflow home (SQLite metadata database) for every test that runs the DAG with ``dags test``."""
+    home = tmp_path_factory.mktemp("airflow")
+    LocalAirflow(home=home).clone_from(airflow_template)
+    return home
+
+
+@pytest.fixture
+def fresh_airflow_home(airflow_template: Path, tmp_path: Path) -> Path:
+    """An Airflow home of the test's own, with an empty metadata database (for tests that search all of it)."""
+    home = tmp_path / "airflow"
+    LocalAirflow(home=home).clone_from(airflow_template)
     return home
 
 

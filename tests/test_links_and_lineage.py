@@ -8,7 +8,7 @@ from urllib.parse import parse_qs, urlparse
 from airflow.sdk import Connection
 
 from ticketsync.alerts import Alert
-from ticketsync.assets import servicenow_asset, source_asset
+from ticketsync.assets import cases_created_alias, cases_event_extra, servicenow_asset, source_asset
 from ticketsync.lineage import DatasetName, operator_lineage, servicenow_dataset, source_dataset
 from ticketsync.links import MAX_LINKED_IDS, records_url
 
@@ -64,6 +64,13 @@ def test_assets_are_static_and_stable() -> None:
     assert source_asset().uri == "ticketsync://ticket_source/ticket_requests"
     assert servicenow_asset().uri == "servicenow://servicenow_default/sn_bom_loan_service"
     assert servicenow_asset().name == "servicenow_default.sn_bom_loan_service"
+    assert cases_created_alias().name == "servicenow_default.sn_bom_loan_service.cases"
+
+
+def test_a_cases_event_names_the_run_and_the_loader_and_counts_every_outcome() -> None:
+    extra = cases_event_extra("d", "manual__1", (1, 3), {"created": 7, "adopted": 2, "rejected": 1, "pending": 4})
+    assert extra == {"dag_id": "d", "run_id": "manual__1", "loader": 1, "loaders": 3,
+                     "created": 7, "adopted": 2, "failed": 0, "rejected": 1}
 
 
 def test_an_alert_names_where_what_and_how_many_and_escapes_html() -> None:

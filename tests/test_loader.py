@@ -231,8 +231,8 @@ def test_a_refused_row_is_failed_with_servicenow_message_and_the_others_go_on(
     for _, sys_id, _, error, attempts, _ in failed:
         assert sys_id is None
         assert attempts == 1
-        assert error == ("403 Operation Failed: Data Policy Exception: The following fields are mandatory: "
-                         "Assignment group")
+        assert error.startswith("403 Operation Failed: Data Policy Exception: The following fields are mandatory: "
+                                "Assignment group (ServiceNow refused this row's POST; nothing was created.")
     assert_exactly_once(source, emulator, counts["created"])
 
 
@@ -252,6 +252,11 @@ def test_a_failed_write_back_fails_the_load_and_leaves_the_rows_pending(
         CaseLoader(hook, broken, "run-1", FAST, sleep=lambda _: None).run()
     broken.close()
     assert source.backlog() == {"pending": 60}
-    # the next attempt looks every row up and adopts what was created: no duplicate
-    assert load(source, hook, "run-1")["adopted"] == 60
+    # POSTs not started when the failure surfaced were cancelled (how many is a matter of timing)
+    posted = len(emulator.store.records(TABLE))
+    assert posted > 0
+    # the next attempt looks every row up and adopts what was created, creates the rest: no duplicate
+    counts = load(source, hook, "run-1")
+    assert counts["adopted"] == posted
+    assert counts["adopted"] + counts["created"] == 60
     assert_exactly_once(source, emulator, 60)

@@ -1,4 +1,5 @@
-"""Schema migrations on SQLite and a real PostgreSQL: from the version-1 schema as shipped, with rows in every state."""
+"""Schema migrations on SQLite, a real PostgreSQL and a real MariaDB: from the version-1 schema as shipped, with rows
+in every state."""
 
 from __future__ import annotations
 
@@ -17,8 +18,9 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import pg_connector
+from tests.conftest import mariadb_conn_json, mariadb_connector, pg_connector
 from ticketsync.source import Dialect, SourceTable
+from ticketsync.source.dialects import lease_param
 from ticketsync.source.migrator import (
     DIALECTS,
     Migration,
@@ -49,6 +51,11 @@ def run_script(source: SourceTable, script: str) -> None:
         if isinstance(conn, sqlite3.Connection):
             conn.isolation_level = None
             conn.executescript(script)
+        elif source.dialect is Dialect.MYSQL:  # the mariadb client sends one statement at a time
+            conn.autocommit(True)
+            with conn.cursor() as cursor:
+                for statement in split_statements(script):
+                    cursor.execute(statement)
         else:
             conn.autocommit = True
             conn.execute(script)
@@ -56,12 +63,15 @@ def run_script(source: SourceTable, script: str) -> None:
         conn.close()
 
 
-@pytest.fixture(params=[Dialect.SQLITE, Dialect.POSTGRES], ids=["sqlite", "postgres"])
+@pytest.fixture(params=[Dialect.SQLITE, Dialect.POSTGRES, Dialect.MYSQL], ids=["sqlite", "postgres", "mariadb"])
 def v1_source(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SourceTable]:
     """A table built from the version-1 schema as shipped (no version table), not migrated."""
     if request.param is Dialect.SQLITE:
         path = tmp_path / "source.db"
         source = SourceTable(lambda: sqlite3.connect(path), Dialect.SQLITE)
+    elif request.param is Dialect.MYSQL:
+        source = SourceTable(mariadb_connector(request.getfixturevalue("mariadb_database")), Dialect.MYSQL,
+                             table=f"tr_{uuid.uuid4().hex[:8]}")
     else:
         source = SourceTable(pg_connector(request.getfixturevalue("pg_database")), Dialect.POSTGRES,
                              table=f"tr_{uuid.uuid4().hex[:8]}")
@@ -91,10 +101,12 @@ def fill_every_state(source: SourceTable) -> None:
     source.insert_requests(sample_requests(11))
     execute(source, f"DELETE FROM {t} WHERE id = 11")
     execute(source, f"UPDATE {t} SET claim_token = 'other_dag:in_flight', "
-                    f"lease_expires_at = {source._sql.lease_until} WHERE id IN (4, 5)", (600,))
-    execute(source, f"UPDATE {t} SET status = 'created', sys_id = 'sys' || id, number = 'LSC000' || id, "
-                    f"sync_action = CASE WHEN id = 6 THEN 'created' ELSE 'adopted' END, synced_at = {now}, "
-                    f"last_http_status = 201, attempts = 1, claim_token = 'dag:old_run' WHERE id IN (6, 7)")
+                    f"lease_expires_at = {source._sql.lease_until} WHERE id IN (4, 5)",
+            (lease_param(600, source.dialect),))
+    for row_id, action in ((6, "created"), (7, "adopted")):
+        execute(source, f"UPDATE {t} SET status = 'created', sys_id = ?, number = ?, sync_action = ?, "
+                        f"synced_at = {now}, last_http_status = 201, attempts = 1, claim_token = 'dag:old_run' "
+                        "WHERE id = ?", (f"{row_id:032d}", f"LSC000{row_id}", action, row_id))
     execute(source, f"UPDATE {t} SET status = 'rejected', error = 'consumer: missing; set consumer', "
                     "claim_token = 'dag:old_run' WHERE id = 8")
     execute(source, f"UPDATE {t} SET status = 'failed', error = 'HTTP 500 after 3 attempts', attempts = 3, "
@@ -103,31 +115,27 @@ def fill_every_state(source: SourceTable) -> None:
                     "sync_action = 'adopted', attempts = 1, claim_token = 'dag:replay_run' WHERE id = 10")
     for previous in ("rejected", "failed"):
         execute(source, f"INSERT INTO {t}_replays (request_id, claim_token, previous_status, previous_error, "
-                        "previous_attempts) SELECT request_id, 'dag:replay_run', ?, 'was ' || ?, 2 "
-                        f"FROM {t} WHERE id = 10", (previous, previous))
+                        "previous_attempts) SELECT request_id, 'dag:replay_run', ?, ?, 2 "
+                        f"FROM {t} WHERE id = 10", (previous, f"was {previous}"))
 
 
-# Columns added by migration 3 (business keys): NULL on every row that was there before.
-SQLITE_ADD_COLUMN = re.compile(r"\s*ALTER\s+TABLE\s+\w+\s+ADD\s+COLUMN\s", re.IGNORECASE)
-VERSIONS = [(1, "initial"), (2, "status_update_pending"), (3, "business_keys")]
-ADDED_COLUMNS = ("consumer_number", "account_number", "assignment_group_name", "resolved_references")
-
-
-def columns_of(source: SourceTable, table: str) -> list[str]:
-    if source.dialect is Dialect.SQLITE:
-        return [str(row[1]) for row in execute(source, f"PRAGMA table_info({table})")]
-    return [str(row[0]) for row in execute(
-        source, "SELECT column_name FROM information_schema.columns WHERE table_name = ? AND "
-                "table_schema = current_schema() ORDER BY ordinal_position", (table,))]
+CASE_COLUMNS = ("case_state", "case_state_label", "case_updated_at", "case_checked_at",  # migration 3, NULL at first
+                "consumer_number", "account_number", "assignment_group_name", "resolved_references")  # migration 4
+VERSIONS = [(1, "initial"), (2, "status_update_pending"), (3, "case_status"), (4, "business_keys")]
 
 
 def dump(source: SourceTable) -> dict[str, list[tuple[Any, ...]]]:
-    """Every row of both tables, every column of version 2, in id order."""
-    dumped = {}
+    """Every row of both tables, every column, in id order; migration 3's columns left out once checked NULL."""
+    found = {}
     for name in (source.table, f"{source.table}_replays"):
-        columns = [c for c in columns_of(source, name) if c not in ADDED_COLUMNS]
-        dumped[name] = execute(source, f"SELECT {', '.join(columns)} FROM {name} ORDER BY id")
-    return dumped
+        with source._transaction() as cursor:
+            cursor.execute(f"SELECT * FROM {name} ORDER BY id")
+            columns = [str(column[0]).lower() for column in cursor.description]
+            rows = [tuple(row) for row in cursor.fetchall()]
+        added = [index for index, column in enumerate(columns) if column in CASE_COLUMNS]
+        assert all(row[index] is None for row in rows for index in added), "migration 3's columns are not NULL"
+        found[name] = [tuple(v for index, v in enumerate(row) if index not in added) for row in rows]
+    return found
 
 
 def schema_of(source: SourceTable) -> list[tuple[Any, ...]]:
@@ -136,6 +144,13 @@ def schema_of(source: SourceTable) -> list[tuple[Any, ...]]:
     if source.dialect is Dialect.SQLITE:
         rows = execute(source, "SELECT type, name, sql FROM sqlite_master WHERE name NOT LIKE 'sqlite_%' "
                                "ORDER BY type, name")
+    elif source.dialect is Dialect.MYSQL:
+        rows = []
+        for name in (t, f"{t}_replays", f"{t}_schema_version"):
+            if execute(source, DIALECTS[Dialect.MYSQL].table_exists, (name,)):
+                rows += [(name, re.sub(r" AUTO_INCREMENT=\d+", "", row[1]))
+                         for row in execute(source, f"SHOW CREATE TABLE {name}")]
+                rows += [(name, row[2]) for row in execute(source, f"SHOW INDEX FROM {name}")]
     else:
         tables = (t, f"{t}_replays", f"{t}_schema_version")
         rows = execute(source, "SELECT table_name, column_name, data_type, column_default, is_nullable FROM "
@@ -182,15 +197,16 @@ def test_statements_split_on_semicolons_outside_quotes_blocks_and_comments() -> 
     assert split_statements(script) == ["SELECT 'a;b''c;'", "DO $$ BEGIN PERFORM 1; END $$", "SELECT 2"]
 
 
-@pytest.mark.parametrize(("value", "expected"), [(True, True), (False, False), ("false", False), (" TRUE ", True)])
+@pytest.mark.parametrize(("value", "expected"), [(True, True), (False, False), ("false", False), (" TRUE ", True),
+                                               ("no", False), ("", True), (None, True)])
 def test_auto_migrate_extra_is_a_boolean(value: Any, expected: bool) -> None:
     assert auto_migrate_enabled({"ticketsync_auto_migrate": value}) is expected
     assert auto_migrate_enabled({}) is True
 
 
 def test_auto_migrate_extra_refuses_anything_else() -> None:
-    with pytest.raises(ValueError, match="ticketsync_auto_migrate must be true or false, got 'no'"):
-        auto_migrate_enabled({"ticketsync_auto_migrate": "no"})
+    with pytest.raises(ValueError, match="extra ticketsync_auto_migrate must be true or false, got 'maybe'"):
+        auto_migrate_enabled({"ticketsync_auto_migrate": "maybe"})
 
 
 # --- upgrading a version-1 table ----------------------------------------------------------------------------------
@@ -201,18 +217,16 @@ def test_upgrade_from_version_1_keeps_every_row_and_admits_update_pending(v1_sou
     before = dump(source)
     assert Migrator(source).found_version() == 1
 
-    assert source.ensure_schema() == [1, 2, 3]
+    assert source.ensure_schema() == [1, 2, 3, 4]
 
     assert dump(source) == before
     assert version_rows(source) == VERSIONS
-    added = execute(source, f"SELECT {', '.join(ADDED_COLUMNS)} FROM {t}")
-    assert added == [(None,) * len(ADDED_COLUMNS)] * len(added)
     assert source.ensure_schema() == []
     execute(source, f"UPDATE {t} SET status = 'update_pending' WHERE id = 6")
     assert source.backlog()["update_pending"] == 1
-    with pytest.raises(Exception, match=r"(?i)check"):
+    with pytest.raises(Exception, match=r"(?i)check|constraint"):
         execute(source, f"UPDATE {t} SET status = 'bogus' WHERE id = 7")
-    with pytest.raises(Exception, match=r"(?i)check"):
+    with pytest.raises(Exception, match=r"(?i)check|constraint"):
         execute(source, f"UPDATE {t} SET sync_action = 'bogus' WHERE id = 7")
     # The live claim of the run in flight is kept: a new run takes only the free pending rows.
     assert source.claim("dag:after_upgrade", limit=100, chunk_size=10, lease_seconds=60) == 3
@@ -225,7 +239,7 @@ def test_upgrade_from_version_1_keeps_every_row_and_admits_update_pending(v1_sou
 
 
 def test_a_new_table_is_created_at_the_latest_version(source: SourceTable) -> None:
-    assert Migrator(source).found_version() == 3
+    assert Migrator(source).found_version() == 4
     assert version_rows(source) == VERSIONS
 
 
@@ -238,8 +252,6 @@ def test_each_migration_is_safe_to_run_again_on_the_schema_it_upgrades_from(v1_s
         schema, rows = schema_of(source), dump(source)
         with source._transaction() as cursor:
             for statement in migration.statements(source.table):
-                if source.dialect is Dialect.SQLITE and SQLITE_ADD_COLUMN.match(statement):
-                    continue  # no IF NOT EXISTS in SQLite; a re-run happens only after a rollback (docs/migrations.md)
                 cursor.execute(statement)
         assert schema_of(source) == schema, f"migration {migration.version} changed the schema when run again"
         assert dump(source) == rows, f"migration {migration.version} changed rows when run again"
@@ -251,16 +263,16 @@ def test_a_migration_adding_a_column_with_a_default_and_an_index_keeps_every_row
     source = v1_source
     fill_every_state(source)
     migrations = load_migrations(source.dialect)
-    add = ("ALTER TABLE ticket_requests ADD COLUMN case_state TEXT NOT NULL DEFAULT 'unknown';\n"
-           "CREATE INDEX IF NOT EXISTS ticket_requests_case_state_idx ON ticket_requests (case_state);\n")
-    extended = [*migrations, Migration(len(migrations) + 1, "case_state", add)]
+    add = ("ALTER TABLE ticket_requests ADD COLUMN probe VARCHAR(32) NOT NULL DEFAULT 'unknown';\n"
+           "CREATE INDEX IF NOT EXISTS ticket_requests_probe_idx ON ticket_requests (probe);\n")
+    extended = [*migrations, Migration(len(migrations) + 1, "probe", add)]
     before = dump(source)
     assert Migrator(source, extended).apply() == [m.version for m in extended]
     after = dump(source)
     assert [row[:-1] for row in after[source.table]] == before[source.table]  # the new column comes last
     assert {row[-1] for row in after[source.table]} == {"unknown"}
     assert after[f"{source.table}_replays"] == before[f"{source.table}_replays"]
-    assert "ticket_requests_case_state_idx" in {row[1] for row in schema_of(source)}
+    assert "ticket_requests_probe_idx" in {row[1] for row in schema_of(source)}
 
 
 # --- who applies them ---------------------------------------------------------------------------------------------
@@ -273,7 +285,7 @@ def test_with_auto_migrate_off_a_table_behind_is_refused_with_the_versions_and_t
     with pytest.raises(SchemaVersionError) as raised:
         source.ensure_schema(auto_migrate=False, command=command)
     message = str(raised.value)
-    assert f"{source.table!r} is at schema version 1; this ticketsync needs version 3" in message
+    assert f"{source.table!r} is at schema version 1; this ticketsync needs version 4" in message
     assert command in message
     assert "ticketsync_auto_migrate = false" in message
     assert not execute(source, *_exists(source, f"{source.table}_schema_version")), "the check created a table"
@@ -296,9 +308,9 @@ def test_with_auto_migrate_off_a_missing_table_is_reported_as_none(tmp_path: Pat
 def test_a_table_migrated_by_a_newer_release_is_refused_and_not_touched(v1_source: SourceTable) -> None:
     source = v1_source
     source.ensure_schema()
-    execute(source, f"INSERT INTO {source.table}_schema_version (version, name) VALUES (4, 'from_the_future')")
+    execute(source, f"INSERT INTO {source.table}_schema_version (version, name) VALUES (5, 'from_the_future')")
     schema = schema_of(source)
-    newer = r"at schema version 4, newer than this ticketsync knows \(up to 3\)"
+    newer = r"at schema version 5, newer than this ticketsync knows \(up to 4\)"
     for auto in (True, False):
         with pytest.raises(SchemaVersionError, match=newer):
             source.ensure_schema(auto_migrate=auto)
@@ -329,7 +341,7 @@ def test_two_migrators_at_once_apply_each_migration_exactly_once(v1_source: Sour
     for thread in threads:
         thread.join(60)
     assert not errors, errors
-    assert sorted(v for applied in results for v in applied) == [1, 2, 3]
+    assert sorted(v for applied in results for v in applied) == [1, 2, 3, 4]
     assert version_rows(source) == VERSIONS
     assert dump(source) == before
 
@@ -339,7 +351,7 @@ def test_the_printed_sql_does_what_apply_does(v1_source: SourceTable, tmp_path: 
     fill_every_state(source)
     before = dump(source)
     script = Migrator(source).script()
-    assert script.count("COMMIT;") == 3
+    assert script.count("COMMIT;") == 4
     assert Migrator(source).found_version() == 1, "printing changed something"
     run_script(source, script)
     run_script(source, script)  # a DBA running it twice changes nothing more
@@ -349,7 +361,7 @@ def test_the_printed_sql_does_what_apply_does(v1_source: SourceTable, tmp_path: 
     if source.dialect is Dialect.SQLITE:
         applied = SourceTable(lambda: sqlite3.connect(tmp_path / "applied.db"), Dialect.SQLITE)
     else:
-        applied = SourceTable(source._connect, Dialect.POSTGRES, table=f"tr_{uuid.uuid4().hex[:8]}")
+        applied = SourceTable(source._connect, source.dialect, table=f"tr_{uuid.uuid4().hex[:8]}")
     with applied:
         applied.ensure_schema()
         assert schema_of(applied) == schema_of(source)
@@ -366,7 +378,7 @@ def test_the_previous_release_runs_on_a_migrated_table_without_changing_it(v1_so
     old_ensure_schema(source)  # what the previous release does at the start of every run
     assert schema_of(source) == schema
     assert dump(source) == rows
-    assert Migrator(source).found_version() == 3
+    assert Migrator(source).found_version() == 4
 
 
 # --- a migration killed in the middle -----------------------------------------------------------------------------
@@ -378,6 +390,8 @@ SLOW = {
                      "WHERE x < 5000000000) SELECT x FROM c);"),
     # after the old CHECK constraint is dropped and before the new one is added
     Dialect.POSTGRES: ("$$;", "SELECT pg_sleep(4);"),
+    # DDL commits by itself: after the ALTER has landed and before the version row is written
+    Dialect.MYSQL: ("'update_pending'));", "SELECT SLEEP(3);"),
 }
 
 
@@ -394,10 +408,12 @@ def slowed_migrations(dialect: Dialect, directory: Path) -> Path:
     return directory
 
 
-def connection_json(source: SourceTable, tmp_path: Path, pg_params: dict[str, Any] | None) -> str:
+def connection_json(source: SourceTable, tmp_path: Path, request: pytest.FixtureRequest) -> str:
     if source.dialect is Dialect.SQLITE:
         return json.dumps({"conn_type": "sqlite", "host": str(tmp_path / "source.db")})
-    assert pg_params is not None
+    if source.dialect is Dialect.MYSQL:
+        return mariadb_conn_json(request.getfixturevalue("mariadb_database"))
+    pg_params = request.getfixturevalue("pg_database")
     return json.dumps({"conn_type": "postgres", "host": pg_params.get("host", "127.0.0.1"),
                        "port": int(pg_params.get("port", 5432)), "login": pg_params.get("user", "postgres"),
                        "schema": pg_params["dbname"]})
@@ -420,8 +436,7 @@ def test_a_migration_killed_in_the_middle_is_rolled_back_and_completes_when_run_
     source = v1_source
     fill_every_state(source)
     before, schema_v1 = dump(source), schema_of(source)
-    pg_params = request.getfixturevalue("pg_database") if source.dialect is Dialect.POSTGRES else None
-    conn = connection_json(source, tmp_path, pg_params)
+    conn = connection_json(source, tmp_path, request)
     slowed = slowed_migrations(source.dialect, tmp_path / "slowed")
     process = subprocess.Popen(
         migrate_cli(conn, "--table", source.table, "--migrations-dir", str(slowed)),
@@ -436,13 +451,14 @@ def test_a_migration_killed_in_the_middle_is_rolled_back_and_completes_when_run_
     source.close()
     assert Migrator(source).found_version() == 1, "the killed migration left a version behind"
     assert dump(source) == before
-    # migration 1 (recording version 1) committed before migration 2 began: version 1's schema, nothing half-done
-    assert [row for row in schema_of(source) if "schema_version" not in str(row)] == schema_v1
+    if source.dialect is not Dialect.MYSQL:  # MariaDB committed the ALTER: its schema is ahead of its version
+        # migration 1 (recording version 1) committed before migration 2 began: version 1's schema, nothing half-done
+        assert [row for row in schema_of(source) if "schema_version" not in str(row)] == schema_v1
 
     result = subprocess.run(migrate_cli(conn, "--table", source.table), env=cli_env(conn), capture_output=True,
                             text=True, timeout=120, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert f"applied [2, 3]; {source.table} is at schema version 3" in result.stdout
+    assert f"applied [2, 3, 4]; {source.table} is at schema version 4" in result.stdout
     assert dump(source) == before
     assert version_rows(source) == VERSIONS
     execute(source, f"UPDATE {source.table} SET status = 'update_pending' WHERE id = 6")

@@ -22,9 +22,9 @@ from ticketsync_dev.samples import sample_requests
 
 pytestmark = pytest.mark.integration
 
-LATEST = [(1, "initial"), (2, "status_update_pending"), (3, "business_keys")]
-# Columns added by migration 3 (business keys): NULL on every row that was there before.
-ADDED_COLUMNS = ("consumer_number", "account_number", "assignment_group_name", "resolved_references")
+LATEST = [(1, "initial"), (2, "status_update_pending"), (3, "case_status"), (4, "business_keys")]
+CASE_COLUMNS = ("case_state", "case_state_label", "case_updated_at", "case_checked_at",  # migration 3, NULL at first
+                "consumer_number", "account_number", "assignment_group_name", "resolved_references")  # migration 4
 
 
 @pytest.fixture
@@ -48,13 +48,14 @@ def v1_source(mariadb_database: dict[str, Any]) -> Iterator[SourceTable]:
 
 
 def dump(source: SourceTable) -> list[tuple[Any, ...]]:
-    """Every row, every column of version 2, in id order."""
+    """Every row, every column; migration 3's columns left out once checked NULL."""
     with source._transaction() as cursor:
-        cursor.execute("SELECT column_name FROM information_schema.columns WHERE table_schema = DATABASE() AND "
-                       "table_name = %s ORDER BY ordinal_position", (source.table,))
-        columns = [str(row[0]) for row in cursor.fetchall() if str(row[0]) not in ADDED_COLUMNS]
-        cursor.execute(f"SELECT {', '.join(columns)} FROM {source.table} ORDER BY id")
-        return list(cursor.fetchall())
+        cursor.execute(f"SELECT * FROM {source.table} ORDER BY id")
+        columns = [str(column[0]).lower() for column in cursor.description]
+        rows = [tuple(row) for row in cursor.fetchall()]
+    added = [index for index, column in enumerate(columns) if column in CASE_COLUMNS]
+    assert all(row[index] is None for row in rows for index in added), "migration 3's columns are not NULL"
+    return [tuple(v for index, v in enumerate(row) if index not in added) for row in rows]
 
 
 def version_rows(source: SourceTable) -> list[tuple[Any, ...]]:
@@ -74,7 +75,7 @@ def test_upgrade_from_version_1_keeps_every_row_and_admits_update_pending(v1_sou
     with pytest.raises(Exception, match="CONSTRAINT"):
         set_status(source, "update_pending")
     assert Migrator(source).found_version() == 1
-    assert source.ensure_schema() == [1, 2, 3]
+    assert source.ensure_schema() == [1, 2, 3, 4]
     assert dump(source) == before
     assert version_rows(source) == LATEST
     assert source.ensure_schema() == []
@@ -95,7 +96,7 @@ def test_each_migration_is_safe_to_run_again_from_any_statement(v1_source: Sourc
                 for statement in statements[start:] + statements:
                     cursor.execute(statement)
     assert dump(source) == before
-    assert source.ensure_schema() == [1, 2, 3]
+    assert source.ensure_schema() == [1, 2, 3, 4]
     assert dump(source) == before
 
 
@@ -122,7 +123,7 @@ def test_several_migrators_at_once_apply_each_migration_exactly_once(v1_source: 
     for thread in threads:
         thread.join(60)
     assert not errors, errors
-    assert sorted(v for applied in results for v in applied) == [1, 2, 3]
+    assert sorted(v for applied in results for v in applied) == [1, 2, 3, 4]
     assert version_rows(source) == LATEST
     assert dump(source) == before
 
@@ -133,7 +134,7 @@ def test_the_printed_sql_run_by_the_mariadb_client_does_what_apply_does(
     source = v1_source
     before = dump(source)
     script = Migrator(source).script()
-    assert script.count("COMMIT;") == 3
+    assert script.count("COMMIT;") == 4
     assert "GET_LOCK" in script
     assert "RELEASE_LOCK" in script
     assert len(split_statements(script)) > 4

@@ -115,9 +115,16 @@ def test_the_wheel_holds_the_runtime_package_only(wheel: Path) -> None:
     names = zipfile.ZipFile(wheel).namelist()
     tops = {name.split("/")[0] for name in names}
     assert tops == {"ticketsync", "ticketsync-0.1.0.dist-info"}, tops
-    assert not [name for name in names if "__pycache__" in name or "emulator" in name]
-    assert "ticketsync/source/sql/ticket_requests.postgresql.sql" in names
-    assert "ticketsync/hooks/servicenow/hook.py" in names
+    # exactly the files of plugins/ticketsync (code, migrations' SQL), nothing compiled, nothing else
+    package = REPO / "plugins"
+    expected = {
+        str(path.relative_to(package)) for path in (package / "ticketsync").rglob("*")
+        if path.is_file() and "__pycache__" not in path.parts
+    }
+    assert {name for name in names if name.startswith("ticketsync/")} == expected
+    assert "ticketsync/source/migrations/0001_initial.postgresql.sql" in names
+    for dialect in ("postgresql", "mysql", "sqlite"):  # the schema ships as migrations, loaded as package resources
+        assert f"ticketsync/source/migrations/0001_initial.{dialect}.sql" in names
     entry_points = zipfile.ZipFile(wheel).read("ticketsync-0.1.0.dist-info/entry_points.txt").decode()
     assert "[apache_airflow_provider]\nprovider_info = ticketsync.get_provider_info:get_provider_info" in entry_points
 

@@ -10,6 +10,7 @@ import json
 import os
 import secrets
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -31,6 +32,7 @@ class LocalAirflow:
     home: Path
     connections: dict[str, str] = field(default_factory=dict)
     extra_env: dict[str, str] = field(default_factory=dict)
+    dag_id: str = DAG_ID
 
     def env(self) -> dict[str, str]:
         env = {key: value for key, value in os.environ.items() if not key.startswith("AIRFLOW_CONN_")}
@@ -59,8 +61,16 @@ class LocalAirflow:
             subprocess.run([str(BIN / "airflow"), "db", "migrate"], env=self.env(), stdout=out, stderr=out, check=True)
         stamp.touch()
 
+    def clone_from(self, template: Path) -> None:
+        """Start from a copy of another home's migrated metadata database instead of migrating (milliseconds
+        instead of tens of seconds); Airflow writes this home's own ``airflow.cfg`` on its first start."""
+        self.home.mkdir(parents=True, exist_ok=True)
+        with sqlite3.connect(template / "airflow.db") as source, sqlite3.connect(self.home / "airflow.db") as copy:
+            source.backup(copy)
+        (self.home / ".migrated").touch()
+
     def dags_test_command(self, conf: dict[str, Any] | None = None) -> list[str]:
-        command = [str(BIN / "airflow"), "dags", "test", DAG_ID]
+        command = [str(BIN / "airflow"), "dags", "test", self.dag_id]
         if conf:
             command += ["--conf", json.dumps(conf)]
         return command
@@ -143,6 +153,16 @@ class EmulatorProcess:
     def records(self, table: str) -> list[dict[str, Any]]:
         payload = requests.get(f"{self.url}/_emulator/records/{table}", timeout=30).json()
         return list(payload["result"] if isinstance(payload, dict) else payload)
+
+    def work(self, table: str, sys_id: str, **changes: str) -> dict[str, Any]:
+        """An agent's change to a case (state, work_notes, comments; ``sys_updated_on`` to backdate it)."""
+        response = requests.post(f"{self.url}/_emulator/work/{table}/{sys_id}", json=changes, timeout=5)
+        response.raise_for_status()
+        return dict(response.json()["result"])
+
+    def delete(self, table: str, sys_id: str) -> None:
+        """Delete a case, as an agent on the instance may."""
+        requests.delete(f"{self.url}/_emulator/records/{table}/{sys_id}", timeout=5).raise_for_status()
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:

@@ -40,6 +40,8 @@ MAX_BAD_SHARE_VAR = "ticketsync_alert_max_bad_share"
 MAX_PENDING_AGE_VAR = "ticketsync_alert_max_pending_age_minutes"
 DEFAULT_MAX_BAD_SHARE = 0.05
 DEFAULT_MAX_PENDING_AGE_MINUTES = 60.0
+MAX_STATUS_AGE_VAR = "ticketsync_alert_max_status_age_minutes"
+DEFAULT_MAX_STATUS_AGE_MINUTES = 30.0
 ERROR_CHARS = 300
 COUNT_LABELS = (
     ("claimed", "claimed"),
@@ -231,6 +233,28 @@ def threshold_alerts(
     for alert in alerts:
         alert.counts = dict(counts)
         alert.errors = [(_one_line(r, 100), s, _one_line(e)) for r, s, e in errors]
+    return alerts
+
+
+def stuck_status_alerts(context: Any, pulls: dict[str, tuple[str | None, float | None]]) -> list[Alert]:
+    """The status DAG's alert: a pull that has not read to its end for longer than the threshold (its watermark
+    is stuck, so the state of the cases in the source is getting old).
+
+    :param pulls: per instance table, (watermark, seconds since a pull last read to its end, None for never)
+    """
+    max_age = _float_variable(MAX_STATUS_AGE_VAR, DEFAULT_MAX_STATUS_AGE_MINUTES)
+    alerts = []
+    for key, (watermark, age) in sorted(pulls.items()):
+        if age is not None and age <= max_age * 60:
+            continue
+        since = "never" if age is None else f"{age / 60:.0f} minutes ago"
+        alert = alert_from_context(context, "stuck_status", f"case status of {key} is stuck (last complete: {since})")
+        alert.details.append(
+            f"The status pull of {key} last read to its end {since} (alert above {max_age:g} minutes, Variable "
+            f"{MAX_STATUS_AGE_VAR}); its watermark is {watermark or 'not set'}. Check that the status DAG is "
+            "unpaused and its runs succeed; a pull that stops at max_pages every run needs more pages per run."
+        )
+        alerts.append(alert)
     return alerts
 
 

@@ -12,7 +12,13 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ticketsync.hooks.servicenow import ExistingRecord
+from ticketsync.correlation import CaseTwins, Matches, by_case_reason, match, twin_reason
+from ticketsync.hooks.servicenow import (
+    ExistingRecord,
+    ServiceNowError,
+    ServiceNowRequestError,
+    ServiceNowTransientError,
+)
 from ticketsync.loader import TableClient
 from ticketsync.models import PreparedCase, Rejection, SourceRow, SyncStatus
 from ticketsync.references import ReferenceResolver
@@ -85,43 +91,78 @@ def plan_chunk(
     plan: DryRunPlan,
     *,
     max_attempts: int,
+    twins: CaseTwins | None = None,
     resolver: ReferenceResolver | None = None,
 ) -> None:
-    """Transform the rows and look the valid ones up (GET only), adding each to the plan; with ``resolver``, the
-    business keys of the rows a run would create are resolved too (GET only), and a key that does not resolve puts
-    its row under "reject" with the reason the run would write."""
+    """Transform the rows and look the valid ones up (GET only), adding each to the plan, with the load's rules
+    (:mod:`ticketsync.correlation`): ids equal to an earlier pending row's or an existing case's only up to case are
+    rejected; a row whose own look-up fails while the others succeed is planned to fail with that error. With
+    ``resolver``, the business keys of the rows a run would create are resolved too (GET only), and a key that does
+    not resolve puts its row under "reject" with the reason the run would write."""
     by_table: dict[str, list[PreparedCase]] = {}
     attempts = {}
     for row in rows:
         prepared = prepare(row)
+        earlier = twins.earlier_pending(row.id, prepared.correlation_id) if twins and not isinstance(
+            prepared, Rejection) else None
         if isinstance(prepared, Rejection):
             plan.reject.append((_name(row), prepared.reason[:500]))
+        elif earlier is not None:
+            plan.reject.append((_name(row), twin_reason(prepared.correlation_id, earlier)[:500]))
         else:
             by_table.setdefault(prepared.table, []).append(prepared)
             attempts[prepared.correlation_id] = row.attempts
     for table, cases in by_table.items():
+        found, refused = _lookup(client, table, [case.correlation_id for case in cases], plan)
+        to_create = []
+        for case in cases:
+            if case.correlation_id in refused:
+                plan.fail.append((case.correlation_id, f"its look-up fails: {refused[case.correlation_id]}"[:500]))
+            elif _plan_case(plan, case, match(found, case.correlation_id), attempts[case.correlation_id],
+                            max_attempts):
+                to_create.append(case)
+        _plan_creates(plan, to_create, resolver)
+
+
+def _plan_creates(plan: DryRunPlan, to_create: list[PreparedCase], resolver: ReferenceResolver | None) -> None:
+    """The rows a run would create, unless their business keys do not resolve (then: rejected, with the reason)."""
+    results: list[PreparedCase | Rejection] = list(to_create)
+    if resolver is not None:
+        results = resolver.resolve(to_create)
+    for case, result in zip(to_create, results, strict=True):
+        if isinstance(result, Rejection):
+            plan.reject.append((case.correlation_id, result.reason[:500]))
+        else:
+            plan.create.append(case.correlation_id)
+
+
+def _lookup(
+    client: TableClient, table: str, ids: list[str], plan: DryRunPlan
+) -> tuple[dict[str, list[ExistingRecord]], dict[str, ServiceNowError]]:
+    """The chunk's look-up; if it fails while a probe look-up succeeds, each id on its own (GET only)."""
+    plan.lookups += 1
+    try:
+        return client.find_by_correlation(table, ids), {}
+    except (ServiceNowRequestError, ServiceNowTransientError):
         plan.lookups += 1
-        found = client.find_by_correlation(table, [case.correlation_id for case in cases])
-        to_create = [
-            case for case in cases
-            if _plan_case(plan, case, found.get(case.correlation_id), attempts[case.correlation_id], max_attempts)
-        ]
-        results: list[PreparedCase | Rejection] = list(to_create)
-        if resolver is not None:
-            results = resolver.resolve(to_create)
-        for case, result in zip(to_create, results, strict=True):
-            if isinstance(result, Rejection):
-                plan.reject.append((case.correlation_id, result.reason[:500]))
-            else:
-                plan.create.append(case.correlation_id)
+        client.find_by_correlation(table, ["ticketsync-lookup-probe"])  # raises when the instance is the cause
+    found: dict[str, list[ExistingRecord]] = {}
+    refused: dict[str, ServiceNowError] = {}
+    for correlation_id in ids:
+        plan.lookups += 1
+        try:
+            found.update(client.find_by_correlation(table, [correlation_id]))
+        except (ServiceNowRequestError, ServiceNowTransientError) as exc:
+            refused[correlation_id] = exc
+    return found, refused
 
 
-def _plan_case(
-    plan: DryRunPlan, case: PreparedCase, found: list[ExistingRecord] | None, attempts: int, max_attempts: int
-) -> bool:
-    """Plan an adoption or a failure; True when the row would be created (once its keys resolve)."""
-    if found:
-        plan.adopt.append((case.correlation_id, found[0].number or found[0].sys_id))
+def _plan_case(plan: DryRunPlan, case: PreparedCase, found: Matches, attempts: int, max_attempts: int) -> bool:
+    """Plan an adoption, a rejection or a failure; True when the row would be created (once its keys resolve)."""
+    if found.exact:
+        plan.adopt.append((case.correlation_id, found.exact[0].number or found.exact[0].sys_id))
+    elif found.by_case:
+        plan.reject.append((case.correlation_id, by_case_reason(case.correlation_id, found.by_case)[:500]))
     elif attempts >= max_attempts:
         plan.fail.append((case.correlation_id, f"already used {attempts} attempts and no record exists"))
     else:

@@ -112,3 +112,47 @@ def operator_lineage(
         outputs=outputs,
         run_facets={RUN_FACET_KEY: run_facet(counts or {}, dry_run=dry_run)},
     )
+
+
+def status_lineage(instance_tables: list[DatasetName], source: DatasetName, counts: dict[str, Any] | None) -> Any:
+    """The ``OperatorLineage`` of the case status pull: the instance tables it read in, the source table out.
+
+    Its run facet (key ``ticketsyncStatus``) carries the pull's counts.
+    """
+    from airflow.providers.openlineage.extractors import OperatorLineage
+    from openlineage.client.event_v2 import Dataset
+
+    return OperatorLineage(
+        inputs=[Dataset(namespace=d.namespace, name=d.name) for d in instance_tables],
+        outputs=[Dataset(namespace=source.namespace, name=source.name)],
+        run_facets={STATUS_FACET_KEY: status_run_facet(counts or {})},
+    )
+
+
+STATUS_FACET_KEY = "ticketsyncStatus"
+STATUS_FACET_SCHEMA = "urn:ticketsync:openlineage:facet:TicketSyncStatusRunFacet:1-0-0"
+
+
+@attr.define
+class TicketSyncStatusRunFacet(RunFacet):  # type: ignore[misc]
+    """What one status pull did: pages and requests sent, cases read, source rows changed, cases not found."""
+
+    pages: int = attr.field(default=0)
+    listRequests: int = attr.field(default=0)  # camelCase, as OpenLineage facets are
+    casesRead: int = attr.field(default=0)
+    rowsChanged: int = attr.field(default=0)
+    notFound: int = attr.field(default=0)
+
+    @staticmethod
+    def _get_schema() -> str:
+        return STATUS_FACET_SCHEMA
+
+
+def status_run_facet(counts: dict[str, Any]) -> TicketSyncStatusRunFacet:
+    return TicketSyncStatusRunFacet(
+        pages=int(counts.get("pages", 0)),
+        listRequests=int(counts.get("list_requests", 0)),
+        casesRead=int(counts.get("cases_read", 0)),
+        rowsChanged=int(counts.get("rows_changed", 0)),
+        notFound=int(counts.get("not_found", 0)),
+    )

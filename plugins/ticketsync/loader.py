@@ -9,6 +9,14 @@ For each chunk of rows the token holds (lease renewed as it is read):
 4. write outcomes back in small batches as they arrive, so a crash loses at most the rows in flight, and those are
    found again by step 2 of the next attempt.
 
+Correlation ids are compared as the instance compares them, without regard to case (:mod:`ticketsync.correlation`):
+a request whose id matches another request's case only by case, or an earlier pending row's id, is rejected naming
+it. A failure caused by one row's data ends in that row: a chunk look-up that keeps failing is split until the row
+that makes it fail is found (only a failing probe look-up, which names no row, stops the load); a POST answer whose
+record carries another correlation id fails the row; a text field the instance shortened is noted on the row; an
+outcome the source database refuses to store is written row by row, and a refused row is marked ``failed`` with
+the database's reason (or, if even that is refused, keeps its lease ended and is named in the load's error).
+
 A 429 is retried in place (nothing was done). Any other transient failure (5xx, timeout, cut connection, a 200
 that is not JSON, a 201 without sys_id) may have created the record, so the row goes to a retry round that starts
 with the look-up again. Rows still failing after the rounds stay ``pending`` with the error and their attempt
@@ -31,18 +39,29 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Protocol, TypeVar
 
+from ticketsync.correlation import (
+    ECHO_FIELDS,
+    CaseTwins,
+    Matches,
+    SourceTwin,
+    by_case_reason,
+    echo_problem,
+    match,
+    twin_reason,
+)
 from ticketsync.hooks.servicenow import (
     CreatedRecord,
     ExistingRecord,
     ServiceNowConfigurationError,
+    ServiceNowError,
     ServiceNowRateLimited,
     ServiceNowRequestError,
     ServiceNowTimeout,
     ServiceNowTransientError,
 )
-from ticketsync.models import PreparedCase, Rejection, SourceRow, SyncAction, SyncStatus
+from ticketsync.models import FieldError, PreparedCase, Rejection, SourceRow, SyncAction, SyncStatus
 from ticketsync.references import ReferenceResolver
-from ticketsync.source import Outcome, Shard, SourceTable
+from ticketsync.source import Outcome, Shard, SourceTable, is_row_refusal, refusal_text
 from ticketsync.throttle import Throttle, backoff_delay
 from ticketsync.transform import prepare
 
@@ -52,7 +71,7 @@ log = logging.getLogger(__name__)
 class TableClient(Protocol):
     """What the loader needs from the hook (the real one is :class:`~ticketsync.hooks.servicenow.ServiceNowHook`)."""
 
-    def create_record(self, table: str, body: dict[str, str]) -> CreatedRecord: ...
+    def create_record(self, table: str, body: dict[str, str], echo: Sequence[str] = ()) -> CreatedRecord: ...
     def find_by_correlation(self, table: str, correlation_ids: Sequence[str]) -> dict[str, list[ExistingRecord]]: ...
     def find_by_keys(self, table: str, key_field: str, keys: Sequence[str]) -> dict[str, list[str]]: ...
 
@@ -104,6 +123,7 @@ class LoadCounts:
     lookups: int = 0
     reference_lookups: int = 0
     rate_limited: int = 0
+    unwritable: int = 0  # rows whose outcome the source database refused to store, even as failed
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -148,6 +168,7 @@ class CaseLoader:
         self._auth_error: ServiceNowConfigurationError | None = None
         self._writer: _OutcomeWriter | None = None
         self._settle_until = 0.0  # no retry round looks up before this (time.monotonic())
+        self._twins = CaseTwins(())
         self.references = ReferenceResolver(self._find_keys)
 
     # ----------------------------------------------------------------------------------------------------------
@@ -158,6 +179,7 @@ class CaseLoader:
         pool = ThreadPoolExecutor(max_workers=self.settings.max_in_flight, thread_name_prefix="servicenow-post")
         self._writer = _OutcomeWriter(self.source.clone(), self.token)
         try:
+            self._twins = CaseTwins(SourceTwin(*twin) for twin in self.source.case_twins())
             self._first_pass(pool)
             self._retry_rounds(pool)
         except BaseException as exc:
@@ -165,7 +187,7 @@ class CaseLoader:
             if isinstance(exc, Exception):
                 self._settle()
             raise
-        self._finish(pool, failing=None)
+        self._finish(pool, failing=self._auth_error)
         if self._auth_error is not None:
             raise self._auth_error
         self.counts.still_pending = len(self._retry_ids)
@@ -199,6 +221,7 @@ class CaseLoader:
             # also when the write-back failed: stop sending, stop the writer, free the leases
             lambda: pool.shutdown(wait=True, cancel_futures=True),
             writer.close if writer is not None else lambda: None,
+            lambda: self._note_held_back(failing),
             lambda: self.source.release(self.token, shard=self.settings.shard),
         )
         for step in steps:
@@ -210,8 +233,40 @@ class CaseLoader:
                 else:
                     log.error("clean-up after %r failed too", failing or first, exc_info=True)
         self.counts.rate_limited = self.throttle.rate_limited_count
+        if writer is not None:
+            self._count_refused(writer)
         if first is not None:
             raise first
+
+    def _note_held_back(self, failing: BaseException | None) -> None:
+        """Rows this load stopped before handling say so in their ``error`` (those with an error keep theirs)."""
+        if failing is None:
+            return
+        reason = " ".join(str(failing).split())[:600] or type(failing).__name__
+        note = (
+            f"held back: not sent, because the load stopped on an error that is not this row's ({reason}); it "
+            "stays pending and is looked up, then sent, by the next attempt once that is fixed"
+        )
+        self.source.note_held_back(self.token, note, shard=self.settings.shard)
+
+    def _count_refused(self, writer: _OutcomeWriter) -> None:
+        """Move rows whose outcome the source database refused from the count of that outcome to failed or
+        unwritable (each is counted once, whatever happened to it)."""
+        counters = {
+            (SyncStatus.CREATED, SyncAction.CREATED): "created", (SyncStatus.CREATED, SyncAction.ADOPTED): "adopted",
+            (SyncStatus.REJECTED, None): "rejected", (SyncStatus.FAILED, None): "failed",
+        }
+        for outcome, marked in writer.take_refused():
+            name = counters.get((outcome.status, SyncAction(outcome.action) if outcome.action else None))
+            if name is None:  # a pending outcome: the row is pending anyway
+                if not marked:
+                    self.counts.unwritable += 1
+                continue
+            setattr(self.counts, name, getattr(self.counts, name) - 1)
+            if marked:
+                self.counts.failed += 1
+            else:
+                self.counts.unwritable += 1
 
     def _first_pass(self, pool: ThreadPoolExecutor) -> None:
         after = 0
@@ -256,37 +311,69 @@ class CaseLoader:
     def _submit_chunk(self, pool: ThreadPoolExecutor, rows: list[SourceRow]) -> None:
         by_table: dict[str, list[tuple[PreparedCase, SourceRow]]] = {}
         for row in rows:
-            prepared = prepare(row)
+            prepared = _prepare(row)
+            if isinstance(prepared, PreparedCase) and self._twins:
+                earlier = self._twins.earlier_pending(row.id, prepared.correlation_id)
+                if earlier is not None:
+                    self._reject(row, twin_reason(prepared.correlation_id, earlier))
+                    continue
             if isinstance(prepared, Rejection):
-                self._reject(prepared)
+                self._reject(row, prepared.reason)
             else:
                 by_table.setdefault(prepared.table, []).append((prepared, row))
         for table, cases in by_table.items():
-            existing = self._lookup(table, [case.correlation_id for case, _ in cases])
-            to_send = [(case, row) for case, row in cases if self._adopted_or_failed(case, row, existing)]
-            resolved = self.references.resolve([case for case, _ in to_send])
-            self.counts.reference_lookups = self.references.lookups
-            for result, (_, row) in zip(resolved, to_send, strict=True):
-                if isinstance(result, Rejection):
-                    self._reject(result)
-                else:
-                    future = pool.submit(self._post, result, row)
-                    self._in_flight[future] = result
-                    future.add_done_callback(self._done.put)
+            existing, refused = self._lookup_isolating(table, [case.correlation_id for case, _ in cases])
+            to_send = []
+            for case, row in cases:
+                if case.correlation_id in refused:
+                    self._record(self._unlookable(row, refused[case.correlation_id]))
+                elif self._to_send(case, row, match(existing, case.correlation_id)):
+                    to_send.append((case, row))
+            self._resolve_and_send(pool, to_send)
 
-    def _reject(self, rejection: Rejection) -> None:
-        self._record(Outcome(rejection.row_id, SyncStatus.REJECTED, error=rejection.reason))
+    def _resolve_and_send(self, pool: ThreadPoolExecutor, to_send: list[tuple[PreparedCase, SourceRow]]) -> None:
+        """Resolve the business keys of the rows still to be sent (one look-up per reference table for the chunk),
+        reject those whose keys do not resolve, and POST the rest."""
+        resolved = self.references.resolve([case for case, _ in to_send])
+        self.counts.reference_lookups = self.references.lookups
+        for result, (_, row) in zip(resolved, to_send, strict=True):
+            if isinstance(result, Rejection):
+                self._reject(row, result.reason)
+            else:
+                future = pool.submit(self._post, result, row)
+                self._in_flight[future] = result
+                future.add_done_callback(self._done.put)
+
+    def _reject(self, row: SourceRow, reason: str) -> None:
+        self._record(Outcome(row.id, SyncStatus.REJECTED, error=reason[:4000]))
         self.counts.rejected += 1
 
-    def _adopted_or_failed(
-        self, case: PreparedCase, row: SourceRow, existing: dict[str, list[ExistingRecord]]
-    ) -> bool:
-        """Adopt the row's existing record, or fail a row out of attempts; True when the row is still to be sent
-        (its business keys are resolved only then: a row with a record needs no look-up of its keys)."""
-        found = existing.get(case.correlation_id)
-        if found:
-            self._record(_adopted(row, found))
+    def _unlookable(self, row: SourceRow, error: ServiceNowError) -> Outcome:
+        """The outcome of a row whose own look-up keeps failing while the instance answers other look-ups."""
+        cause = f"the look-up of this row's correlation_id failed while other look-ups succeed: {error}"
+        if isinstance(error, ServiceNowRequestError):
+            self.counts.failed += 1
+            text = (f"{cause}. Nothing was sent: check what the instance refuses in this request_id (an ACL, a "
+                    "query business rule), then replay it")
+            return Outcome(row.id, SyncStatus.FAILED, error=text[:4000], attempts_made=1, http_status=error.status)
+        attempt = row.attempts + 1
+        if attempt >= self.settings.max_attempts:
+            self.counts.failed += 1
+            text = (f"gave up after {attempt} attempts: {cause}. No look-up could confirm whether a case exists: "
+                    f"search ServiceNow for correlation_id {row.request_id!r} before replaying it")
+            return Outcome(row.id, SyncStatus.FAILED, error=text[:4000], attempts_made=1, http_status=error.status)
+        self._retry_ids.append(row.id)
+        text = f"attempt {attempt}: {cause} (nothing was sent; will retry)"
+        return Outcome(row.id, SyncStatus.PENDING, error=text[:4000], attempts_made=1, http_status=error.status)
+
+    def _to_send(self, case: PreparedCase, row: SourceRow, found: Matches) -> bool:
+        """Adopt the row's existing record, reject a case twin, or fail a row out of attempts; True when the row is
+        still to be sent (its business keys are resolved only then: a row with a record needs no key look-up)."""
+        if found.exact:
+            self._record(_adopted(row, found.exact, found.by_case))
             self.counts.adopted += 1
+        elif found.by_case:
+            self._reject(row, by_case_reason(case.correlation_id, found.by_case))
         elif row.attempts >= self.settings.max_attempts:
             error = f"gave up after {row.attempts} attempts (no record found); last error: {row.error or 'unknown'}"
             self._record(Outcome(row.id, SyncStatus.FAILED, error=error[:4000]))
@@ -295,22 +382,15 @@ class CaseLoader:
             return True
         return False
 
-    def _lookup(self, table: str, correlation_ids: list[str]) -> dict[str, list[ExistingRecord]]:
-        """One batched look-up by correlation id, retried (see :meth:`_with_retries`)."""
-        self.counts.lookups += 1
-        return self._with_retries(
-            f"look up existing records in {table}", lambda: self.client.find_by_correlation(table, correlation_ids)
-        )
-
     def _find_keys(self, table: str, key_field: str, keys: list[str]) -> dict[str, list[str]]:
-        """One batched business-key look-up, retried (see :meth:`_with_retries`)."""
+        """One batched business-key look-up, retried like the correlation look-up (see :meth:`_with_retries`)."""
         return self._with_retries(
             f"look up {key_field} in {table}", lambda: self.client.find_by_keys(table, key_field, keys)
         )
 
     def _with_retries(self, what: str, call: Callable[[], _T]) -> _T:
-        """One look-up, retried with backoff; after that the instance counts as unavailable (the rows stay
-        pending, never rejected: nothing about them is known)."""
+        """A look-up of business keys, retried with backoff; after that the instance counts as unavailable (the
+        rows stay pending, never rejected: nothing about them is known)."""
         failures, last_error = 0, ""
         for _ in range(self.settings.max_rate_limited_waits + self.settings.retry_rounds + 1):
             try:
@@ -325,7 +405,77 @@ class CaseLoader:
                 if failures > self.settings.retry_rounds:
                     break
                 self._sleep(backoff_delay(failures, base=self.settings.backoff_base, cap=self.settings.backoff_cap))
-        raise ServiceNowUnavailable(f"could not {what} after {failures} failures: {last_error}")
+        raise ServiceNowUnavailable(
+            f"could not {what} after {failures} failures: {last_error}. Rows not handled stay pending and the task "
+            "retry or the next run takes them"
+        )
+
+    def _lookup(
+        self, table: str, correlation_ids: list[str], *, retries: int | None = None
+    ) -> dict[str, list[ExistingRecord]]:
+        """One batched look-up, retried with backoff (``retries`` times after a transient failure, by default
+        ``retry_rounds``); after that the instance counts as unavailable."""
+        allowed = self.settings.retry_rounds if retries is None else retries
+        failures, last_error = 0, ""
+        for _ in range(self.settings.max_rate_limited_waits + allowed + 1):
+            try:
+                with self.throttle.slot():
+                    self.counts.lookups += 1
+                    found = self.client.find_by_correlation(table, correlation_ids)
+                self.throttle.succeeded()
+                return found
+            except ServiceNowRateLimited as exc:
+                self.throttle.rate_limited(exc.retry_after, exc.limit_per_hour)
+            except ServiceNowTransientError as exc:
+                failures, last_error = failures + 1, str(exc)
+                if failures > allowed:
+                    break
+                self._sleep(backoff_delay(failures, base=self.settings.backoff_base, cap=self.settings.backoff_cap))
+        raise ServiceNowUnavailable(
+            f"could not look up existing records in {table} after {failures} failures: {last_error}. Check that "
+            "the instance is up and reachable from this worker (a look-up must succeed before anything is sent); "
+            "rows not handled stay pending and the task retry or the next run takes them"
+        )
+
+    def _lookup_isolating(
+        self, table: str, correlation_ids: list[str]
+    ) -> tuple[dict[str, list[ExistingRecord]], dict[str, ServiceNowError]]:
+        """The chunk's look-up; if it keeps failing while a probe look-up (of an id no request has) succeeds, the
+        failure is caused by the data of some rows: halve the chunk until each failing id is found alone. Returns
+        what was found and, per failing id, its error. A failing probe raises the chunk's error: the instance."""
+        try:
+            return self._lookup(table, correlation_ids), {}
+        except (ServiceNowUnavailable, ServiceNowRequestError) as exc:
+            if not self._probe_succeeds(table):
+                raise
+            log.warning("the look-up of %d ids failed (%s) but a probe succeeds: isolating the rows that fail it",
+                        len(correlation_ids), exc)
+            return self._bisect(table, correlation_ids, exc)
+
+    def _probe_succeeds(self, table: str) -> bool:
+        try:
+            self._lookup(table, [_PROBE_ID])
+        except (ServiceNowUnavailable, ServiceNowRequestError):
+            return False
+        return True
+
+    def _bisect(
+        self, table: str, ids: list[str], error: ServiceNowError | ServiceNowUnavailable
+    ) -> tuple[dict[str, list[ExistingRecord]], dict[str, ServiceNowError]]:
+        if len(ids) == 1:
+            cause = error if isinstance(error, ServiceNowError) else ServiceNowTransientError(str(error))
+            return {}, {ids[0]: cause}
+        found: dict[str, list[ExistingRecord]] = {}
+        refused: dict[str, ServiceNowError] = {}
+        middle = len(ids) // 2
+        for half in (ids[:middle], ids[middle:]):
+            try:  # a half of several ids is tried once; a single id gets the usual retries
+                found.update(self._lookup(table, half, retries=None if len(half) == 1 else 0))
+            except (ServiceNowUnavailable, ServiceNowRequestError) as exc:
+                more_found, more_refused = self._bisect(table, half, exc)
+                found.update(more_found)
+                refused.update(more_refused)
+        return found, refused
 
     def _post(self, case: PreparedCase, row: SourceRow) -> _Posted:
         """Runs on a worker thread: one POST, repeated only after a 429 (which did nothing)."""
@@ -334,7 +484,7 @@ class CaseLoader:
             try:
                 with self.throttle.slot():
                     sent_at = time.monotonic()
-                    record = self.client.create_record(case.table, case.body.to_json())
+                    record = self.client.create_record(case.table, case.body.to_json(), ECHO_FIELDS)
                 self.throttle.succeeded()
                 return _Posted(case, row, record=record)
             except ServiceNowRateLimited as exc:
@@ -383,19 +533,27 @@ class CaseLoader:
         self._record(self._outcome(posted))
 
     def _outcome(self, posted: _Posted) -> Outcome:
-        row, error = posted.row, posted.error
-        if posted.record is not None:
+        row, error, record = posted.row, posted.error, posted.record
+        if record is not None:
+            problem = echo_problem(posted.case.body.to_json(), record.values)
+            if problem is not None and not problem[0]:
+                self.counts.failed += 1
+                text = (f"{problem[1]}. The answer's record: {record.number or '?'} (sys_id {record.sys_id}); check "
+                        "it in ServiceNow, then replay this row (the replay looks its correlation_id up first)")
+                return Outcome(row.id, SyncStatus.FAILED, error=text[:4000], attempts_made=1, http_status=201,
+                               resolved=_resolved(posted.case))
             self.counts.created += 1
             return Outcome(
-                row.id, SyncStatus.CREATED, sys_id=posted.record.sys_id, number=posted.record.number,
+                row.id, SyncStatus.CREATED, sys_id=record.sys_id, number=record.number,
+                error=problem[1][:4000] if problem else None,
                 attempts_made=1, http_status=201, action=SyncAction.CREATED, resolved=_resolved(posted.case),
             )
         if isinstance(error, ServiceNowRequestError):
             self.counts.failed += 1
-            return Outcome(
-                row.id, SyncStatus.FAILED, error=str(error)[:4000], attempts_made=1, http_status=error.status,
-                resolved=_resolved(posted.case),
-            )
+            text = (f"{error} (ServiceNow refused this row's POST; nothing was created. Fix the row's data, or the "
+                    "instance's rule that refuses it, then replay the row)")
+            return Outcome(row.id, SyncStatus.FAILED, error=text[:4000], attempts_made=1, http_status=error.status,
+                           resolved=_resolved(posted.case))
         self._retry_ids.append(row.id)
         attempt = row.attempts + 1
         if isinstance(error, ServiceNowTimeout):
@@ -423,7 +581,7 @@ class CaseLoader:
         """Hand the buffered outcomes to the writer; with ``wait``, return once everything handed over is written."""
         if self._writer is None:  # not running: write on this thread
             if self._buffer:
-                self.source.write_outcomes(self.token, self._buffer)
+                write_isolating(self.source, self.token, self._buffer)
         else:
             if self._buffer:
                 self._writer.submit(self._buffer)
@@ -447,6 +605,8 @@ class _OutcomeWriter:
         self._token = token
         self._queue: queue.Queue[list[Outcome] | None] = queue.Queue(maxsize=depth)
         self._error: BaseException | None = None
+        self._refused: list[tuple[Outcome, bool]] = []
+        self._refused_lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="outcome-writer", daemon=True)
         self._thread.start()
 
@@ -464,6 +624,12 @@ class _OutcomeWriter:
         self._thread.join()
         self._raise_error()
 
+    def take_refused(self) -> list[tuple[Outcome, bool]]:
+        """Outcomes the database refused so far, each with whether the row could be marked failed instead."""
+        with self._refused_lock:
+            refused, self._refused = self._refused, []
+        return refused
+
     def _raise_error(self) -> None:
         if self._error is not None:
             raise self._error
@@ -476,11 +642,86 @@ class _OutcomeWriter:
                     self._source.close()  # on this thread: an SQLite connection belongs to the thread that made it
                     return
                 if self._error is None:
-                    self._source.write_outcomes(self._token, outcomes)
+                    refused = write_isolating(self._source, self._token, outcomes)
+                    if refused:
+                        with self._refused_lock:
+                            self._refused += refused
             except BaseException as exc:  # handed to the main thread, which raises it
                 self._error = exc
             finally:
                 self._queue.task_done()
+
+
+_PROBE_ID = "ticketsync-lookup-probe"
+
+
+def _prepare(row: SourceRow) -> PreparedCase | Rejection:
+    """The pure transform; a row that makes it raise (a bug: every rule should name its column) is rejected with
+    the exception, logged with its traceback, instead of stopping every row behind it."""
+    try:
+        return prepare(row)
+    except Exception as exc:
+        log.exception("validating %s raised; the row is rejected", row.label)
+        text = " ".join(str(exc).split())[:300]
+        return Rejection(row.id, (FieldError("row", (
+            f"could not be validated ({type(exc).__name__}: {text}); this is a ticketsync bug, please report it "
+            "with the row's values; the row was not sent"
+        )),))  # a look-up of an id no request has: it tells the instance from the data
+
+
+def write_isolating(source: SourceTable, token: str, outcomes: list[Outcome]) -> list[tuple[Outcome, bool]]:
+    """Write a batch of outcomes; if the database refuses the batch for a row's data (a constraint, a trigger),
+    write each row on its own, so the others are kept. A refused row is marked ``failed`` with the database's
+    reason and what happened in ServiceNow; if even that is refused, only its ``error`` is set (it stays pending,
+    its lease ended), and if that is refused too the row is left as it was. Returns the refused outcomes, each with
+    whether the row could be marked failed. Any other error (the connection, a permission) is raised."""
+    try:
+        source.write_outcomes(token, outcomes)
+        return []
+    except Exception as exc:
+        if not is_row_refusal(exc):
+            raise
+        log.warning("the source database refused a batch of %d outcomes (%s); writing them one by one",
+                    len(outcomes), refusal_text(exc))
+    refused: list[tuple[Outcome, bool]] = []
+    for outcome in outcomes:
+        try:
+            source.write_outcomes(token, [outcome])
+        except Exception as exc:
+            if not is_row_refusal(exc):
+                raise
+            refused.append((outcome, _mark_refused(source, token, outcome, refusal_text(exc))))
+    return refused
+
+
+def _mark_refused(source: SourceTable, token: str, outcome: Outcome, reason: str) -> bool:
+    """Say on the row that its outcome could not be stored; True if it could be marked failed."""
+    what = (
+        f"ServiceNow case {outcome.number or '?'} (sys_id {outcome.sys_id}) exists for it"
+        if outcome.sys_id else f"its outcome was {outcome.status}" + (f" ({outcome.error})" if outcome.error else "")
+    )
+    text = (
+        f"the source database refused to store this row's outcome: {reason}. {what}. Fix the constraint or "
+        "trigger on the source table that refuses it, then replay the row (it is looked up first: an existing "
+        "case is adopted, never duplicated)"
+    )[:4000]
+    log.error("row %d: %s", outcome.row_id, text)
+    if outcome.status is not SyncStatus.PENDING:
+        try:
+            source.write_outcomes(token, [Outcome(outcome.row_id, SyncStatus.FAILED, error=text, attempts_made=1,
+                                                  http_status=outcome.http_status)])
+            return True
+        except Exception as exc:
+            if not is_row_refusal(exc):
+                raise
+    try:
+        source.note_error(token, outcome.row_id, text)
+    except Exception as exc:
+        if not is_row_refusal(exc):
+            raise
+        log.error("row %d: the source database refuses every update of this row (%s)", outcome.row_id,
+                  refusal_text(exc))
+    return False
 
 
 def _resolved(case: PreparedCase) -> str | None:
@@ -488,13 +729,19 @@ def _resolved(case: PreparedCase) -> str | None:
     return json.dumps(dict(case.resolved), sort_keys=True) if case.resolved else None
 
 
-def _adopted(row: SourceRow, found: list[ExistingRecord]) -> Outcome:
+def _adopted(row: SourceRow, found: list[ExistingRecord], by_case: list[ExistingRecord]) -> Outcome:
     """Adopt the oldest record with this correlation id; name any others, which a person must resolve."""
     oldest = found[0]
     note = None
     if len(found) > 1:
         others = ", ".join(record.number or record.sys_id for record in found[1:])
         note = f"{len(found)} records share correlation_id {oldest.correlation_id}; adopted the oldest, also: {others}"
+    if by_case:
+        twins = ", ".join(f"{record.number or record.sys_id} ({record.correlation_id})" for record in by_case)
+        note = (note + "; " if note else "") + (
+            f"also cases whose correlation_id differs only in case (another request's, which ServiceNow cannot "
+            f"tell apart from this one): {twins}"
+        )
     return Outcome(
         row.id, SyncStatus.CREATED, sys_id=oldest.sys_id, number=oldest.number, error=note,
         http_status=200, action=SyncAction.ADOPTED,

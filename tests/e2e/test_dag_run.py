@@ -1,16 +1,15 @@
 """End to end: the real DAG, run by Airflow (`airflow dags test`), against a real source database (PostgreSQL,
 MariaDB, SQLite) and the emulator as its own process over HTTP, with faults injected. Every run is checked for
-exactly-once creation."""
+exactly-once creation, and for the Asset event it emits (or not). SIGKILLs of the whole `airflow dags test` process
+group mid-load, followed by runs that finish, are in tests/faults/test_soak.py (two, under faults) and
+tests/faults/test_kill_loop.py."""
 
 from __future__ import annotations
 
 import json
-import os
-import signal
 import sqlite3
-import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ from ticketsync_dev.samples import sample_requests
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 TABLE = "sn_bom_loan_service"
+CASES_ASSET_URI = f"servicenow://servicenow_default/{TABLE}"
 FAULTS = (
     "--error-500", "0.025", "--error-503", "0.025", "--cut-after-commit", "0.05", "--html-200", "0.02",
     "--rate-limit", "250", "--rate-limit-burst", "10", "--latency-ms", "5", "--seed", "20261128",
@@ -86,8 +86,28 @@ def check_exactly_once(source: SourceTable, emulator: EmulatorProcess, requests:
     ))
 
 
+def cases_events(airflow_home: Path, after: int = 0) -> list[dict[str, Any]]:
+    """The events of the ServiceNow table's Asset in the metadata database (id above ``after``), as a downstream DAG
+    scheduled on it receives them: the extra, and the run and map index that emitted each."""
+    with sqlite3.connect(airflow_home / "airflow.db") as db:
+        found = db.execute(
+            "SELECT e.id, e.extra, e.source_dag_id, e.source_task_id, e.source_run_id, e.source_map_index "
+            "FROM asset_event e JOIN asset a ON a.id = e.asset_id WHERE a.uri = ? AND e.id > ? ORDER BY e.id",
+            (CASES_ASSET_URI, after),
+        ).fetchall()
+    columns = ("id", "extra", "dag_id", "task_id", "run_id", "map_index")
+    return [{**dict(zip(columns, row, strict=True)), "extra": json.loads(row[1])} for row in found]
+
+
+def last_event_id(airflow_home: Path) -> int:
+    with sqlite3.connect(airflow_home / "airflow.db") as db:
+        return int(db.execute("SELECT COALESCE(MAX(id), 0) FROM asset_event").fetchone()[0])
+
+
 def run_sync_twice(airflow_home: Path, source: SourceTable, conn: str, tmp_path: Path, count: int,
-                   faults: tuple[str, ...]) -> dict[str, Any]:
+                   faults: tuple[str, ...], lineage: Path | None = None) -> dict[str, Any]:
+    """Two runs: the first syncs ``count`` rows under ``faults`` (OpenLineage events to the file ``lineage``, if
+    given), the second finds nothing to do."""
     requests = list(sample_requests(count, invalid_every=15))
     source.insert_requests(requests)
     invalid_ids = {r["request_id"] for i, r in enumerate(requests, start=1) if i % 15 == 0}
@@ -95,17 +115,35 @@ def run_sync_twice(airflow_home: Path, source: SourceTable, conn: str, tmp_path:
         airflow = LocalAirflow(home=airflow_home, connections={
             "ticket_source": conn, "servicenow_default": emulator.connection(timeout=3),
         })
+        if lineage is not None:
+            transport = {"type": "file", "log_file_path": str(lineage), "append": True}
+            airflow.extra_env["AIRFLOW__OPENLINEAGE__TRANSPORT"] = json.dumps(transport)
+        before = last_event_id(airflow_home)
         code = airflow.run_dag(tmp_path / "run1.log")
+        airflow.extra_env.pop("AIRFLOW__OPENLINEAGE__TRANSPORT", None)
         assert code == 0, (tmp_path / "run1.log").read_text()[-5000:]
         outcome = check_exactly_once(source, emulator, requests, invalid_ids)
         stats = emulator.stats()
         posts = stats["by_method"].get("POST", 0)
+        # One event for the ServiceNow table, from the load, carrying how the run's rows ended.
+        [event] = cases_events(airflow_home, before)
+        assert (event["dag_id"], event["task_id"], event["map_index"]) == ("servicenow_ticket_sync", "load", 0)
+        assert event["extra"] == {
+            "dag_id": "servicenow_ticket_sync", "run_id": event["run_id"], "loader": 0, "loaders": 1,
+            "created": outcome.get("created_created", 0), "adopted": outcome.get("created_adopted", 0),
+            "failed": 0, "rejected": outcome["rejected"],
+        }
+        print("\nAsset event of the first run:", json.dumps(event["extra"]))
 
+        before = last_event_id(airflow_home)
         code = airflow.run_dag(tmp_path / "run2.log", conf={"limit": 100_000})
         assert code == 0, (tmp_path / "run2.log").read_text()[-5000:]
         assert emulator.stats()["by_method"].get("POST", 0) == posts, "the second run sent a POST"
         assert check_exactly_once(source, emulator, requests, invalid_ids) == outcome
-    return {"rows": count, "invalid": len(invalid_ids), "outcome": outcome, "posts": posts,
+        # A run that created nothing emits no event: a DAG scheduled on the table is not woken for nothing.
+        assert cases_events(airflow_home, before) == []
+        assert "asset event not emitted (no row came to a case)" in (tmp_path / "run2.log").read_text()
+    return {"rows": count, "invalid": len(invalid_ids), "outcome": outcome, "posts": posts, "port": emulator.port,
             "requests": stats["requests_total"], "throttled": stats["throttled"],
             "faults": {k: v for k, v in stats["faults"].items() if v}}
 
@@ -114,13 +152,36 @@ def test_dag_run_on_postgresql_with_faults_creates_each_case_exactly_once(
     airflow_home: Path, pg_source: tuple[SourceTable, str], tmp_path: Path
 ) -> None:
     source, conn = pg_source
-    result = run_sync_twice(airflow_home, source, conn, tmp_path, 600, FAULTS)
-    assert result["outcome"].get("rejected") == 40
-    assert result["outcome"].get("created_created", 0) + result["outcome"].get("created_adopted", 0) == 560
+    events_file = tmp_path / "openlineage.jsonl"
+    result = run_sync_twice(airflow_home, source, conn, tmp_path, 600, FAULTS, lineage=events_file)
+    outcome = result["outcome"]
+    assert outcome.get("rejected") == 40
+    assert outcome.get("created_created", 0) + outcome.get("created_adopted", 0) == 560
     # The faults really happened: every kind the issue names was injected and survived.
     assert {"error_500", "error_503", "cut_after_commit", "html_200"} <= set(result["faults"])
     assert result["throttled"] > 0
+    # OpenLineage (file transport): the load's COMPLETE event names the PostgreSQL table and the instance, with counts.
+    [event] = load_lineage_events(events_file)
+    database = json.loads(conn)["schema"]
+    assert [(d["namespace"], d["name"]) for d in event["inputs"]] == [
+        ("postgres://127.0.0.1:5432", f"{database}.public.ticket_requests")
+    ]
+    assert [(d["namespace"], d["name"]) for d in event["outputs"]] == [(f"http://127.0.0.1:{result['port']}", TABLE)]
+    facet = event["run"]["facets"]["ticketsync"]
+    # The counts of the load's last try (a task retry under faults counts only what was left); exact counts of a
+    # fault-free run: tests/e2e/test_operations.py (SQLite).
+    assert (facet["failed"], facet["dryRun"]) == (0, False)
+    assert 0 < facet["created"] + facet["adopted"] <= facet["taken"] <= 560
+    assert facet["posts"] >= facet["created"]
     print("\nPostgreSQL end-to-end:", json.dumps(result))
+    print("OpenLineage load COMPLETE datasets:", json.dumps({"inputs": event["inputs"], "outputs": event["outputs"],
+                                                            "ticketsync": facet}))
+
+
+def load_lineage_events(path: Path) -> list[dict[str, Any]]:
+    """The load's COMPLETE events in an OpenLineage file transport's output."""
+    events = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [e for e in events if e["job"]["name"] == "servicenow_ticket_sync.load" and e["eventType"] == "COMPLETE"]
 
 
 def test_dag_run_on_mariadb_with_faults_creates_each_case_exactly_once(
@@ -143,45 +204,3 @@ def test_dag_run_on_sqlite_with_faults_creates_each_case_exactly_once(
     assert result["outcome"].get("rejected") == 20
     assert result["outcome"].get("created_created", 0) + result["outcome"].get("created_adopted", 0) == 280
     print("\nSQLite end-to-end:", json.dumps(result))
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
-
-
-def test_killing_the_load_mid_batch_loses_nothing_and_duplicates_nothing(
-    airflow_home: Path, pg_source: tuple[SourceTable, str], tmp_path: Path
-) -> None:
-    """SIGKILL the whole `airflow dags test` process group while the load is posting; the next run finishes."""
-    source, conn = pg_source
-    requests = list(sample_requests(400))
-    source.insert_requests(requests)
-    with EmulatorProcess(tmp_path / "emulator", "--latency-ms", "40") as emulator:
-        airflow = LocalAirflow(home=airflow_home, connections={
-            "ticket_source": conn, "servicenow_default": emulator.connection(),
-        })
-        process = airflow.start_dag_run(tmp_path / "killed.log", conf={"lease_seconds": 10, "max_in_flight": 4})
-
-        def created() -> int:
-            return sum(1 for row in rows(source).values() if row["status"] == "created")
-
-        wait_for(lambda: created() >= 60, 120, "the load to be part-way")
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-        at_kill = created()
-        assert 60 <= at_kill < 400, at_kill
-        in_emulator = len(emulator.records(TABLE))
-        assert in_emulator >= at_kill  # rows in flight may be in ServiceNow but not yet written back
-
-        # The dead run's lease (10 s, renewed per chunk) runs out; then the next scheduled run takes the rest.
-        time.sleep(11)
-        code = airflow.run_dag(tmp_path / "after.log")
-        assert code == 0, (tmp_path / "after.log").read_text()[-5000:]
-        outcome = check_exactly_once(source, emulator, requests, set())
-        assert outcome.get("created_created", 0) + outcome.get("created_adopted", 0) == 400
-        print(f"\nkill test: {at_kill} rows written back at the kill, {in_emulator} records in ServiceNow; "
-              f"after the next run: {outcome}")

@@ -11,7 +11,7 @@ import psycopg
 import pytest
 
 from tests.conftest import airflow_conn_json, fresh_source_database
-from tests.e2e.test_dag_run import check_exactly_once, rows
+from tests.e2e.test_dag_run import cases_events, check_exactly_once, last_event_id, rows
 from ticketsync.source import SourceTable
 from ticketsync_dev.local import EmulatorProcess, LocalAirflow
 from ticketsync_dev.samples import sample_requests
@@ -54,6 +54,7 @@ def test_a_failed_loader_fails_the_run_and_the_next_run_finishes_its_shard(
             "ticket_source": conn, "servicenow_default": emulator.connection(),
         }, extra_env={"TICKETSYNC_RETRY_DELAY_SECONDS": "1"})
         log = tmp_path / "run1.log"
+        before = last_event_id(airflow_home)
         code = airflow.run_dag(log, conf={"loaders": 3})
         text = log.read_text()
         assert code != 0, text[-5000:]
@@ -72,6 +73,14 @@ def test_a_failed_loader_fails_the_run_and_the_next_run_finishes_its_shard(
                 assert state[request_id]["status"] == "created"
         posts = emulator.stats()["by_method"].get("POST", 0)
         assert posts == len(sent) == sum(1 for i in range(1, 301) if i % 3 != 2 and i % 10 != 0)
+        # Each loader that finished emitted its own event, with its shard's counts; the failed one emitted none.
+        events = {event["map_index"]: event["extra"] for event in cases_events(airflow_home, before)}
+        assert sorted(events) == [0, 1]
+        for index, extra in events.items():
+            shard = [i for i in range(1, 301) if i % 3 == index]
+            assert (extra["loader"], extra["loaders"], extra["adopted"], extra["failed"]) == (index, 3, 0, 0)
+            assert extra["created"] == sum(1 for i in shard if i % 10 != 0)
+            assert extra["rejected"] == sum(1 for i in shard if i % 10 == 0)
 
         with psycopg.connect(**params, autocommit=True) as db:
             db.execute("DROP TRIGGER refuse_shard_2 ON ticket_requests")

@@ -1,5 +1,6 @@
 """Operating the sync, end to end through real DAG runs (`airflow dags test`): OpenLineage events with the file
-transport, alerts received by a real SMTP server and a real webhook receiver on loopback, dry runs that write
+transport (the PostgreSQL source's are checked in tests/e2e/test_dag_run.py), alerts received by a real SMTP server
+and a real webhook receiver on loopback (with none configured: tests/e2e/test_secrets.py), dry runs that write
 nothing, replays, and the "ServiceNow records" extra link."""
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 import requests
 
-from tests.conftest import airflow_conn_json, fresh_source_database
 from tests.support.receivers import SmtpReceiver, WebhookReceiver, wait_until
 from ticketsync.source import Dialect, SourceTable
 from ticketsync_dev.local import BIN, EmulatorProcess, LocalAirflow, sqlite_connection
@@ -36,12 +36,6 @@ def sqlite_source(tmp_path: Path) -> Iterator[tuple[SourceTable, str]]:
     source.ensure_schema()
     yield source, sqlite_connection(path)
     source.close()
-
-
-@pytest.fixture
-def pg_source(pg_database: dict[str, Any]) -> Iterator[tuple[SourceTable, str, str]]:
-    with fresh_source_database(pg_database, "ops") as (source, params):
-        yield source, airflow_conn_json(params), params["dbname"]
 
 
 def airflow(home: Path, source_conn: str, emulator: EmulatorProcess, **extra: str) -> LocalAirflow:
@@ -95,30 +89,6 @@ def posts(emulator: EmulatorProcess) -> int:
 def load_events(path: Path) -> list[dict[str, Any]]:
     events = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     return [e for e in events if e["job"]["name"] == "servicenow_ticket_sync.load" and e["eventType"] == "COMPLETE"]
-
-
-def test_openlineage_events_name_the_postgres_table_and_the_instance_with_counts(
-    airflow_home: Path, pg_source: tuple[SourceTable, str, str], tmp_path: Path
-) -> None:
-    source, conn, database = pg_source
-    source.insert_requests(sample_requests(24, invalid_every=6))  # 4 invalid, rejected by transform
-    events_file = tmp_path / "openlineage.jsonl"
-    transport = json.dumps({"type": "file", "log_file_path": str(events_file), "append": True})
-    with EmulatorProcess(tmp_path / "emulator") as emulator:
-        run_ok(airflow(airflow_home, conn, emulator, env_AIRFLOW__OPENLINEAGE__TRANSPORT=transport),
-               tmp_path / "run.log")
-        port = emulator.port
-    [event] = load_events(events_file)
-    assert [(d["namespace"], d["name"]) for d in event["inputs"]] == [
-        ("postgres://127.0.0.1:5432", f"{database}.public.ticket_requests")
-    ]
-    assert [(d["namespace"], d["name"]) for d in event["outputs"]] == [(f"http://127.0.0.1:{port}", TABLE)]
-    facet = event["run"]["facets"]["ticketsync"]
-    assert (facet["taken"], facet["created"], facet["adopted"], facet["failed"]) == (20, 20, 0, 0)
-    assert facet["posts"] == 20
-    assert facet["dryRun"] is False
-    print("\nOpenLineage load COMPLETE datasets:", json.dumps({"inputs": event["inputs"], "outputs": event["outputs"],
-                                                              "ticketsync": facet}))
 
 
 def test_sqlite_lineage_and_the_servicenow_records_link(
@@ -247,21 +217,6 @@ def test_the_report_alerts_on_a_high_reject_share_and_a_stuck_backlog(
     assert "above 90 minutes" in kinds["stuck_backlog"]["text"]
     assert all(post.path == "/hooks/teams" for post in webhook.posts)
     print("\nthreshold alerts:\n" + "\n\n".join(post.body["text"] for post in webhook.posts))
-
-
-def test_with_nothing_configured_a_failure_only_logs(
-    airflow_home: Path, sqlite_source: tuple[SourceTable, str], tmp_path: Path
-) -> None:
-    source, conn = sqlite_source
-    source.insert_requests(sample_requests(3))
-    with EmulatorProcess(tmp_path / "emulator") as emulator:
-        af = airflow(airflow_home, conn, emulator)
-        af.connections["servicenow_default"] = json.dumps({**json.loads(emulator.connection()), "password": "no"})
-        code = af.run_dag(tmp_path / "run.log")
-    assert code != 0
-    log = (tmp_path / "run.log").read_text()
-    assert "ticketsync alert task_failed: {'webhook': 'not configured'}" in log
-    assert "401 User Not Authenticated" in log
 
 
 # ----------------------------------------------------------------------------------------------------------------

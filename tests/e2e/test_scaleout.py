@@ -24,7 +24,7 @@ def test_the_scale_out_run_spreads_the_loaders_over_both_workers_and_creates_eac
         if REQUIRE_POSTGRES:  # CI: the services must be there
             pytest.fail(f"Redis is required here but unreachable: {exc}")
         pytest.skip(f"Redis unreachable: {exc}")
-    paths = [str(REPO / "plugins"), os.environ.get("PYTHONPATH")]
+    paths = [str(REPO / "plugins"), str(REPO / "dev"), os.environ.get("PYTHONPATH")]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(path for path in paths if path))
     loaders = 4
     result = subprocess.run(

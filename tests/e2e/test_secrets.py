@@ -79,8 +79,9 @@ def emulator() -> Iterator[RunningEmulator]:
 
 
 def test_no_secret_in_logs_database_errors_or_exceptions(emulator: RunningEmulator, tmp_path: Path,
-                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    home = tmp_path / "airflow"
+                                                         monkeypatch: pytest.MonkeyPatch,
+                                                         fresh_airflow_home: Path) -> None:
+    home = fresh_airflow_home
     db_path = tmp_path / "source.db"
     source = SourceTable(lambda: sqlite3.connect(db_path), Dialect.SQLITE)
     source.ensure_schema()
@@ -101,8 +102,14 @@ def test_no_secret_in_logs_database_errors_or_exceptions(emulator: RunningEmulat
         airflow = LocalAirflow(home=home, connections={"ticket_source": sqlite_connection(db_path),
                                                        "servicenow_default": servicenow})
         log = tmp_path / f"{name}.log"
-        airflow.run_dag(log, conf={"max_attempts": 2})
+        # settle_seconds: the emulator's slowest write (2.5 s) stands in for ServiceNow's 60 s transaction quota.
+        airflow.run_dag(log, conf={"max_attempts": 2, "settle_seconds": 3})
         outputs.append(log)
+
+    # With no alert channel configured, a task that fails for good only logs its alert (the wrong password: 401).
+    wrong_password = outputs[-1].read_text()
+    assert "ticketsync alert task_failed: {'webhook': 'not configured'}" in wrong_password
+    assert "401 User Not Authenticated" in wrong_password
 
     # The runs really failed in all those ways (or this test would prove nothing).
     stats = emulator.stats()

@@ -271,3 +271,97 @@ def test_a_request_whose_client_dies_mid_body_creates_nothing(emulator: RunningE
         client.shutdown(socket.SHUT_WR)
         client.recv(65536)
     assert committed(emulator) == 0
+
+
+def test_a_rule_refuses_every_post_whose_field_holds_a_value_and_commits_nothing(
+    emulator: RunningEmulator, session: requests.Session, table_url: str
+) -> None:
+    emulator.set_faults(rules=[
+        {"contains": "POISON-500", "status": 500},
+        {"contains": "POISON-403", "field": "correlation_display", "status": 403},
+        {"contains": "POISON-400", "status": 400},
+    ])
+
+    for _ in range(3):  # every time, not at random
+        response = session.post(table_url, json={"correlation_id": "A", "short_description": "x POISON-500 y"})
+        assert_envelope(response, 500, "Transaction cancelled: maximum execution time exceeded")
+    response = session.post(table_url, json={"correlation_id": "B", "correlation_display": "POISON-403"})
+    assert_envelope(response, 403, "Operation Failed")
+    response = session.post(table_url, json={"correlation_id": "C", "short_description": "POISON-400"})
+    assert_envelope(response, 400, "Invalid request")
+    assert committed(emulator) == 0
+    assert session.post(table_url, json={"correlation_id": "D", "short_description": "fine"}).status_code == 201
+    assert session.get(table_url, params={"sysparm_query": "short_descriptionLIKEPOISON"}).status_code == 200
+    assert committed(emulator) == 1
+    assert emulator.stats()["faults"]["rule"] == 5
+
+
+def test_a_rule_on_the_query_refuses_every_look_up_that_names_a_value(
+    emulator: RunningEmulator, session: requests.Session, table_url: str
+) -> None:
+    emulator.set_faults(rules=[{"contains": "REQ-BAD", "field": "sysparm_query", "methods": ["GET"], "status": 500}])
+    response = session.get(table_url, params={"sysparm_query": "correlation_idINREQ-1,REQ-BAD,REQ-2"})
+    assert response.status_code == 500
+    assert query(session, table_url, "correlation_idINREQ-1,REQ-2") == []
+    assert session.post(table_url, json={"correlation_id": "REQ-BAD"}).status_code == 201  # POSTs are not refused
+
+
+def test_a_rule_answers_with_another_correlation_id_but_stores_the_right_one(
+    emulator: RunningEmulator, session: requests.Session, table_url: str
+) -> None:
+    emulator.set_faults(rules=[{"contains": "REQ-MIX", "field": "correlation_id", "answer_correlation_id": "REQ-9"}])
+    response = session.post(table_url, json={"correlation_id": "REQ-MIX", "short_description": "x"},
+                            params={"sysparm_fields": "sys_id,correlation_id"})
+    assert response.status_code == 201
+    answered = response.json()["result"]
+    assert answered["correlation_id"] == "REQ-9"
+    stored = emulator.store.get(LOAN, answered["sys_id"])
+    assert stored is not None
+    assert stored["correlation_id"] == "REQ-MIX"
+
+
+def test_truncate_stores_overlong_values_cut_to_the_field_length(
+    emulator: RunningEmulator, session: requests.Session, table_url: str
+) -> None:
+    emulator.set_faults(truncate={"short_description": 10, "correlation_id": 5})
+    response = session.post(table_url, json={"correlation_id": "REQ-123", "short_description": "a" * 30},
+                            params={"sysparm_fields": "sys_id,correlation_id,short_description"})
+    assert response.status_code == 201
+    assert response.json()["result"] | {"sys_id": ""} == {
+        "sys_id": "", "correlation_id": "REQ-1", "short_description": "a" * 10,
+    }
+    short = session.post(table_url, json={"correlation_id": "R", "short_description": "fits"})
+    assert short.json()["result"]["short_description"] == "fits"
+    assert emulator.stats()["faults"]["truncate"] == 1
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"rules": [{"contains": "x"}]},
+        {"rules": [{"contains": "x", "status": 500, "answer_correlation_id": "y"}]},
+        {"rules": [{"contains": "", "status": 500}]},
+        {"rules": [{"contains": "x", "status": 200}]},
+        {"rules": [{"contains": "x", "status": 500, "colour": "red"}]},
+        {"rules": {"contains": "x"}},
+        {"truncate": {"short_description": "long"}},
+        {"truncate": {"short_description": -1}},
+    ],
+)
+def test_invalid_rules_and_truncation_are_refused(emulator: RunningEmulator, changes: dict) -> None:
+    with pytest.raises(FaultConfigError):
+        emulator.set_faults(**changes)
+
+
+def test_rules_and_truncation_are_set_over_the_admin_api(emulator: RunningEmulator) -> None:
+    response = requests.put(f"{emulator.url}/_emulator/faults", json={
+        "rules": [{"contains": "P", "status": 403, "methods": "post"}], "truncate": {"correlation_id": 40},
+    }, timeout=5)
+    assert response.status_code == 200, response.text
+    assert response.json()["rules"] == [{
+        "contains": "P", "field": "short_description", "methods": ["POST"], "status": 403,
+        "answer_correlation_id": None,
+    }]
+    assert response.json()["truncate"] == {"correlation_id": 40}
+    bad = requests.put(f"{emulator.url}/_emulator/faults", json={"rules": [{"contains": "P"}]}, timeout=5)
+    assert bad.status_code == 400

@@ -87,3 +87,14 @@ def test_one_thousand_in_queries_over_twenty_thousand_records_are_fast() -> None
 
     assert found == [100] * 1_000
     assert elapsed < 5, f"1,000 IN queries took {elapsed:.2f} s"
+
+
+def test_indexed_and_scanned_queries_both_ignore_case() -> None:
+    store = Store()
+    for correlation in ("AbC-1", "abc-2", "XYZ-3"):
+        store.create(LOAN, {"correlation_id": correlation, "state": "1"}, "admin")
+    indexed = store.query(LOAN, "correlation_idINabc-1,ABC-2", fields=("correlation_id",))[0]
+    assert [r["correlation_id"] for r in indexed] == ["AbC-1", "abc-2"]
+    scanned = store.query(LOAN, "correlation_idLIKEabc^ORcorrelation_id=xyz-3", fields=("correlation_id",))[0]
+    assert [r["correlation_id"] for r in scanned] == ["AbC-1", "abc-2", "XYZ-3"]
+    assert parse_query("correlation_idINAbC", POSITIONS).matches(["x", "1", "4", "abc"])

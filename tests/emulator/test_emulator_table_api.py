@@ -263,3 +263,33 @@ def test_keep_alive_connection_serves_many_requests(session: requests.Session, t
     for _ in range(20):
         assert session.get(table_url, params={"sysparm_limit": "1"}).status_code == 200
     assert session.get(table_url).headers.get("Connection", "").lower() != "close"
+
+
+def test_string_conditions_compare_without_case_as_the_instance_does(
+    session: requests.Session, table_url: str
+) -> None:
+    """servicenow.md: `correlation_idINabc` finds `ABC`; `=`, `!=`, `IN`, `STARTSWITH`, `LIKE` ignore case."""
+    create(session, table_url, correlation_id="CASE-a1", short_description="Loan Forgiveness")
+    create(session, table_url, correlation_id="case-B2", short_description="deferment")
+
+    def ids(encoded: str) -> list[str]:
+        return [r["correlation_id"] for r in query(session, table_url, encoded)]
+
+    assert ids("correlation_idINcase-A1") == ["CASE-a1"]
+    assert ids("correlation_idINCASE-A1,CASE-B2") == ["CASE-a1", "case-B2"]
+    assert ids("correlation_id=case-a1") == ["CASE-a1"]
+    assert ids("correlation_id!=CASE-A1") == ["case-B2"]
+    assert ids("correlation_idNOT INCASE-A1") == ["case-B2"]
+    assert ids("correlation_idSTARTSWITHCase-") == ["CASE-a1", "case-B2"]
+    assert ids("short_descriptionLIKEFORGIVE") == ["CASE-a1"]
+    assert ids("short_descriptionENDSWITHMENT") == ["case-B2"]
+    assert ids("correlation_id=case-a1^ORcorrelation_id=CASE-b2") == ["CASE-a1", "case-B2"]
+
+
+def test_the_index_follows_updates_without_case(session: requests.Session, table_url: str) -> None:
+    record = create(session, table_url, correlation_id="Upd-1", short_description="x")
+    assert [r["sys_id"] for r in query(session, table_url, "correlation_id=UPD-1")] == [record["sys_id"]]
+    response = session.patch(f"{table_url}/{record['sys_id']}", json={"correlation_id": "Upd-2"})
+    assert response.status_code == 200, response.text
+    assert query(session, table_url, "correlation_idINupd-1") == []
+    assert [r["correlation_id"] for r in query(session, table_url, "correlation_idINUPD-2")] == ["Upd-2"]

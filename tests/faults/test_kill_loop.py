@@ -33,8 +33,11 @@ from ticketsync_dev.local import REPO, EmulatorProcess
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-KILLS = 20
-MAX_ITERATIONS = 30  # a kill that lands after the load ended does not count; the loop tries again
+# 10 kills in CI (half followed by an immediate retry, half by a new run). docs/reliability.md has the figures of a
+# 20-kill run (2026-11-28): most kills struck between a commit and its write-back (0 to 17 records each), and the
+# assertions below need one. Raise KILLS to soak it longer.
+KILLS = 10
+MAX_ITERATIONS = 16  # a kill that lands after the load ended does not count; the loop tries again
 PER_ITERATION = 30
 MAX_DELAY = 0.8  # seconds into the load; one iteration's load takes about 1 s (28 POSTs, 60 ms, 2 in flight)
 LEASE_SECONDS = 3
@@ -124,7 +127,7 @@ def normal_run(workers: Workers, run_id: str, log: Path, first_try: int = 1) -> 
     raise AssertionError(f"{run_id} never finished: {log.with_suffix('.3.log').read_text()[-3000:]}")
 
 
-def test_twenty_sigkills_at_random_points_then_normal_runs_create_each_row_exactly_once(
+def test_sigkills_at_random_points_then_normal_runs_create_each_row_exactly_once(
     pg_source: tuple[SourceTable, dict[str, Any]], tmp_path: Path
 ) -> None:
     source, params = pg_source

@@ -53,6 +53,24 @@ def test_create_then_find_by_correlation(hook: ServiceNowHook, emulator: Running
     assert record["correlation_id"] == "REQ-1"
 
 
+def test_find_by_correlation_keys_records_by_their_own_id_even_when_they_match_only_by_case(
+    hook: ServiceNowHook, emulator: RunningEmulator
+) -> None:
+    """The instance compares without case: the answer to `REQ-1` may hold `req-1`; the hook keeps it, keyed by the
+    record's own id, and leaves the decision to the loader instead of calling the answer untrustworthy."""
+    other = emulator.store.create(TABLE, {"correlation_id": "req-1", "short_description": "x"}, "admin")
+    found = hook.find_by_correlation(TABLE, ["REQ-1", "REQ-2"])
+    assert list(found) == ["req-1"]
+    assert found["req-1"][0].sys_id == other["sys_id"]
+
+
+def test_create_record_echoes_the_fields_asked_for_as_stored(hook: ServiceNowHook, emulator: RunningEmulator) -> None:
+    emulator.set_faults(truncate={"short_description": 12})
+    created = hook.create_record(TABLE, BODY, echo=("correlation_id", "short_description"))
+    assert created.values == {"correlation_id": "REQ-1", "short_description": "Request for "}
+    assert hook.create_record(TABLE, BODY).values == {}
+
+
 def test_one_session_is_reused_and_extras_never_become_headers(hook: ServiceNowHook) -> None:
     session = hook.get_conn()
     assert hook.get_conn() is session

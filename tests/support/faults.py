@@ -3,7 +3,9 @@ nothing left pending that should not be; and the figures each test reports."""
 
 from __future__ import annotations
 
+import fcntl
 import json
+import shutil
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
@@ -116,9 +118,34 @@ def _valid_row_problem(request_id: str, row: dict[str, Any], by_sys_id: dict[str
 
 
 def save_result(group: str, name: str, result: dict[str, Any]) -> None:
-    """Keep a test's figures for the summary printed at the end of the session (and for docs/reliability.md)."""
+    """Keep a test's figures for the summary printed at the end of the session (and for docs/reliability.md).
+    Tests of one group may run in parallel processes (pytest-xdist): the file is locked while it is rewritten."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{group}.json"
-    data = json.loads(path.read_text()) if path.exists() else {}
-    data[name] = result
-    path.write_text(json.dumps(data, indent=1, sort_keys=True))
+    with (RESULTS / f"{group}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        data = json.loads(path.read_text()) if path.exists() else {}
+        data[name] = result
+        path.write_text(json.dumps(data, indent=1, sort_keys=True))
+
+
+def clear_results() -> None:
+    """Called once per test session, before any test (by the pytest-xdist controller when it runs one)."""
+    shutil.rmtree(RESULTS, ignore_errors=True)
+
+
+def print_results(terminalreporter: Any) -> None:
+    """The figures the fault tests saved in this session, one section per group."""
+    for path in sorted(RESULTS.glob("*.json")) if RESULTS.is_dir() else []:
+        data = json.loads(path.read_text())
+        terminalreporter.section(f"ticketsync {path.stem}")
+        columns = sorted({key for result in data.values() for key in result if key != "faults"})
+        columns = [c for c in _ORDER if c in columns] + [c for c in columns if c not in _ORDER]
+        terminalreporter.write_line(" | ".join(["case", *columns, "faults injected"]))
+        for name, result in data.items():
+            faults = ", ".join(f"{k}={v}" for k, v in sorted(result.get("faults", {}).items()))
+            terminalreporter.write_line(" | ".join([name, *(str(result.get(c, "")) for c in columns), faults]))
+
+
+_ORDER = ("rows", "created", "adopted", "rejected", "failed", "pending", "duplicates", "attempts", "requests",
+          "throttled", "seconds")

@@ -1,10 +1,14 @@
-"""Admin endpoints under `/_emulator/` (no auth): health, stats, faults, reset, raw records, OAuth tokens."""
+"""Admin endpoints under `/_emulator/` (no auth): health, stats, faults, reset, raw records, OAuth tokens, and an
+agent's work on a case (`POST work/{table}/{sys_id}`: change fields, add journal entries; `DELETE
+records/{table}/{sys_id}`: delete it)."""
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from typing import Any, Protocol
+from urllib.parse import unquote
 
 from ticketsync_dev.emulator.faults import FaultConfig, FaultConfigError
 from ticketsync_dev.emulator.oauth import TokenIssuer
@@ -87,6 +91,39 @@ def _records(target: AdminTarget, table: str) -> Reply:
     return Reply(200, {"result": records, "count": len(records)})
 
 
+AGENT = "agent"
+_TIMESTAMP = re.compile(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}")
+
+
+def _work(target: AdminTarget, table: str, sys_id: str, body: bytes) -> Reply:
+    """An agent's change to a record, as the instance's UI would make it (user `agent` unless `user` is given).
+
+    `sys_updated_on` in the body stamps that time instead of now: an agent's transaction that started in an
+    earlier second than it committed, the case a status pull's overlap exists for.
+    """
+    changes = _json_object(body)
+    if isinstance(changes, Reply):
+        return changes
+    if not target.store.has_table(table):
+        return error_reply(404, f"Invalid table {table}")
+    stamp = changes.pop("sys_updated_on", None)
+    if stamp is not None and not (isinstance(stamp, str) and _TIMESTAMP.fullmatch(stamp)):
+        return error_reply(400, "Invalid sys_updated_on", "Use YYYY-MM-DD HH:MM:SS (UTC)")
+    user = str(changes.pop("user", AGENT))
+    record = target.store.update(table, sys_id, changes, user, updated_on=stamp)
+    if record is None:
+        return error_reply(404, "No Record found")
+    return Reply(200, {"result": record})
+
+
+def _delete(target: AdminTarget, table: str, sys_id: str) -> Reply:
+    if not target.store.has_table(table):
+        return error_reply(404, f"Invalid table {table}")
+    if not target.store.delete(table, sys_id):
+        return error_reply(404, "No Record found")
+    return Reply(204)
+
+
 _ROUTES: dict[tuple[str, str], Callable[[AdminTarget, bytes], Reply]] = {
     ("GET", "health"): lambda _target, _body: Reply(200, {"status": "ok"}),
     ("GET", "stats"): lambda target, _body: Reply(200, target.stats_snapshot()),
@@ -103,8 +140,13 @@ _ROUTES: dict[tuple[str, str], Callable[[AdminTarget, bytes], Reply]] = {
 def handle(target: AdminTarget, method: str, path: str, body: bytes) -> Reply:
     """Answer one admin request."""
     route = path.removeprefix(PREFIX).rstrip("/")
-    if method == "GET" and route.startswith("records/"):
-        return _records(target, route.removeprefix("records/"))
+    parts = [unquote(part) for part in route.split("/")]
+    if method == "GET" and len(parts) == 2 and parts[0] == "records":
+        return _records(target, parts[1])
+    if method == "DELETE" and len(parts) == 3 and parts[0] == "records":
+        return _delete(target, parts[1], parts[2])
+    if method == "POST" and len(parts) == 3 and parts[0] == "work":
+        return _work(target, parts[1], parts[2], body)
     handler = _ROUTES.get((method, route))
     if handler is None:
         return error_reply(404, "Unknown emulator endpoint", f"{method} {path}")

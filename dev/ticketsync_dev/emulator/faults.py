@@ -8,7 +8,7 @@ import math
 import random
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,7 +34,7 @@ POST_COMMIT_FAULTS: tuple[str, ...] = (
 )
 RANDOM_FAULTS: tuple[str, ...] = PRE_COMMIT_FAULTS + POST_COMMIT_FAULTS
 # Deterministic faults, counted in the stats next to the random ones.
-OTHER_FAULTS: tuple[str, ...] = ("fail_auth", "rate_limit", "concurrency_limit")
+OTHER_FAULTS: tuple[str, ...] = ("fail_auth", "rate_limit", "concurrency_limit", "rule", "truncate")
 ALL_METHODS: tuple[str, ...] = ("GET", "POST", "PATCH", "PUT", "DELETE")
 
 _FLOAT_FIELDS = frozenset({
@@ -46,6 +46,59 @@ _EPSILON = 1e-9
 
 class FaultConfigError(ValueError):
     """A fault configuration that cannot be applied (unknown field, wrong type, rate out of range)."""
+
+
+@dataclass(frozen=True)
+class FaultRule:
+    """A fault for the requests whose data holds a value: how one row's data can fail a request every time.
+
+    A request matches when its method is one of ``methods`` and the text ``contains`` occurs in ``field``: a field
+    of the JSON body, or ``sysparm_query`` (the encoded query of a list). Then either the instance refuses it with
+    ``status`` (400, 403, 500…) before doing anything, or it does the write and answers with a record whose
+    ``correlation_id`` is ``answer_correlation_id`` (an answer that is not the request's record).
+    """
+
+    contains: str
+    field: str = "short_description"
+    methods: tuple[str, ...] = ("POST",)
+    status: int = 0
+    answer_correlation_id: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "methods", tuple(method.upper() for method in self.methods))
+        if not self.contains:
+            raise FaultConfigError("a rule needs a non-empty 'contains'")
+        if (self.status == 0) == (self.answer_correlation_id is None):
+            raise FaultConfigError("a rule needs exactly one of 'status' (400-599) and 'answer_correlation_id'")
+        if self.status and not 400 <= self.status <= 599:
+            raise FaultConfigError(f"a rule's status must be between 400 and 599, got {self.status}")
+        unknown = set(self.methods) - set(ALL_METHODS)
+        if unknown:
+            raise FaultConfigError(f"unknown methods in a rule: {sorted(unknown)}")
+
+    def matches(self, method: str, body: Mapping[str, Any], params: Mapping[str, str]) -> bool:
+        if method not in self.methods:
+            return False
+        value = params.get("sysparm_query") if self.field == "sysparm_query" else body.get(self.field)
+        return isinstance(value, str) and self.contains in value
+
+    @classmethod
+    def from_json(cls, value: Any) -> FaultRule:
+        if isinstance(value, FaultRule):
+            return value
+        if not isinstance(value, Mapping):
+            raise FaultConfigError("each rule must be an object")
+        known = {field.name for field in dataclasses.fields(cls)}
+        unknown = sorted(set(value) - known)
+        if unknown:
+            raise FaultConfigError(f"unknown rule fields: {', '.join(unknown)}")
+        data = dict(value)
+        if "methods" in data:
+            data["methods"] = _coerce_methods(data["methods"])
+        try:
+            return cls(**data)
+        except TypeError as exc:
+            raise FaultConfigError(f"invalid rule: {exc}") from exc
 
 
 @dataclass(frozen=True)
@@ -83,6 +136,11 @@ class FaultConfig:
     methods: tuple[str, ...] = ALL_METHODS
     tables: tuple[str, ...] = ()  # random faults hit only requests to these tables; empty: every table
     seed: int | None = None
+    # Deterministic faults tied to a request's data (see FaultRule), checked before the random ones.
+    rules: tuple[FaultRule, ...] = ()
+    # Fields the instance stores shorter than ticketsync allows, as (field, max length): a written value longer than
+    # that is cut silently (ServiceNow does not answer an error for an overlong string).
+    truncate: tuple[tuple[str, int], ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "methods", tuple(method.upper() for method in self.methods))
@@ -114,7 +172,13 @@ class FaultConfig:
         data = dataclasses.asdict(self)
         data["methods"] = list(self.methods)
         data["tables"] = list(self.tables)
+        data["rules"] = [{**dataclasses.asdict(rule), "methods": list(rule.methods)} for rule in self.rules]
+        data["truncate"] = dict(self.truncate)
         return data
+
+    def rule_for(self, method: str, body: Mapping[str, Any], params: Mapping[str, str]) -> FaultRule | None:
+        """The first rule this request matches, if any."""
+        return next((rule for rule in self.rules if rule.matches(method, body, params)), None)
 
     def with_changes(self, changes: Mapping[str, Any]) -> FaultConfig:
         """A copy with some fields replaced; values from JSON are checked and coerced to the field's type."""
@@ -126,11 +190,18 @@ class FaultConfig:
         return dataclasses.replace(self, **coerced)
 
 
+def _coerce_rules(value: Any) -> tuple[FaultRule, ...]:
+    if not isinstance(value, list | tuple):
+        raise FaultConfigError("rules must be a list of rule objects")
+    return tuple(FaultRule.from_json(item) for item in value)
+
+
+_STRUCTURED: dict[str, Callable[[Any], Any]] = {}
+
+
 def _coerce(name: str, value: Any) -> Any:
-    if name == "methods":
-        return _coerce_methods(value)
-    if name == "tables":
-        return _coerce_tables(value)
+    if name in _STRUCTURED:
+        return _STRUCTURED[name](value)
     if name == "fail_auth":
         if not isinstance(value, bool):
             raise FaultConfigError("fail_auth must be a boolean")
@@ -148,6 +219,17 @@ def _coerce(name: str, value: Any) -> Any:
     return float(value)
 
 
+def _coerce_truncate(value: Any) -> tuple[tuple[str, int], ...]:
+    items = value.items() if isinstance(value, Mapping) else value
+    try:
+        pairs = tuple((str(name), int(limit)) for name, limit in items)
+    except (TypeError, ValueError) as exc:
+        raise FaultConfigError("truncate must map field names to lengths, e.g. {\"short_description\": 40}") from exc
+    if any(limit < 0 for _, limit in pairs):
+        raise FaultConfigError("truncate lengths must not be negative")
+    return pairs
+
+
 def _coerce_methods(value: Any) -> tuple[str, ...]:
     if isinstance(value, str):
         value = [part for part in value.split(",") if part.strip()]
@@ -162,6 +244,9 @@ def _coerce_tables(value: Any) -> tuple[str, ...]:
     if not isinstance(value, list | tuple) or not all(isinstance(item, str) for item in value):
         raise FaultConfigError("tables must be a list of table names")
     return tuple(item.strip() for item in value)
+
+
+_STRUCTURED.update(methods=_coerce_methods, rules=_coerce_rules, truncate=_coerce_truncate, tables=_coerce_tables)
 
 
 class TokenBucket:

@@ -3,6 +3,9 @@
 A query is a list of parts joined by `^NQ` (OR-ed); a part is a list of groups joined by `^` (AND-ed); a group is a
 list of conditions joined by `^OR`. A term that cannot be parsed, or that names a field the table does not have, is
 dropped silently, as ServiceNow does; a query with nothing left in it matches every record.
+
+String conditions compare without regard to case, as the instance does (`correlation_idINabc` finds `ABC`): each
+condition holds its value case-folded, and rows are tested (and indexed, see the store) by their folded values.
 """
 
 from __future__ import annotations
@@ -44,51 +47,61 @@ def _as_number(text: str) -> float | None:
         return None
 
 
+def fold(value: str) -> str:
+    """A value as the instance compares it in an encoded query: without regard to case."""
+    return value.lower()
+
+
 def _compare(value: str, wanted: str) -> int:
-    """-1, 0 or 1; numerically when both sides are numbers, else as strings."""
+    """-1, 0 or 1; numerically when both sides are numbers, else as strings without regard to case."""
     left, right = _as_number(value), _as_number(wanted)
     if left is not None and right is not None:
         return (left > right) - (left < right)
+    value = fold(value)
     return (value > wanted) - (value < wanted)
 
 
 @dataclass(frozen=True)
 class Condition:
-    """One `field<op>value` term, bound to the position of its field in a row."""
+    """One `field<op>value` term, bound to the position of its field in a row.
+
+    ``value`` is the term's value as written; ``folded`` and ``values`` (of ``IN``/``NOT IN``) are case-folded.
+    """
 
     name: str
     position: int
     operator: str
     value: str
     values: frozenset[str] = field(default_factory=frozenset)
+    folded: str = ""
 
     @property
     def indexable(self) -> bool:
         return self.operator in INDEXABLE_OPERATORS
 
     def accepted_values(self) -> frozenset[str]:
-        """The exact values an indexable condition accepts."""
-        return self.values if self.operator == "IN" else frozenset((self.value,))
+        """The case-folded values an indexable condition accepts."""
+        return self.values if self.operator == "IN" else frozenset((self.folded,))
 
     def test(self, row: Row) -> bool:
         return _TESTS[self.operator](row[self.position], self)
 
 
 _TESTS: dict[str, Callable[[str, Condition], bool]] = {
-    "=": lambda value, cond: value == cond.value,
-    "!=": lambda value, cond: value != cond.value,
-    "IN": lambda value, cond: value in cond.values,
-    "NOT IN": lambda value, cond: value not in cond.values,
-    "STARTSWITH": lambda value, cond: value.lower().startswith(cond.value.lower()),
-    "ENDSWITH": lambda value, cond: value.lower().endswith(cond.value.lower()),
-    "LIKE": lambda value, cond: cond.value.lower() in value.lower(),
-    "NOT LIKE": lambda value, cond: cond.value.lower() not in value.lower(),
+    "=": lambda value, cond: fold(value) == cond.folded,
+    "!=": lambda value, cond: fold(value) != cond.folded,
+    "IN": lambda value, cond: fold(value) in cond.values,
+    "NOT IN": lambda value, cond: fold(value) not in cond.values,
+    "STARTSWITH": lambda value, cond: fold(value).startswith(cond.folded),
+    "ENDSWITH": lambda value, cond: fold(value).endswith(cond.folded),
+    "LIKE": lambda value, cond: cond.folded in fold(value),
+    "NOT LIKE": lambda value, cond: cond.folded not in fold(value),
     "ISEMPTY": lambda value, _cond: value == "",
     "ISNOTEMPTY": lambda value, _cond: value != "",
-    "<": lambda value, cond: _compare(value, cond.value) < 0,
-    "<=": lambda value, cond: _compare(value, cond.value) <= 0,
-    ">": lambda value, cond: _compare(value, cond.value) > 0,
-    ">=": lambda value, cond: _compare(value, cond.value) >= 0,
+    "<": lambda value, cond: _compare(value, cond.folded) < 0,
+    "<=": lambda value, cond: _compare(value, cond.folded) <= 0,
+    ">": lambda value, cond: _compare(value, cond.folded) > 0,
+    ">=": lambda value, cond: _compare(value, cond.folded) >= 0,
 }
 
 Group = tuple[Condition, ...]
@@ -126,8 +139,8 @@ def parse_condition(term: str, positions: Mapping[str, int]) -> Condition | None
     value = rest[len(operator) :]
     if operator in _UNARY_OPERATORS and value:
         return None
-    values = frozenset(value.split(",")) if operator in _LIST_OPERATORS else frozenset()
-    return Condition(name, positions[name], operator, value, values)
+    values = frozenset(fold(value).split(",")) if operator in _LIST_OPERATORS else frozenset()
+    return Condition(name, positions[name], operator, value, values, fold(value))
 
 
 def _parse_order(term: str, positions: Mapping[str, int]) -> tuple[int, bool] | None:

@@ -71,6 +71,16 @@ class Reply:
         return replace(self, payload={**self.payload, "result": result})
 
 
+    def with_result_field(self, name: str, value: str) -> Reply:
+        """The same reply with ``name`` set to ``value`` in its result object (a 2xx record answer only)."""
+        if not 200 <= self.status < 300 or not isinstance(self.payload, dict):
+            return self
+        result = self.payload.get("result")
+        if not isinstance(result, dict):
+            return self
+        return replace(self, payload={**self.payload, "result": {**result, name: value}})
+
+
 def _drop_sys_id(record: dict[str, Any]) -> dict[str, Any]:
     return {name: value for name, value in record.items() if name != "sys_id"}
 
@@ -141,6 +151,20 @@ def data_policy_refusal() -> Reply:
     return error_reply(
         403, "Operation Failed", "Data Policy Exception: The following fields are mandatory: Assignment group"
     )
+
+
+def rule_refusal(status: int, field_name: str, contains: str) -> Reply:
+    """What the instance answers, every time, to a request whose data a rule of the instance refuses."""
+    if status == 500:
+        return server_error()
+    if status == 403:
+        detail = (
+            f"Error during insert of sn_bom_loan_service: a business rule aborted it ({field_name} holds {contains!r})"
+        )
+        return error_reply(403, "Operation Failed", detail)
+    if status == 400:
+        return error_reply(400, "Invalid request", f"The value of {field_name} is not accepted ({contains!r})")
+    return error_reply(status, "Request refused", f"{field_name} holds {contains!r}")
 
 
 def pre_commit_fault(kind: str, retry_after: float = 1.0) -> Reply | None:

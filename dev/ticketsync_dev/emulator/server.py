@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
+import json
 import socket
 import socketserver
 import ssl
@@ -27,6 +28,7 @@ from ticketsync_dev.emulator.replies import (
     error_reply,
     pre_commit_fault,
     rate_limited,
+    rule_refusal,
     unauthorized,
 )
 from ticketsync_dev.emulator.stats import Stats
@@ -278,17 +280,41 @@ class EmulatorHandler(BaseHTTPRequestHandler):
         delay = injector.latency_seconds()
         if delay > 0:
             time.sleep(delay)
-        kind = injector.draw(method, table_api.table_of(self.path.partition("?")[0]))
+        path, _, query = self.path.partition("?")
+        params = dict(parse_qsl(query))
+        config = injector.config
+        rule = config.rule_for(method, _json_object(body), params) if config.rules else None
+        if rule is not None:
+            self.server.stats.fault("rule")
+            if rule.status:
+                return rule_refusal(rule.status, rule.field, rule.contains)
+        kind = injector.draw(method, table_api.table_of(path))
         if kind is not None:
             self.server.stats.fault(kind)
         if kind in PRE_COMMIT_FAULTS:
-            return pre_commit_fault(kind, injector.config.retry_after_seconds)
+            return pre_commit_fault(kind, config.retry_after_seconds)
         if kind == "slow_before_commit":
-            time.sleep(injector.config.slow_before_commit_ms / 1000)
-        path, _, query = self.path.partition("?")
-        request = table_api.ApiRequest(method, path, dict(parse_qsl(query)), body, self._base_url(), user)
+            time.sleep(config.slow_before_commit_ms / 1000)
+        if config.truncate and method in ("POST", "PUT", "PATCH"):
+            body = self._truncated(body, dict(config.truncate))
+        request = table_api.ApiRequest(method, path, params, body, self._base_url(), user)
         reply = table_api.handle(self.server.store, request)
+        if rule is not None and rule.answer_correlation_id is not None:
+            reply = reply.with_result_field("correlation_id", rule.answer_correlation_id)
         return reply if kind in (None, "slow_before_commit") else self._after_commit(kind, reply)
+
+    def _truncated(self, body: bytes, limits: dict[str, int]) -> bytes:
+        """The body with the values of the limited fields cut to their length, as the instance stores them."""
+        data = _json_object(body)
+        cut = {
+            name: value[: limits[name]]
+            for name, value in data.items()
+            if name in limits and isinstance(value, str) and len(value) > limits[name]
+        }
+        if not cut:
+            return body
+        self.server.stats.fault("truncate")
+        return json.dumps({**data, **cut}, ensure_ascii=False).encode("utf-8")
 
     def _after_commit(self, kind: str, reply: Reply) -> Reply | None:
         if kind == "cut_after_commit":
@@ -382,6 +408,17 @@ class EmulatorHandler(BaseHTTPRequestHandler):
             self.log_request(reply.status)
 
 
+def _json_object(body: bytes) -> dict[str, Any]:
+    """The JSON object of a body, or {} when it is not one (the Table API answers that itself)."""
+    try:
+        data = json.loads(body) if body.strip() else {}
+    except ValueError:
+        return {}
+    if isinstance(data, list):
+        data = data[0] if data else {}
+    return data if isinstance(data, dict) else {}
+
+
 class RunningEmulator:
     """A started emulator: its address, its store, run-time fault control, counters; a context manager."""
 
@@ -432,6 +469,17 @@ class RunningEmulator:
     def set_token_lifetime(self, seconds: float) -> None:
         """The lifetime of OAuth tokens issued from now on."""
         self._server.oauth.set_lifetime(seconds)
+
+    def work(self, table: str, sys_id: str, *, updated_on: str | None = None, **changes: str) -> dict[str, str] | None:
+        """An agent's change to a record (state, journal notes, ...), as `POST /_emulator/work/...` makes it.
+
+        :param updated_on: stamp this `sys_updated_on` (UTC, `YYYY-MM-DD HH:MM:SS`) instead of now.
+        """
+        return self._server.store.update(table, sys_id, changes, admin.AGENT, updated_on=updated_on)
+
+    def delete(self, table: str, sys_id: str) -> bool:
+        """Delete a record, as an agent on the instance may."""
+        return self._server.store.delete(table, sys_id)
 
     def reset(self, *, reset_faults: bool = False) -> None:
         """Clear records and counters; faults stay unless reset_faults (back to the start configuration)."""

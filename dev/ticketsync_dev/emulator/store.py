@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Any
 
-from ticketsync_dev.emulator.query import EncodedQuery, Part, parse_query
+from ticketsync_dev.emulator.choices import CASE_CHOICES, INACTIVE_STATES
+from ticketsync_dev.emulator.query import EncodedQuery, Part, fold, parse_query
 from ticketsync_dev.emulator.reference import (
     DICTIONARY_FIELD_DEFS,
     DICTIONARY_TABLE,
@@ -99,6 +100,8 @@ class TableSchema:
     number_prefix: str | None = None
     defaults: Mapping[str, str] = field(default_factory=dict)
     opened_at_field: str | None = None
+    choices: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    inactive_states: frozenset[str] = frozenset()
 
     @property
     def fields(self) -> tuple[str, ...]:
@@ -136,6 +139,8 @@ def schema_for(table: str) -> TableSchema:
         number_prefix=CASE_TABLES.get(table, DEFAULT_CASE_PREFIX),
         defaults=CASE_DEFAULTS,
         opened_at_field="opened_at",
+        choices=CASE_CHOICES,
+        inactive_states=INACTIVE_STATES,
     )
 
 
@@ -177,7 +182,8 @@ class Table:
         self.rows: dict[str, Row] = {}  # by sys_id, in insertion order
         self._seq: dict[str, int] = {}
         self._next_seq = 0
-        self._indexes: dict[int, dict[str, dict[str, None]]] = {}  # position -> value -> sys_ids
+        # position -> case-folded value -> sys_ids (queries compare without case, as on the instance)
+        self._indexes: dict[int, dict[str, dict[str, None]]] = {}
         self._sys_id_pos = self.positions["sys_id"]
         self.counter = FIRST_NUMBER - 1
 
@@ -202,15 +208,15 @@ class Table:
         self._seq[sys_id] = self._next_seq
         self._next_seq += 1
         for pos, index in self._indexes.items():
-            index.setdefault(row[pos], {})[sys_id] = None
+            index.setdefault(fold(row[pos]), {})[sys_id] = None
 
     def replace(self, sys_id: str, new: Row) -> None:
         old = self.rows[sys_id]
         self.rows[sys_id] = new
         for pos, index in self._indexes.items():
-            if old[pos] != new[pos]:
-                _unlink(index, old[pos], sys_id)
-                index.setdefault(new[pos], {})[sys_id] = None
+            if fold(old[pos]) != fold(new[pos]):
+                _unlink(index, fold(old[pos]), sys_id)
+                index.setdefault(fold(new[pos]), {})[sys_id] = None
 
     def remove(self, sys_id: str) -> bool:
         row = self.rows.pop(sys_id, None)
@@ -218,7 +224,7 @@ class Table:
             return False
         del self._seq[sys_id]
         for pos, index in self._indexes.items():
-            _unlink(index, row[pos], sys_id)
+            _unlink(index, fold(row[pos]), sys_id)
         return True
 
     def select(self, query: EncodedQuery) -> list[Row]:
@@ -265,13 +271,14 @@ class Table:
         return best
 
     def _lookup(self, pos: int, key: str) -> Iterable[str]:
+        """The sys_ids whose value at ``pos`` folds to ``key`` (a case-folded value)."""
         if pos == self._sys_id_pos:
-            return (key,) if key in self.rows else ()
+            return (key,) if key in self.rows else ()  # sys_ids are generated in lower case
         index = self._indexes.get(pos)
         if index is None:
             index = {}
             for sys_id, row in self.rows.items():
-                index.setdefault(row[pos], {})[sys_id] = None
+                index.setdefault(fold(row[pos]), {})[sys_id] = None
             self._indexes[pos] = index
         return index.get(key, {}).keys()
 
@@ -333,7 +340,7 @@ class Store:
         """Insert a record from a request body; unknown and `sys_` fields are ignored."""
         with self._lock:
             table = self._table(name)
-            values = _writable_values(table, body)
+            values = _business_rules(table.schema, _writable_values(table, body))
             now = utc_timestamp()
             row = self._new_row(table, values, now, user)
             table.insert(row)
@@ -347,19 +354,30 @@ class Store:
             return None if row is None else table.to_record(row, fields)
 
     def update(
-        self, name: str, sys_id: str, body: Mapping[str, Any], user: str, fields: Sequence[str] | None = None
+        self,
+        name: str,
+        sys_id: str,
+        body: Mapping[str, Any],
+        user: str,
+        fields: Sequence[str] | None = None,
+        *,
+        updated_on: str | None = None,
     ) -> Record | None:
-        """Apply the writable fields of a body; bumps sys_mod_count and sys_updated_on when anything changed."""
+        """Apply the writable fields of a body; bumps sys_mod_count and sys_updated_on when anything changed.
+
+        :param updated_on: the `sys_updated_on` to stamp instead of now (an agent's transaction that committed
+            after the second it started in; admin endpoint only).
+        """
         with self._lock:
             table = self._table(name)
             row = table.rows.get(sys_id)
             if row is None:
                 return None
-            values = _writable_values(table, body)
+            values = _business_rules(table.schema, _writable_values(table, body))
             new = _changed_row(table, row, values)
             journaled = any(values.get(element) for element in table.schema.journal_fields)
             if new is not None or journaled:
-                now = utc_timestamp()
+                now = updated_on or utc_timestamp()
                 new = _touch(table, new or row.copy(), now, user)
                 table.replace(sys_id, new)
                 self._write_journal(table, sys_id, values, now, user)
@@ -435,6 +453,13 @@ def _exact(query: EncodedQuery) -> bool:
 
 def _writable_values(table: Table, body: Mapping[str, Any]) -> dict[str, str]:
     return {name: as_field_value(value) for name, value in body.items() if name in table.writable}
+
+
+def _business_rules(schema: TableSchema, values: dict[str, str]) -> dict[str, str]:
+    """The instance's business rule on case tables: a case moved to a closed state becomes inactive."""
+    if values.get("state") in schema.inactive_states:
+        values["active"] = "false"
+    return values
 
 
 def _changed_row(table: Table, row: Row, values: Mapping[str, str]) -> Row | None:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlencode
 
+from ticketsync_dev.emulator.choices import display_value
 from ticketsync_dev.emulator.replies import Reply, error_reply, not_found
 from ticketsync_dev.emulator.store import Record, Store, TableSchema
 
@@ -37,16 +38,18 @@ class Target:
 
 @dataclass(frozen=True)
 class ReadOptions:
-    """`sysparm_fields` and `sysparm_exclude_reference_link`."""
+    """`sysparm_fields`, `sysparm_exclude_reference_link` and `sysparm_display_value` (`false`, `true`, `all`)."""
 
     fields: tuple[str, ...] | None
     exclude_reference_link: bool
+    display_value: str = "false"
 
     @classmethod
     def from_params(cls, params: Mapping[str, str]) -> ReadOptions:
         names = tuple(name.strip() for name in params.get("sysparm_fields", "").split(",") if name.strip())
         exclude = params.get("sysparm_exclude_reference_link", "").lower() == "true"
-        return cls(names or None, exclude)
+        display = params.get("sysparm_display_value", "").lower()
+        return cls(names or None, exclude, display if display in {"true", "all"} else "false")
 
 
 Handler = Callable[[Store, ApiRequest, Target], Reply]
@@ -100,12 +103,36 @@ def render(schema: TableSchema, record: Record, options: ReadOptions, base_url: 
     """A record as the Table API shows it: projected on sysparm_fields, reference fields as link objects."""
     fields = options.fields
     result: dict[str, Any] = dict(record) if fields is None else {n: record[n] for n in fields if n in record}
+    if options.display_value != "false":
+        return _with_display_values(schema, result, options, base_url)
     if options.exclude_reference_link:
         return result
     for name, ref_table in schema.references.items():
         value = result.get(name)
         if value:
             result[name] = {"link": f"{base_url}/api/now/table/{ref_table}/{value}", "value": value}
+    return result
+
+
+def _with_display_values(
+    schema: TableSchema, values: Mapping[str, str], options: ReadOptions, base_url: str
+) -> dict[str, Any]:
+    """`sysparm_display_value=true`: labels instead of values; `all`: `{"display_value", "value"}` for every field.
+
+    Choice fields show their labels; dates show as stored (the emulator's users are all in UTC, with the default
+    format: on an instance the display value of a date is in the user's time zone, so read `value` for dates).
+    A reference shows its sys_id as display value (the emulator does not know the referenced record) and keeps
+    its `link` unless `sysparm_exclude_reference_link=true`.
+    """
+    result: dict[str, Any] = {}
+    for name, value in values.items():
+        label = display_value(schema.choices, name, value)
+        shown: dict[str, str] = {"display_value": label}
+        if name in schema.references and value and not options.exclude_reference_link:
+            shown["link"] = f"{base_url}/api/now/table/{schema.references[name]}/{value}"
+        if options.display_value == "all":
+            shown["value"] = value
+        result[name] = shown if len(shown) > 1 else label
     return result
 
 

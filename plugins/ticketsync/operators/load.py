@@ -32,7 +32,8 @@ class ServiceNowLoadOperator(LoadRunInfoOperator):
     * returns the per-outcome counts (XCom carries counts, never bodies);
     * ``is_dry_run``: looks the rows a run would take up (GET only) and returns the plan; writes nothing (extract
       then plans a single loader, which plans the whole selection);
-    * reports OpenLineage facets and the "ServiceNow records" extra link (:class:`LoadRunInfoOperator`).
+    * emits the event of the ServiceNow table with this loader's counts when some of its rows came to cases, and
+      reports OpenLineage facets and the "ServiceNow records" extra link (:class:`LoadRunInfoOperator`).
 
     Scale-out: as a mapped task (``.partial(shard_count=N).expand(shard_index=[0, …, N-1])``) each of the N loaders
     takes only the rows of the run's claim with ``id % N = shard_index``, so the N task instances (on any workers)
@@ -166,23 +167,35 @@ class ServiceNowLoadOperator(LoadRunInfoOperator):
                 self._settle_after_a_dead_try(context, source, settings)
                 loader = CaseLoader(hook, source, token, settings)
                 counts = loader.run()
+                summary = source.shard_summary(token, shard=settings.shard)
         except ServiceNowConfigurationError as exc:  # 401, refused OAuth token, failed TLS verification
             raise AirflowFailException(str(exc)) from exc
         except ServiceNowRequestError as exc:
             # Only a look-up raises this out of the loader (a refused POST fails its row, not the task): without
-            # a trustworthy look-up (by correlation id, or of a business key) nothing can be created safely, and
-            # retrying will not change the answer.
-            raise AirflowFailException(f"the idempotency look-up was refused: {exc}") from exc
+            # a trustworthy look-up nothing can be created safely, and retrying will not change the answer.
+            raise AirflowFailException(
+                f"the idempotency look-up was refused for every row, a probe look-up included: {exc}. This is "
+                "about the instance or the connection, not one row: check the integration user's read access to "
+                "the table and its correlation_id field; nothing is sent until a look-up succeeds"
+            ) from exc
         except ServiceNowUnavailable as exc:
             raise AirflowException(f"ServiceNow unavailable; the task will be retried: {exc}") from exc
         finally:
             self.remember_load(context, hook, loader.counts.as_dict() if loader else None, started)
             hook.close()
         self.log.info("load of %s: %s", token, counts.as_dict())
+        if counts.unwritable:
+            raise AirflowException(
+                f"the source database refused to store the outcome of {counts.unwritable} rows, even as failed (the "
+                "task log names each row and the database's reason): fix the trigger or constraint on the source "
+                "table; their next attempt looks each up first and adopts any case created, never duplicating it"
+            )
         if counts.still_pending:
             raise AirflowException(
                 f"{counts.still_pending} rows are still pending after transient errors (their error column says "
                 "why); the task retry or the next run takes them again, looking each up before any new POST"
             )
+        shard = settings.shard or Shard(0, 1)
+        self.announce_cases(context, summary, (shard.index, shard.count))
         return counts.as_dict()
 

@@ -11,6 +11,7 @@ from ticketsync import alerts, dryrun
 from ticketsync.operators.base import SourceTaskOperator, claim_token
 from ticketsync.typed import flag
 
+REPORTED_ROWS = 50  # rows the report names one by one in its log
 SUMMARY_ROWS = (
     ("claimed", "claimed"),
     ("created", "created_created"),
@@ -78,16 +79,20 @@ class SyncReportOperator(SourceTaskOperator):
         with self.open_source() as source:
             self.ensure_schema(source)
             by_status = source.token_summary(token)
-            errors = source.first_errors(token, ("failed", "pending", "rejected"))
+            # every row that needs a look, named (up to REPORTED_ROWS): failed, rejected, pending with an error, and
+            # created with a warning (a field the instance shortened, a case of another request matched by case)
+            named = source.first_errors(token, ("failed", "pending", "rejected", "created"), limit=REPORTED_ROWS)
             backlog = source.backlog()
             oldest_pending = source.oldest_pending_age()
+            status_pulls = source.status_pulls()
         counts = dict(by_status)
         counts["claimed"] = sum(by_status.values())
         counts.setdefault("created_created", 0)
         counts.setdefault("created_adopted", 0)
         self.log.info("ticket sync %s\n%s", token, format_summary(counts, backlog))
-        for request_id, status, error in errors:
+        for request_id, status, error in named:
             self.log.info("%s %s: %s", status, request_id, error)
+        errors = [entry for entry in named if entry[1] != "created"][:5]
         missing = self._unfinished_loads(context)
         if missing:
             # The report is the DAG's leaf: if it succeeded here, a failed load would leave a green run.
@@ -96,8 +101,11 @@ class SyncReportOperator(SourceTaskOperator):
                 "finish stay pending and are taken again, looked up first, by its retry or the next run"
             )
         breaches = alerts.threshold_alerts(context, counts, errors, oldest_pending)
+        # The status DAG cannot alert while it is paused or not scheduled: its stuck watermark is checked here too.
+        stale = {key: (pull.watermark, pull.completed_seconds_ago) for key, pull in status_pulls.items()}
+        breaches += alerts.stuck_status_alerts(context, stale)
         if counts.get("failed"):
-            first = "; ".join(f"{rid}: {err}" for rid, status, err in errors if status == "failed")
+            first = "; ".join(f"{rid}: {err}" for rid, status, err in named if status == "failed")
             also = "".join(f"; also: {alert.headline}" for alert in breaches)
             raise AirflowException(
                 f"{counts['failed']} requests failed permanently and need a person: {first}{also}"

@@ -1,14 +1,17 @@
-"""What the load leaves for people and tools besides its rows: OpenLineage facets, the "ServiceNow records" link,
-and the dry-run plan. A base class of the load operator, so the operator's own code stays about loading."""
+"""What the load leaves for people and tools besides its rows: the Asset event of its cases, OpenLineage facets, the
+"ServiceNow records" link, and the dry-run plan. A base class of the load operator, so the operator's own code stays
+about loading."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import Context
+from airflow.sdk import Asset, AssetAlias, Context
 
 from ticketsync import dryrun
+from ticketsync.assets import SERVICENOW_ASSET_SCHEME, cases_event_extra, servicenow_asset
+from ticketsync.correlation import CaseTwins, SourceTwin
 from ticketsync.hooks.servicenow import ServiceNowHook
 from ticketsync.links import MAX_LINKED_IDS, ServiceNowRecordsLink, records_url
 from ticketsync.models import DEFAULT_TARGET_TABLE
@@ -38,6 +41,33 @@ class LoadRunInfoOperator(SourceTaskOperator):
     def settings(self, connection_rate_limit: float | None = None) -> LoadSettings:
         """The loader's settings (the subclass's)."""
         raise NotImplementedError
+
+    # -- the Asset event: "cases were created", with the counts ---------------------------------------------------
+
+    def announce_cases(
+        self, context: Context, summary: dict[str, int], shard: tuple[int, int]
+    ) -> dict[str, Any] | None:
+        """Attach this loader's counts to the event of the ServiceNow table (docs/adr/0009). Through an ``AssetAlias``
+        outlet (the DAG's) the event is added only when some rows came to cases (created or adopted); an ``Asset``
+        outlet is emitted by Airflow after every successful load anyway, and gets the counts too.
+
+        :param context: the task's context (its ``outlet_events``).
+        :param summary: this loader's rows of the run by outcome, over all its tries (``SourceTable.shard_summary``).
+        :param shard: (index, count) of this loader.
+        :return: the event's extra, or None when no event is emitted.
+        """
+        ti = context["ti"]
+        extra = cases_event_extra(ti.dag_id, ti.run_id, shard, summary)
+        announced = extra["created"] + extra["adopted"] > 0
+        for outlet in self.outlets:
+            if isinstance(outlet, AssetAlias) and announced:
+                asset = servicenow_asset(self.servicenow_conn_id, self.target_table)
+                context["outlet_events"][outlet].add(asset, extra=extra)
+            elif isinstance(outlet, Asset) and outlet.uri.startswith(f"{SERVICENOW_ASSET_SCHEME}://"):
+                context["outlet_events"][outlet].extra.update(extra)
+                announced = True
+        self.log.info("asset event %s: %s", "emitted" if announced else "not emitted (no row came to a case)", extra)
+        return extra if announced else None
 
     # -- the run's record, for the link and for OpenLineage ------------------------------------------------------
 
@@ -114,9 +144,11 @@ class LoadRunInfoOperator(SourceTaskOperator):
             with self.open_source() as source:
                 chunks = dryrun.selection(source, limit=int(self.limit), chunk_size=settings.chunk_size,
                                           request_ids=request_ids)
+                twins = CaseTwins(SourceTwin(*twin) for twin in source.case_twins())
                 resolver = ReferenceResolver(hook.find_by_keys)
                 for rows in chunks:
-                    dryrun.plan_chunk(hook, rows, plan, max_attempts=settings.max_attempts, resolver=resolver)
+                    dryrun.plan_chunk(hook, rows, plan, max_attempts=settings.max_attempts, twins=twins,
+                                      resolver=resolver)
         finally:
             hook.close()
         result = plan.as_dict()

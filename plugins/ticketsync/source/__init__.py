@@ -5,7 +5,13 @@ parameters, and every statement that runs again after a lost connection is safe 
 """
 
 from ticketsync.source.claims import Shard
-from ticketsync.source.connection import DBAPIConnection, SourceConnection, is_connection_error
+from ticketsync.source.connection import (
+    DBAPIConnection,
+    SourceConnection,
+    is_connection_error,
+    is_row_refusal,
+    refusal_text,
+)
 from ticketsync.source.dialects import Dialect, validate_identifier
 from ticketsync.source.outcomes import Outcome
 from ticketsync.source.replay import ReplayResult, StoredRequest
@@ -23,5 +29,7 @@ __all__ = [
     "SourceTable",
     "StoredRequest",
     "is_connection_error",
+    "is_row_refusal",
+    "refusal_text",
     "validate_identifier",
 ]

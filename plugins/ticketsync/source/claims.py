@@ -155,6 +155,19 @@ class Claims(SourceConnection):
             row = cursor.fetchone()
             return int(row[0]) if row else 0
 
+    @reconnecting
+    def note_held_back(self, token: str, note: str, *, shard: Shard | None = None) -> int:
+        """Give every pending row the token (or its ``shard``) holds without an ``error`` this one: rows a load
+        stopped before handling say why they are still pending."""
+        in_shard, shard_params = self._shard_filter(shard)
+        statement = self._q(
+            f"UPDATE {self.table} SET error = ? WHERE claim_token = ? AND status = 'pending' AND error IS NULL"
+            f"{in_shard}"
+        )
+        with self._transaction() as cursor:
+            cursor.execute(statement, (note[:4000], token, *shard_params))
+            return int(cursor.rowcount or 0)
+
     def _shard_filter(self, shard: Shard | None) -> tuple[str, tuple[int, ...]]:
         """`` AND id % count = index`` and its parameters, or nothing when the loader has the whole claim."""
         if shard is None or shard.count == 1:
@@ -202,3 +215,20 @@ class Claims(SourceConnection):
         cursor.execute(self._q(update), (*assign_params, *where_params))
         cursor.execute(self._q(f"SELECT {returning} FROM {self.table} WHERE {where} ORDER BY id"), where_params)
         return list(cursor.fetchall())
+
+    @reconnecting
+    def shard_summary(self, token: str, *, shard: Shard | None = None) -> dict[str, int]:
+        """Counts of the rows the token (or its ``shard``) holds, by status, ``created`` split into ``created`` and
+        ``adopted``: what one loader's part of a run came to, over all its tries."""
+        in_shard, shard_params = self._shard_filter(shard)
+        statement = self._q(
+            f"SELECT status, sync_action, COUNT(*) FROM {self.table} WHERE claim_token = ?{in_shard} "
+            "GROUP BY status, sync_action"
+        )
+        counts: dict[str, int] = {}
+        with self._transaction() as cursor:
+            cursor.execute(statement, (token, *shard_params))
+            for status, action, count in cursor.fetchall():
+                key = "adopted" if status == "created" and action == "adopted" else str(status)
+                counts[key] = counts.get(key, 0) + int(count)
+        return counts

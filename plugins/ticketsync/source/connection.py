@@ -55,6 +55,46 @@ def is_connection_error(exc: BaseException) -> bool:
     return False
 
 
+# SQLSTATE classes of an error about the data of a statement: 22 data exception (a value too long…), 23 integrity
+# constraint violation (CHECK, NOT NULL, UNIQUE…), P0 PL/pgSQL (a trigger's RAISE EXCEPTION).
+_ROW_REFUSAL_SQLSTATES = ("22", "23", "P0")
+# MySQL / MariaDB error codes of the same kind (PyMySQL does not pass the SQLSTATE on, and raises OperationalError
+# for a trigger's SIGNAL)
+MYSQL_ROW_REFUSALS = frozenset({
+    1048,  # column cannot be null
+    1062,  # duplicate entry
+    1264,  # out of range value
+    1292,  # truncated incorrect value
+    1366,  # incorrect string value
+    1406,  # data too long
+    1451, 1452,  # foreign key
+    1644,  # a trigger's SIGNAL SQLSTATE '45000'
+    3819,  # MySQL: check constraint violated
+    4025,  # MariaDB: CONSTRAINT ... failed
+})
+
+
+def is_row_refusal(exc: BaseException) -> bool:
+    """An error the database raises about the data of a statement (a constraint, a trigger's ``RAISE``, a value
+    too long), as opposed to the connection or the permissions: on PostgreSQL by SQLSTATE class (22, 23, P0), on
+    SQLite ``sqlite3.IntegrityError`` (constraints and a trigger's ``RAISE(ABORT, …)``) or ``DataError``, on
+    MySQL / MariaDB by error code (:data:`MYSQL_ROW_REFUSALS`)."""
+    if isinstance(exc, sqlite3.IntegrityError | sqlite3.DataError):
+        return True
+    driver = type(exc).__module__.split(".")[0]
+    if driver not in _DRIVERS:
+        return False
+    if driver == "pymysql":
+        return bool(exc.args) and exc.args[0] in MYSQL_ROW_REFUSALS
+    code = getattr(exc, "sqlstate", None) or getattr(exc, "pgcode", None)
+    return isinstance(code, str) and code[:2] in _ROW_REFUSAL_SQLSTATES
+
+
+def refusal_text(exc: BaseException) -> str:
+    """A database error on one line, for a row's ``error`` column."""
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:500]
+
+
 def is_closed(conn: Any) -> bool:
     """psycopg 3: ``closed``/``broken`` are True; psycopg2: ``closed`` is 1 or 2; PyMySQL: ``open`` is False."""
     return (

@@ -3,7 +3,7 @@
 Migration ``N`` of a dialect is the file ``migrations/NNNN_<name>.<dialect>.sql`` (written for the table name
 ``ticket_requests``, replaced by the configured one). Version 1 is the schema shipped before migrations existed. The
 versions applied are rows of ``<table>_schema_version``. How to add one: docs/migrations.md; why a runner of our own
-rather than Alembic: docs/adr/0008.
+rather than Alembic: docs/adr/0009.
 
 The command line is :mod:`ticketsync.source.migrate`.
 """
@@ -22,6 +22,7 @@ from typing import Any
 
 from ticketsync.source.connection import AUTO_MIGRATE_EXTRA, SourceConnection
 from ticketsync.source.dialects import Dialect
+from ticketsync.typed import flag
 
 log = logging.getLogger(__name__)
 
@@ -292,12 +293,7 @@ class Migrator:
 
 def auto_migrate_enabled(extra: dict[str, Any]) -> bool:
     """The source connection's extra ``ticketsync_auto_migrate``: true (the default) or false."""
-    value = extra.get(AUTO_MIGRATE_EXTRA, True)
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
-        return value.strip().lower() == "true"
-    raise ValueError(f"the source connection's extra {AUTO_MIGRATE_EXTRA} must be true or false, got {value!r}")
+    return flag(extra.get(AUTO_MIGRATE_EXTRA), name=f"the source connection's extra {AUTO_MIGRATE_EXTRA}", default=True)
 
 
 def migrate_command(conn_id: str, table: str) -> str:

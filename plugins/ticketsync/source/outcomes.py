@@ -34,7 +34,7 @@ class Outcomes(SourceConnection):
         """
         now = self._sql.now
         batch = list(outcomes)
-        # resolved_references (migration 3) only when an outcome carries one: rows without business keys never
+        # resolved_references (migration 4) only when an outcome carries one: rows without business keys never
         # need the column, so nothing else depends on the migration having run.
         resolved = any(o.resolved is not None for o in batch)
         set_resolved = "resolved_references = COALESCE(?, resolved_references), " if resolved else ""
@@ -53,6 +53,18 @@ class Outcomes(SourceConnection):
             for o in batch
         ]
         return self._write_back(statement, params)
+
+    @reconnecting
+    def note_error(self, token: str, row_id: int, error: str) -> int:
+        """Set only the ``error`` of a pending row the token holds, and end its lease: what is left to say about a
+        row whose outcome the database refused to store (the loader's ``write_isolating``)."""
+        statement = self._q(
+            f"UPDATE {self.table} SET error = ?, lease_expires_at = {self._sql.now} "
+            "WHERE id = ? AND claim_token = ? AND status = 'pending'"
+        )
+        with self._transaction() as cursor:
+            cursor.execute(statement, (error[:4000], row_id, token))
+            return int(cursor.rowcount or 0)
 
     @reconnecting
     def _write_back(self, statement: str, params: list[tuple[Any, ...]]) -> int:

@@ -12,6 +12,20 @@ from ticketsync.source.rows import printable
 
 class Reports(SourceConnection):
     @reconnecting
+    def case_twins(self) -> list[tuple[int, str, str, str | None]]:
+        """(id, request_id, status, number) of every row whose request id equals another row's up to case, in id
+        order: usually none. ServiceNow compares correlation ids without case, so such rows conflict
+        (:mod:`ticketsync.correlation`). One scan of the table: there is no index on ``lower(request_id)``."""
+        statement = (
+            f"SELECT id, request_id, status, number FROM {self.table} WHERE lower(request_id) IN "
+            f"(SELECT lower(request_id) FROM {self.table} GROUP BY lower(request_id) HAVING COUNT(*) > 1) "
+            "ORDER BY id"
+        )
+        with self._transaction() as cursor:
+            cursor.execute(statement)
+            return [(int(r[0]), printable(r[1]), str(r[2]), r[3]) for r in cursor.fetchall()]
+
+    @reconnecting
     def token_summary(self, token: str) -> dict[str, int]:
         """Counts of the rows this token touched, by status, with ``created`` split into created/adopted."""
         statement = self._q(

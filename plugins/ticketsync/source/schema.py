@@ -37,7 +37,7 @@ class Schema(SourceConnection):
         ``request_id``.
         """
         rows = list(requests)
-        # The business-key columns (migration 3) only when a request gives one: a producer on an older schema works.
+        # The business-key columns (migration 4) only when a request gives one: a producer on an older schema works.
         used = [c for c in PRODUCER_COLUMNS if c not in KEY_COLUMNS or any(r.get(c) is not None for r in rows)]
         statement = self._q(f"INSERT INTO {self.table} ({', '.join(used)}) VALUES ({placeholders(len(used))})")
         params = [

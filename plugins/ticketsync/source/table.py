@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ticketsync.source.case_status import CaseStatusRows
 from ticketsync.source.claims import Claims
 from ticketsync.source.outcomes import Outcomes
 from ticketsync.source.replay import Replay
@@ -9,7 +10,7 @@ from ticketsync.source.reports import Reports
 from ticketsync.source.schema import Schema
 
 
-class SourceTable(Schema, Claims, Outcomes, Reports, Replay):
+class SourceTable(Schema, Claims, Outcomes, Reports, Replay, CaseStatusRows):
     """Access to the ``ticket_requests`` table through one DB-API connection, opened on first use.
 
     :param connect: opens a new DB-API connection (called again after a lost connection)

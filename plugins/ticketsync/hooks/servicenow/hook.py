@@ -9,8 +9,8 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
@@ -45,16 +45,19 @@ if TYPE_CHECKING:
     from airflow.sdk import Connection
 
 TABLE_NAME = re.compile(r"[a-z0-9_]{1,80}")
+SYS_ID = re.compile(r"[0-9a-f]{32}")
 LOOKUP_PAGE = 1000
 TEST_TABLE = "sn_bom_loan_service"  # "Test" reads one sys_id of it: the table the load writes
 
 
 @dataclass(frozen=True)
 class CreatedRecord:
-    """A record the hook created: its ``sys_id`` and ``number``."""
+    """A record the hook created: its ``sys_id`` and ``number``, and the fields it was asked to echo as the
+    instance stored them (``values``; a field not answered is absent)."""
 
     sys_id: str
     number: str | None
+    values: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -268,13 +271,14 @@ class ServiceNowHook(HttpHook):
             raise ValueError(f"invalid ServiceNow table name {table!r}")
         return f"/api/now/table/{table}"
 
-    def create_record(self, table: str, body: dict[str, str]) -> CreatedRecord:
+    def create_record(self, table: str, body: dict[str, str], echo: Sequence[str] = ()) -> CreatedRecord:
         """``POST /api/now/table/{table}``; a 2xx without a sys_id is treated as unknown, not as success.
 
         :param table: the table to insert into.
         :param body: the record's field values, as strings.
+        :param echo: fields to read back from the answer, as the instance stored them, into ``values``.
         """
-        params = {"sysparm_fields": "sys_id,number", "sysparm_exclude_reference_link": "true"}
+        params = {"sysparm_fields": ",".join(("sys_id", "number", *echo)), "sysparm_exclude_reference_link": "true"}
         response = self._send("POST", self.table_path(table), params=params, body=body)
         result = _json_result(response)
         sys_id = result.get("sys_id") if isinstance(result, dict) else None
@@ -284,7 +288,8 @@ class ServiceNowHook(HttpHook):
                 status=response.status_code,
             )
         number = result.get("number")
-        return CreatedRecord(sys_id=sys_id, number=str(number) if number else None)
+        values = {name: str(result[name]) for name in echo if isinstance(result.get(name), str | int | float)}
+        return CreatedRecord(sys_id=sys_id, number=str(number) if number else None, values=values)
 
     def list_records(
         self,
@@ -294,6 +299,7 @@ class ServiceNowHook(HttpHook):
         fields: Sequence[str],
         limit: int = LOOKUP_PAGE,
         offset: int = 0,
+        display_value: str | None = None,
     ) -> list[dict[str, Any]]:
         """``GET /api/now/table/{table}``: one page of the records matching ``query``.
 
@@ -302,6 +308,7 @@ class ServiceNowHook(HttpHook):
         :param fields: the fields to return.
         :param limit: the page size.
         :param offset: the records to skip.
+        :param display_value: ``sysparm_display_value`` (``all``: each field as ``{"value", "display_value"}``).
         """
         params = {
             "sysparm_query": query,
@@ -310,6 +317,8 @@ class ServiceNowHook(HttpHook):
             "sysparm_offset": str(offset),
             "sysparm_exclude_reference_link": "true",
         }
+        if display_value is not None:
+            params["sysparm_display_value"] = display_value
         result = _json_result(self._send("GET", self.table_path(table), params=params))
         if not isinstance(result, list):
             raise ServiceNowTransientError("list answer whose 'result' is not a list", status=200)
@@ -317,13 +326,15 @@ class ServiceNowHook(HttpHook):
 
     def find_by_correlation(self, table: str, correlation_ids: Iterable[str]) -> dict[str, list[ExistingRecord]]:
         """Every record of ``table`` whose ``correlation_id`` is one of the given ids, oldest first, in one
-        ``correlation_idIN…`` query (paged if more records than a page come back).
+        ``correlation_idIN…`` query (paged if more records than a page come back), keyed by the record's own
+        ``correlation_id``. The instance compares without regard to case, so a key may differ from the id asked
+        for in case only: which record belongs to which request is the caller's decision.
 
         :param table: the table to search.
         :param correlation_ids: the ids to look up.
         """
         ids = sorted(set(correlation_ids))
-        wanted = set(ids)
+        wanted = {correlation.lower() for correlation in ids}
         found: dict[str, list[ExistingRecord]] = {}
         if not ids:
             return found
@@ -333,7 +344,7 @@ class ServiceNowHook(HttpHook):
         while True:
             page = self.list_records(table, query=query, fields=fields, limit=LOOKUP_PAGE, offset=offset)
             for record in page:
-                existing = _existing_record(record, wanted)
+                existing = _existing_record(record, wanted, table, len(ids))
                 found.setdefault(existing.correlation_id, []).append(existing)
             if len(page) < LOOKUP_PAGE:
                 return found
@@ -379,6 +390,64 @@ class ServiceNowHook(HttpHook):
         if not isinstance(result, dict):
             raise ServiceNowTransientError("record answer whose 'result' is not an object", status=200)
         return result
+
+    def update_record(
+        self, table: str, sys_id: str, body: dict[str, str], fields: Sequence[str] = ("sys_id",)
+    ) -> dict[str, Any]:
+        """``PATCH /api/now/table/{table}/{sys_id}``: only the fields in ``body`` change; a non-empty journal field
+        (``work_notes``, ``comments``) appends one journal entry each time it is sent, so a PATCH whose answer was
+        lost must be checked (:meth:`journal_entries`) before it is sent again.
+
+        :param table: the record's table.
+        :param sys_id: the record's sys_id (a 404 raises :class:`ServiceNowRequestError`: never created here).
+        :param body: the fields to write, as strings.
+        :param fields: the fields the answer returns.
+        """
+        params = {"sysparm_fields": ",".join(fields), "sysparm_exclude_reference_link": "true"}
+        response = self._send("PATCH", f"{self.table_path(table)}/{sys_id}", params=params, body=body)
+        result = _json_result(response)
+        if not isinstance(result, dict) or ("sys_id" in fields and result.get("sys_id") != sys_id):
+            raise ServiceNowTransientError(
+                f"{response.status_code} answer without the updated record: the update may or may not be applied",
+                status=response.status_code,
+            )
+        return result
+
+    def journal_entries(
+        self, table: str, sys_id: str, element: str = "work_notes", *, since: str | None = None
+    ) -> list[dict[str, str]]:
+        """The journal entries (``sys_journal_field``) of one record's journal field, oldest first, every page.
+
+        :param table: the record's table (the entries' ``name``).
+        :param sys_id: the record's sys_id (the entries' ``element_id``).
+        :param element: the journal field: ``work_notes`` or ``comments``.
+        :param since: only entries created at or after this ``YYYY-MM-DD HH:MM:SS`` (UTC).
+        """
+        if not SYS_ID.fullmatch(sys_id) or not re.fullmatch(r"[a-z_]+", element):
+            raise ValueError(f"invalid journal look-up {sys_id!r}/{element!r}")
+        query = f"element_id={sys_id}^element={element}^name={table}"
+        if since is not None:
+            if not re.fullmatch(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}", since):
+                raise ValueError(f"since must be YYYY-MM-DD HH:MM:SS, got {since!r}")
+            query += f"^sys_created_on>={since}"
+        query += "^ORDERBYsys_created_on^ORDERBYsys_id"
+        fields = ("sys_id", "element_id", "element", "value", "sys_created_on")
+        entries: list[dict[str, str]] = []
+        while True:
+            page = self.list_records(
+                "sys_journal_field", query=query, fields=fields, limit=LOOKUP_PAGE, offset=len(entries)
+            )
+            for entry in page:
+                if entry.get("element_id") != sys_id or entry.get("element") != element:
+                    raise ServiceNowRequestError(
+                        200,
+                        "journal answer holds entries of another record or field",
+                        "the instance ignored part of the query (can the integration user read sys_journal_field?); "
+                        "without it an update cannot be checked before it is sent again",
+                    )
+                entries.append({key: str(entry.get(key) or "") for key in fields})
+            if len(page) < LOOKUP_PAGE:
+                return entries
 
     def test_connection(self) -> tuple[bool, str]:
         """Airflow's "Test" button: one cheap authenticated read (one ``sys_id`` of the loan service case table).
@@ -463,20 +532,25 @@ def _keyed_record(record: dict[str, Any], key_field: str, folded: set[str], tabl
     return key.casefold(), sys_id
 
 
-def _existing_record(record: dict[str, Any], wanted: set[str]) -> ExistingRecord:
+def _existing_record(record: dict[str, Any], wanted: set[str], table: str, asked: int) -> ExistingRecord:
     """One record of a look-up answer. Idempotency rests on this answer, so anything odd in it is an error:
-    a record without sys_id means the answer is damaged, and a correlation id we did not ask for means the
-    instance dropped the query term (it does that silently for an unknown field), so "not found" proves nothing."""
+    a record without sys_id means the answer is damaged, and a correlation id we did not ask for (even without
+    regard to case, as the instance compares) means the instance dropped the query term (it does that silently for
+    an unknown field), so "not found" proves nothing. ``wanted`` holds the ids asked for, in lower case."""
     sys_id = record.get("sys_id")
     correlation = record.get("correlation_id")
     if not isinstance(sys_id, str) or not sys_id:
         raise ServiceNowTransientError("look-up answer holds a record without sys_id; not trusted", status=200)
-    if correlation not in wanted:
+    if not isinstance(correlation, str) or correlation.lower() not in wanted:
+        seen = f"correlation_id {correlation!r}"[:140] if correlation is not None else "no correlation_id field"
         raise ServiceNowRequestError(
             200,
             "look-up answer holds records that do not match the query",
-            "the instance ignored 'correlation_idIN…' (does the table have a correlation_id field the "
-            "integration user can read?); without it ticketsync cannot prevent duplicates",
+            f"asked {table} for {asked} correlation ids with 'correlation_idIN…' and got record "
+            f"{record.get('number') or sys_id} with {seen}, which matches none of them even without regard to "
+            "case: the instance ignored the query term. Check that the table has a field correlation_id and "
+            "that the integration user can read it (sys_dictionary, read ACLs); until then ticketsync cannot "
+            "prevent duplicates and sends nothing",
         )
     return ExistingRecord(
         sys_id=sys_id,

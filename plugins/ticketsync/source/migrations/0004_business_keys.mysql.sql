@@ -1,4 +1,4 @@
--- Migration 3 (issue 12): business keys for reference fields. Producer columns: a key in place of a reference
+-- Migration 4 (issue 12): business keys for reference fields. Producer columns: a key in place of a reference
 -- sys_id (either one per reference, never both): consumer_number -> csm_consumer.number (fills consumer),
 -- account_number -> sn_bom_financial_account.account_number (sold_product), assignment_group_name ->
 -- sys_user_group.name (assignment_group). Sync column: resolved_references, the sys_ids the keys resolved to, as
