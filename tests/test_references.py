@@ -202,3 +202,17 @@ def test_on_no_match_empty_sends_the_field_empty_but_an_ambiguous_key_still_reje
     assert isinstance(one, PreparedCase)
     assert one.body.to_json()["assignment_group"] == "c" * 32
     assert one.resolved == (("assignment_group", "c" * 32),)
+
+
+def test_keys_compare_without_case_as_the_instance_does(
+    source: SourceTable, hook: ServiceNowHook, emulator: RunningEmulator
+) -> None:
+    source.insert_requests([keyed(1, "c-0001", "ln-100001", group="LOAN SERVICING"), keyed(2, "C-0001", "LN-100001")])
+
+    counts = load(source, hook, "run-1")
+
+    assert counts["created"] == 2
+    records = {record["correlation_id"]: record for record in emulator.store.records(TABLE)}
+    assert records["KEY-0001"]["consumer"] == records["KEY-0002"]["consumer"] == seeded_sys_id("csm_consumer", "C-0001")
+    assert records["KEY-0001"]["assignment_group"] == seeded_sys_id("sys_user_group", "Loan Servicing")
+    assert emulator.stats()["by_table"]["csm_consumer"] == {"GET": 1}  # one key, whatever its case
