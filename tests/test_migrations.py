@@ -119,8 +119,9 @@ def fill_every_state(source: SourceTable) -> None:
                         f"FROM {t} WHERE id = 10", (previous, f"was {previous}"))
 
 
-CASE_COLUMNS = ("case_state", "case_state_label", "case_updated_at", "case_checked_at")  # migration 3, NULL at first
-VERSIONS = [(1, "initial"), (2, "status_update_pending"), (3, "case_status")]
+CASE_COLUMNS = ("case_state", "case_state_label", "case_updated_at", "case_checked_at",  # migration 3, NULL at first
+                "consumer_number", "account_number", "assignment_group_name", "resolved_references")  # migration 4
+VERSIONS = [(1, "initial"), (2, "status_update_pending"), (3, "case_status"), (4, "business_keys")]
 
 
 def dump(source: SourceTable) -> dict[str, list[tuple[Any, ...]]]:
@@ -216,7 +217,7 @@ def test_upgrade_from_version_1_keeps_every_row_and_admits_update_pending(v1_sou
     before = dump(source)
     assert Migrator(source).found_version() == 1
 
-    assert source.ensure_schema() == [1, 2, 3]
+    assert source.ensure_schema() == [1, 2, 3, 4]
 
     assert dump(source) == before
     assert version_rows(source) == VERSIONS
@@ -238,7 +239,7 @@ def test_upgrade_from_version_1_keeps_every_row_and_admits_update_pending(v1_sou
 
 
 def test_a_new_table_is_created_at_the_latest_version(source: SourceTable) -> None:
-    assert Migrator(source).found_version() == 3
+    assert Migrator(source).found_version() == 4
     assert version_rows(source) == VERSIONS
 
 
@@ -284,7 +285,7 @@ def test_with_auto_migrate_off_a_table_behind_is_refused_with_the_versions_and_t
     with pytest.raises(SchemaVersionError) as raised:
         source.ensure_schema(auto_migrate=False, command=command)
     message = str(raised.value)
-    assert f"{source.table!r} is at schema version 1; this ticketsync needs version 3" in message
+    assert f"{source.table!r} is at schema version 1; this ticketsync needs version 4" in message
     assert command in message
     assert "ticketsync_auto_migrate = false" in message
     assert not execute(source, *_exists(source, f"{source.table}_schema_version")), "the check created a table"
@@ -307,9 +308,9 @@ def test_with_auto_migrate_off_a_missing_table_is_reported_as_none(tmp_path: Pat
 def test_a_table_migrated_by_a_newer_release_is_refused_and_not_touched(v1_source: SourceTable) -> None:
     source = v1_source
     source.ensure_schema()
-    execute(source, f"INSERT INTO {source.table}_schema_version (version, name) VALUES (4, 'from_the_future')")
+    execute(source, f"INSERT INTO {source.table}_schema_version (version, name) VALUES (5, 'from_the_future')")
     schema = schema_of(source)
-    newer = r"at schema version 4, newer than this ticketsync knows \(up to 3\)"
+    newer = r"at schema version 5, newer than this ticketsync knows \(up to 4\)"
     for auto in (True, False):
         with pytest.raises(SchemaVersionError, match=newer):
             source.ensure_schema(auto_migrate=auto)
@@ -340,7 +341,7 @@ def test_two_migrators_at_once_apply_each_migration_exactly_once(v1_source: Sour
     for thread in threads:
         thread.join(60)
     assert not errors, errors
-    assert sorted(v for applied in results for v in applied) == [1, 2, 3]
+    assert sorted(v for applied in results for v in applied) == [1, 2, 3, 4]
     assert version_rows(source) == VERSIONS
     assert dump(source) == before
 
@@ -350,7 +351,7 @@ def test_the_printed_sql_does_what_apply_does(v1_source: SourceTable, tmp_path: 
     fill_every_state(source)
     before = dump(source)
     script = Migrator(source).script()
-    assert script.count("COMMIT;") == 3
+    assert script.count("COMMIT;") == 4
     assert Migrator(source).found_version() == 1, "printing changed something"
     run_script(source, script)
     run_script(source, script)  # a DBA running it twice changes nothing more
@@ -377,7 +378,7 @@ def test_the_previous_release_runs_on_a_migrated_table_without_changing_it(v1_so
     old_ensure_schema(source)  # what the previous release does at the start of every run
     assert schema_of(source) == schema
     assert dump(source) == rows
-    assert Migrator(source).found_version() == 3
+    assert Migrator(source).found_version() == 4
 
 
 # --- a migration killed in the middle -----------------------------------------------------------------------------
@@ -457,7 +458,7 @@ def test_a_migration_killed_in_the_middle_is_rolled_back_and_completes_when_run_
     result = subprocess.run(migrate_cli(conn, "--table", source.table), env=cli_env(conn), capture_output=True,
                             text=True, timeout=120, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert f"applied [2, 3]; {source.table} is at schema version 3" in result.stdout
+    assert f"applied [2, 3, 4]; {source.table} is at schema version 4" in result.stdout
     assert dump(source) == before
     assert version_rows(source) == VERSIONS
     execute(source, f"UPDATE {source.table} SET status = 'update_pending' WHERE id = 6")
