@@ -44,11 +44,12 @@ ui: $(STAMP)
 	PYTHONPATH=plugins:dev $(PY) scripts/ui.py $(UI_ARGS)
 
 # Every test, in PYTEST_WORKERS pytest-xdist processes (default 2; 0 runs them in this one). A test file stays on one
-# worker (--dist loadfile: its module fixtures and its order hold); the slowest files start first (tests/conftest.py).
+# worker (--dist loadfile: its module fixtures and its order hold); the slowest files start first (tests/conftest.py;
+# --no-loadscope-reorder keeps that order: xdist would otherwise start the files with the most tests first).
 # PYTEST_ARGS adds options, e.g. PYTEST_ARGS="-k soak --durations=20".
 PYTEST_WORKERS ?= 2
 test: $(STAMP) $(CHROMIUM)
-	$(PY) -m pytest $(if $(filter-out 0,$(PYTEST_WORKERS)),-n $(PYTEST_WORKERS) --dist loadfile) $(PYTEST_ARGS)
+	$(PY) -m pytest $(if $(filter-out 0,$(PYTEST_WORKERS)),-n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder) $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check plugins dev dags tests scripts bench
