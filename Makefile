@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 CHROMIUM := /usr/bin/chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: help venv demo ui browser test lint emulator scaleout bench soak clean migrate
+.PHONY: help venv demo ui browser test lint emulator scaleout bench soak clean migrate check-sync
 
 help:
 	@echo "make demo      run the whole sync end to end on the embedded defaults (SQLite + local emulator)"
@@ -19,6 +19,7 @@ help:
 	@echo "make bench     benchmark: the DAG at 20 and 100 ms vs a bare C-lane client, a shared-cookie control, a sequential loop and a naive mapped DAG; writes docs/performance.md"
 	@echo "make migrate   apply the source table's schema migrations (MIGRATE_ARGS=\"--conn-id ticket_source --sql\")"
 	@echo "make soak      100,000 requests through the DAG with ~10% faults and two worker kills, then checks"
+	@echo "make check-sync  check sync definitions against sys_dictionary (emulator; CHECK_SYNC_ARGS=--conn-id ID)"
 
 # The virtual environment, rebuilt when a requirements file changes. Exact pins, full lock in constraints.txt.
 $(STAMP): requirements.txt requirements-dev.txt constraints.txt
@@ -43,15 +44,20 @@ ui: $(STAMP)
 	PYTHONPATH=plugins:dev $(PY) scripts/ui.py $(UI_ARGS)
 
 # Every test, in PYTEST_WORKERS pytest-xdist processes (default 2; 0 runs them in this one). A test file stays on one
-# worker (--dist loadfile: its module fixtures and its order hold); the slowest files start first (tests/conftest.py).
+# worker (--dist loadfile: its module fixtures and its order hold); the slowest files start first (tests/conftest.py;
+# --no-loadscope-reorder keeps that order: xdist would otherwise start the files with the most tests first).
 # PYTEST_ARGS adds options, e.g. PYTEST_ARGS="-k soak --durations=20".
 PYTEST_WORKERS ?= 2
 test: $(STAMP) $(CHROMIUM)
-	$(PY) -m pytest $(if $(filter-out 0,$(PYTEST_WORKERS)),-n $(PYTEST_WORKERS) --dist loadfile) $(PYTEST_ARGS)
+	$(PY) -m pytest $(if $(filter-out 0,$(PYTEST_WORKERS)),-n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder) $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check plugins dev dags tests scripts bench
 	$(VENV)/bin/mypy
+
+# Check sync definitions against sys_dictionary; CHECK_SYNC_ARGS="--conn-id servicenow_default my.yaml" for an instance.
+check-sync: $(STAMP)
+	PYTHONPATH=plugins:dev $(PY) scripts/check_sync.py $(CHECK_SYNC_ARGS)
 
 emulator: $(STAMP)
 	PYTHONPATH=plugins:dev $(PY) -m ticketsync_dev.emulator --port 8765

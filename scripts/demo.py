@@ -18,10 +18,12 @@ from pathlib import Path
 
 from ticketsync.source import Dialect, SourceTable
 from ticketsync_dev.local import REPO, EmulatorProcess, LocalAirflow, sqlite_connection
-from ticketsync_dev.samples import sample_requests
+from ticketsync_dev.samples import keyed_requests, sample_requests
 
 ROWS = 200
 INVALID_EVERY = 12
+KEYED_ROWS = 40  # requests naming consumer, loan account and group by business key only
+BAD_KEY_EVERY = 8
 FAULTS = ("--latency-ms", "20", "--error-503", "0.03", "--cut-after-commit", "0.03", "--html-200", "0.01",
           "--seed", "2026")
 
@@ -31,6 +33,23 @@ def seed(path: Path) -> None:
     with SourceTable(lambda: sqlite3.connect(path), Dialect.SQLITE) as source:
         source.ensure_schema()
         source.insert_requests(sample_requests(ROWS, invalid_every=INVALID_EVERY, prefix="DEMO"))
+        source.insert_requests(keyed_requests(KEYED_ROWS, bad_every=BAD_KEY_EVERY, prefix="DEMO-KEY"))
+
+
+def print_business_keys(path: Path) -> None:
+    conn = sqlite3.connect(path)
+    query = ("SELECT request_id, status, number, error, consumer_number, account_number, assignment_group_name, "
+             "resolved_references FROM ticket_requests WHERE request_id LIKE 'DEMO-KEY-%' ORDER BY id")
+    rows = conn.execute(query).fetchall()
+    created = [r for r in rows if r[1] == "created"]
+    rejected = [r for r in rows if r[1] == "rejected"]
+    print(f"\nBusiness keys ({len(rows)} requests without sys_ids): {len(created)} created, {len(rejected)} rejected")
+    for request_id, _status, number, _error, consumer, account, group, resolved in created[:2]:
+        print(f"  {request_id}  created {number}: consumer_number {consumer}, account_number {account}, "
+              f"assignment_group_name {group!r}")
+        print(f"      resolved_references {resolved}")
+    for request_id, _status, _number, error, *_rest in rejected:
+        print(f"  {request_id}  rejected  {error}")
 
 
 def print_outcome(path: Path, emulator: EmulatorProcess) -> None:
@@ -120,7 +139,8 @@ def main() -> int:
     (work / "logs").mkdir(parents=True, exist_ok=True)
     source_db = work / "source.db"
     seed(source_db)
-    print(f"Seeded {ROWS} requests ({ROWS // INVALID_EVERY} invalid) into {source_db.relative_to(REPO)}")
+    print(f"Seeded {ROWS} requests ({ROWS // INVALID_EVERY} invalid) and {KEYED_ROWS} business-key requests "
+          f"({KEYED_ROWS // BAD_KEY_EVERY} with a key that cannot be used) into {source_db.relative_to(REPO)}")
     airflow = LocalAirflow(home=work / "airflow")
     print("Preparing the local Airflow home (.demo/airflow, SQLite metadata)…")
     airflow.migrate()
@@ -143,6 +163,7 @@ def main() -> int:
                                                              "rejected", "failed", "still", "table now")):
                     print("   ", _strip_log_decoration(line))
         print_outcome(source_db, emulator)
+        print_business_keys(source_db)
         print("\nRun 2 found nothing pending: every request was synced once, or rejected with a reason.")
         emulator.set_faults(error_503=0, cut_after_commit=0, html_200=0)
         print("\nCases worked on the instance:")

@@ -25,6 +25,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--home", type=Path, default=REPO / ".airflow", help="AIRFLOW_HOME (default: .airflow)")
     parser.add_argument("--rows", type=int, default=50, help="sample requests seeded into a fresh source (50)")
     parser.add_argument("--invalid-every", type=int, default=10, help="every Nth sample breaks a rule (10; 0: none)")
+    parser.add_argument("--keyed-rows", type=int, default=20,
+                        help="requests naming consumer, account and group by business key (20; every 5th key is "
+                        "unknown, ambiguous or given with its sys_id)")
     parser.add_argument("--keep-source", action="store_true", help="keep the source rows of the last session")
     parser.add_argument("--schedule", action="store_true", help="let the scheduler start the 5-minute runs too")
     parser.add_argument("--no-provider", dest="provider", action="store_false",
@@ -54,7 +57,8 @@ def banner(stack: LocalStack) -> str:
         f"login           user '{ADMIN_USER}', password in {stack.password_file}",
         f"                (cat {home}/{stack.password_file.name})",
         f"ServiceNow      emulator on {stack.emulator.url} (records: {stack.emulator.url}/_emulator/records/"
-        "sn_bom_loan_service)",
+        "sn_bom_loan_service; consumers, accounts, groups: …/records/csm_consumer, sn_bom_financial_account, "
+        "sys_user_group)",
         f"source          SQLite {stack.source_path} ({rows})",
         f"schedule        {schedule}",
         f"provider        {provider}",
@@ -67,7 +71,7 @@ def banner(stack: LocalStack) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     stack = LocalStack(home=args.home, api_port=args.port, rows=args.rows, invalid_every=args.invalid_every,
-                       schedule=args.schedule, provider=args.provider)
+                       keyed_rows=args.keyed_rows, schedule=args.schedule, provider=args.provider)
     signal.signal(signal.SIGTERM, _raise_interrupt)
     signal.signal(signal.SIGINT, _raise_interrupt)  # also when started with SIGINT ignored (a background job)
     print(f"Starting Airflow (api-server, scheduler, dag-processor, triggerer) in {stack.home}; "

@@ -45,6 +45,7 @@ SLOWEST_FIRST = (
     "tests/faults/test_soak.py",
     "tests/e2e/test_operations.py",
     "tests/e2e/test_dag_run.py",
+    "tests/e2e/test_upgrade.py",
     "tests/faults/test_fault_matrix.py",
     "tests/faults/test_kill_loop.py",
     "tests/e2e/test_secrets.py",

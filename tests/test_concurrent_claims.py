@@ -82,7 +82,10 @@ def test_concurrent_loader_processes_claim_each_row_exactly_once(shared: tuple[S
     assert len(set(every_id)) == ROWS
     assert all(written == len(taken[token]) for token, _, written in results)
     per_loader = Counter({token: len(ids) for token, ids in taken.items()})
-    assert sum(1 for ids in taken.values() if ids) >= 2, f"the loaders did not run at once: {per_loader}"
+    if source.dialect is not Dialect.SQLITE:
+        # The servers claim side by side (SKIP LOCKED); SQLite serialises writers, and on a busy machine one process
+        # may drain the whole backlog before the others start: exactly once is what holds there.
+        assert sum(1 for ids in taken.values() if ids) >= 2, f"the loaders did not run at once: {per_loader}"
     with source._transaction() as cursor:
         cursor.execute(f"SELECT id, status, claim_token, attempts FROM {source.table}")
         state = {int(row[0]): (row[1], row[2], int(row[3])) for row in cursor.fetchall()}

@@ -119,9 +119,10 @@ def fill_every_state(source: SourceTable) -> None:
                         f"FROM {t} WHERE id = 10", (previous, f"was {previous}"))
 
 
-# migrations 3 and 4: NULL at first
-CASE_COLUMNS = ("case_state", "case_state_label", "case_updated_at", "case_checked_at", "sent_fields")
-VERSIONS = [(1, "initial"), (2, "status_update_pending"), (3, "case_status"), (4, "sent_fields")]
+CASE_COLUMNS = ("case_state", "case_state_label", "case_updated_at", "case_checked_at",  # migration 3, NULL at first
+                "consumer_number", "account_number", "assignment_group_name", "resolved_references",  # migration 4
+                "sent_fields")  # migration 5
+VERSIONS = [(1, "initial"), (2, "status_update_pending"), (3, "case_status"), (4, "business_keys"), (5, "sent_fields")]
 
 
 def dump(source: SourceTable) -> dict[str, list[tuple[Any, ...]]]:
@@ -217,7 +218,7 @@ def test_upgrade_from_version_1_keeps_every_row_and_admits_update_pending(v1_sou
     before = dump(source)
     assert Migrator(source).found_version() == 1
 
-    assert source.ensure_schema() == [1, 2, 3, 4]
+    assert source.ensure_schema() == [1, 2, 3, 4, 5]
 
     assert dump(source) == before
     assert version_rows(source) == VERSIONS
@@ -239,7 +240,7 @@ def test_upgrade_from_version_1_keeps_every_row_and_admits_update_pending(v1_sou
 
 
 def test_a_new_table_is_created_at_the_latest_version(source: SourceTable) -> None:
-    assert Migrator(source).found_version() == 4
+    assert Migrator(source).found_version() == 5
     assert version_rows(source) == VERSIONS
 
 
@@ -341,7 +342,7 @@ def test_two_migrators_at_once_apply_each_migration_exactly_once(v1_source: Sour
     for thread in threads:
         thread.join(60)
     assert not errors, errors
-    assert sorted(v for applied in results for v in applied) == [1, 2, 3, 4]
+    assert sorted(v for applied in results for v in applied) == [1, 2, 3, 4, 5]
     assert version_rows(source) == VERSIONS
     assert dump(source) == before
 
@@ -351,7 +352,7 @@ def test_the_printed_sql_does_what_apply_does(v1_source: SourceTable, tmp_path: 
     fill_every_state(source)
     before = dump(source)
     script = Migrator(source).script()
-    assert script.count("COMMIT;") == 4
+    assert script.count("COMMIT;") == 5
     assert Migrator(source).found_version() == 1, "printing changed something"
     run_script(source, script)
     run_script(source, script)  # a DBA running it twice changes nothing more
@@ -378,7 +379,7 @@ def test_the_previous_release_runs_on_a_migrated_table_without_changing_it(v1_so
     old_ensure_schema(source)  # what the previous release does at the start of every run
     assert schema_of(source) == schema
     assert dump(source) == rows
-    assert Migrator(source).found_version() == 4
+    assert Migrator(source).found_version() == 5
 
 
 # --- a migration killed in the middle -----------------------------------------------------------------------------

@@ -136,7 +136,8 @@ def test_source_system_becomes_correlation_display_up_to_100() -> None:
 
 def test_loan_service_case_needs_consumer_and_account() -> None:
     assert reason(consumer=None, sold_product="") == (
-        "consumer: is required for sn_bom_loan_service; sold_product: is required for sn_bom_loan_service"
+        "consumer: is required for sn_bom_loan_service (give consumer or consumer_number); "
+        "sold_product: is required for sn_bom_loan_service (give sold_product or account_number)"
     )
 
 
@@ -182,3 +183,32 @@ def test_the_samples_reject_exactly_the_rows_they_break() -> None:
     rejected = [r for r in results if isinstance(r, Rejection)]
     assert len(rejected) == 20
     assert {r.reason.split(":")[0] for r in rejected} == {next(iter(c)) for c in INVALID_CHANGES}
+
+
+def test_a_business_key_stands_for_the_sys_id_and_is_resolved_later() -> None:
+    result = prepare(row(consumer=None, consumer_number=" C-0042 ", sold_product=None, account_number="LN-1"))
+    assert isinstance(result, PreparedCase)
+    assert "consumer" not in result.body.to_json()
+    assert "sold_product" not in result.body.to_json()
+    assert [(lookup.key.table, lookup.key.key_field, lookup.value) for lookup in result.keys] == [
+        ("csm_consumer", "number", "C-0042"),
+        ("sn_bom_financial_account", "account_number", "LN-1"),
+    ]
+
+
+def test_a_reference_given_both_ways_is_rejected_naming_the_key() -> None:
+    assert reason(assignment_group="d625dccec0a8016700a222a0f7900d6c", assignment_group_name="Collections") == (
+        "assignment_group_name: give either assignment_group (the sys_id) or assignment_group_name (the key), not "
+        "both (assignment_group is 'd625dccec0a8016700a222a0f7900d6c', assignment_group_name is 'Collections')"
+    )
+
+
+def test_business_keys_are_checked_like_any_column() -> None:
+    assert reason(consumer=None, consumer_number="C-1,C-2") == (
+        "consumer_number: must not contain ',' (the look-up query cannot carry it), got 'C-1,C-2'"
+    )
+    assert reason(sold_product=None, account_number="A^B").startswith("account_number: must not contain '^'")
+    assert reason(consumer=None, consumer_number="c" * 41) == (
+        "consumer_number: is 41 characters long, at most 40 allowed"
+    )
+    assert reason(assignment_group_name="g" * 81) == "assignment_group_name: is 81 characters long, at most 80 allowed"

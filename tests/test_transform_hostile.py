@@ -24,6 +24,7 @@ from ticketsync.models import (
 from ticketsync.transform import prepare, validate_row
 
 REQUIRED = ("request_id", "consumer", "sold_product", "short_description")
+KEY_COLUMNS = {"consumer": "consumer_number", "sold_product": "account_number"}  # a business key in place of a sys_id
 # 200 examples per property in CI; TICKETSYNC_HYPOTHESIS_EXAMPLES=5000 for a deeper search.
 EXAMPLES = int(os.environ.get("TICKETSYNC_HYPOTHESIS_EXAMPLES", "200"))
 PROPERTY = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -51,7 +52,10 @@ def surely_bad(column: str, value: Any, values: dict[str, Any]) -> bool:
     consumer and sold_product are required by the loan service table; for an unsupported table only the table
     itself is named."""
     if _blank(value):
-        return column in ("request_id", "short_description") or (column in REQUIRED and _loan_table(values))
+        given_by_key = not _blank(values.get(KEY_COLUMNS.get(column, "")))
+        return column in ("request_id", "short_description") or (
+            column in REQUIRED and _loan_table(values) and not given_by_key
+        )
     if isinstance(value, bytes | float | bool):
         return True
     if isinstance(value, int):

@@ -85,7 +85,7 @@ def test_updates_under_faults_apply_each_note_once_and_create_nothing(
     cases = create_cases(source, hook, 12)
     first_notes = {row_id: notes(hook, sys_id) for row_id, sys_id in cases.items()}
     emulator.work(TABLE, cases[12], state="3")  # an agent closed it; the business rule makes it inactive
-    # The loader stored each create's snapshot; rows 1-4 stand for rows synced before migration 4 (NULL).
+    # The loader stored each create's snapshot; rows 1-4 stand for rows synced before migration 5 (NULL).
     snapshots = dict(execute(source, f"SELECT id, sent_fields FROM {source.table} ORDER BY id"))
     assert Snapshot.from_json(snapshots[5]).note == first_notes[5][-1]  # type: ignore[union-attr]
     execute(source, f"UPDATE {source.table} SET sent_fields = NULL WHERE id <= 4")

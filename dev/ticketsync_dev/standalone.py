@@ -45,7 +45,7 @@ import requests
 
 from ticketsync.source import Dialect, SourceTable
 from ticketsync_dev.local import BIN, DAG_ID, REPO, EmulatorProcess, LocalAirflow, sqlite_connection
-from ticketsync_dev.samples import sample_requests
+from ticketsync_dev.samples import keyed_requests, sample_requests
 
 ADMIN_USER = "admin"
 SIMPLE_AUTH_MANAGER = "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
@@ -81,6 +81,7 @@ class LocalStack:
     api_port: int = 0
     rows: int = 50
     invalid_every: int = 10
+    keyed_rows: int = 0  # requests naming consumer, account and group by business key (every 5th key unusable)
     schedule: bool = False
     emulator_args: tuple[str, ...] = ("--latency-ms", "20")
     connections: dict[str, str] = field(default_factory=dict)
@@ -146,6 +147,14 @@ class LocalStack:
             source.insert_requests(requests_)
         return requests_
 
+    def seed_keyed(self, count: int, *, bad_every: int = 0, prefix: str = "KEY") -> list[dict[str, Any]]:
+        """Insert ``count`` business-key requests (keys of the emulator's seeded reference tables); returns them."""
+        requests_ = list(keyed_requests(count, bad_every=bad_every, prefix=prefix))
+        with SourceTable(lambda: sqlite3.connect(self.source_path), Dialect.SQLITE) as source:
+            source.ensure_schema()
+            source.insert_requests(requests_)
+        return requests_
+
     def source_rows(self) -> dict[str, dict[str, Any]]:
         """``request_id`` -> the sync columns, read straight from the source table."""
         columns = ("request_id", "status", "sys_id", "number", "error", "attempts", "sync_action")
@@ -196,6 +205,8 @@ class LocalStack:
             self.source_path.unlink(missing_ok=True)
             if self.rows:
                 self.seed(self.rows, invalid_every=self.invalid_every)
+            if self.keyed_rows:
+                self.seed_keyed(self.keyed_rows, bad_every=5)
         self.api_port = self.api_port or free_port()
         try:
             if self.provider:

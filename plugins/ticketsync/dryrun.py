@@ -21,6 +21,7 @@ from ticketsync.hooks.servicenow import (
 )
 from ticketsync.loader import TableClient
 from ticketsync.models import PreparedCase, Rejection, SourceRow, SyncStatus
+from ticketsync.references import ReferenceResolver
 from ticketsync.source import SourceTable
 from ticketsync.transform import prepare
 
@@ -85,11 +86,19 @@ class DryRunPlan:
 
 
 def plan_chunk(
-    client: TableClient, rows: list[SourceRow], plan: DryRunPlan, *, max_attempts: int, twins: CaseTwins | None = None
+    client: TableClient,
+    rows: list[SourceRow],
+    plan: DryRunPlan,
+    *,
+    max_attempts: int,
+    twins: CaseTwins | None = None,
+    resolver: ReferenceResolver | None = None,
 ) -> None:
     """Transform the rows and look the valid ones up (GET only), adding each to the plan, with the load's rules
     (:mod:`ticketsync.correlation`): ids equal to an earlier pending row's or an existing case's only up to case are
-    rejected; a row whose own look-up fails while the others succeed is planned to fail with that error."""
+    rejected; a row whose own look-up fails while the others succeed is planned to fail with that error. With
+    ``resolver``, the business keys of the rows a run would create are resolved too (GET only), and a key that does
+    not resolve puts its row under "reject" with the reason the run would write."""
     by_table: dict[str, list[PreparedCase]] = {}
     attempts = {}
     for row in rows:
@@ -105,11 +114,26 @@ def plan_chunk(
             attempts[prepared.correlation_id] = row.attempts
     for table, cases in by_table.items():
         found, refused = _lookup(client, table, [case.correlation_id for case in cases], plan)
+        to_create = []
         for case in cases:
             if case.correlation_id in refused:
                 plan.fail.append((case.correlation_id, f"its look-up fails: {refused[case.correlation_id]}"[:500]))
-            else:
-                _plan_case(plan, case, match(found, case.correlation_id), attempts[case.correlation_id], max_attempts)
+            elif _plan_case(plan, case, match(found, case.correlation_id), attempts[case.correlation_id],
+                            max_attempts):
+                to_create.append(case)
+        _plan_creates(plan, to_create, resolver)
+
+
+def _plan_creates(plan: DryRunPlan, to_create: list[PreparedCase], resolver: ReferenceResolver | None) -> None:
+    """The rows a run would create, unless their business keys do not resolve (then: rejected, with the reason)."""
+    results: list[PreparedCase | Rejection] = list(to_create)
+    if resolver is not None:
+        results = resolver.resolve(to_create)
+    for case, result in zip(to_create, results, strict=True):
+        if isinstance(result, Rejection):
+            plan.reject.append((case.correlation_id, result.reason[:500]))
+        else:
+            plan.create.append(case.correlation_id)
 
 
 def _lookup(
@@ -133,7 +157,8 @@ def _lookup(
     return found, refused
 
 
-def _plan_case(plan: DryRunPlan, case: PreparedCase, found: Matches, attempts: int, max_attempts: int) -> None:
+def _plan_case(plan: DryRunPlan, case: PreparedCase, found: Matches, attempts: int, max_attempts: int) -> bool:
+    """Plan an adoption, a rejection or a failure; True when the row would be created (once its keys resolve)."""
     if found.exact:
         plan.adopt.append((case.correlation_id, found.exact[0].number or found.exact[0].sys_id))
     elif found.by_case:
@@ -141,7 +166,8 @@ def _plan_case(plan: DryRunPlan, case: PreparedCase, found: Matches, attempts: i
     elif attempts >= max_attempts:
         plan.fail.append((case.correlation_id, f"already used {attempts} attempts and no record exists"))
     else:
-        plan.create.append(case.correlation_id)
+        return True
+    return False
 
 
 def format_plan(plan: dict[str, Any]) -> str:

@@ -33,6 +33,7 @@ or in flight, so neither a chunk boundary nor a look-up drains it.
 
 from __future__ import annotations
 
+import json
 import logging
 import queue
 import threading
@@ -40,7 +41,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from ticketsync.correlation import (
     ECHO_FIELDS,
@@ -64,6 +65,7 @@ from ticketsync.hooks.servicenow import (
 )
 from ticketsync.models import FieldError, PreparedCase, Rejection, SourceRow, SyncAction, SyncStatus
 from ticketsync.progress import ProgressReporter, ProgressSnapshot
+from ticketsync.references import ReferenceResolver
 from ticketsync.source import Outcome, Shard, SourceTable, is_row_refusal, refusal_text
 from ticketsync.throttle import Throttle, backoff_delay
 from ticketsync.transform import prepare
@@ -77,6 +79,10 @@ class TableClient(Protocol):
 
     def create_record(self, table: str, body: dict[str, str], echo: Sequence[str] = ()) -> CreatedRecord: ...
     def find_by_correlation(self, table: str, correlation_ids: Sequence[str]) -> dict[str, list[ExistingRecord]]: ...
+    def find_by_keys(self, table: str, key_field: str, keys: Sequence[str]) -> dict[str, list[str]]: ...
+
+
+_T = TypeVar("_T")
 
 
 class ServiceNowUnavailable(Exception):
@@ -122,6 +128,7 @@ class LoadCounts:
     still_pending: int = 0
     posts: int = 0
     lookups: int = 0
+    reference_lookups: int = 0
     rate_limited: int = 0
     unwritable: int = 0  # rows whose outcome the source database refused to store, even as failed
 
@@ -171,6 +178,7 @@ class CaseLoader:
         self._settle_until = 0.0  # no retry round looks up before this (time.monotonic())
         self._claimed = 0  # rows this loader's token (shard) held pending when the load started
         self._twins = CaseTwins(())
+        self.references = ReferenceResolver(self._find_keys)
 
     # ----------------------------------------------------------------------------------------------------------
     # the run
@@ -366,11 +374,26 @@ class CaseLoader:
                 by_table.setdefault(prepared.table, []).append((prepared, row))
         for table, cases in by_table.items():
             existing, refused = self._lookup_isolating(table, [case.correlation_id for case, _ in cases])
+            to_send = []
             for case, row in cases:
                 if case.correlation_id in refused:
                     self._record(self._unlookable(row, refused[case.correlation_id]))
-                else:
-                    self._adopt_or_send(pool, case, row, match(existing, case.correlation_id))
+                elif self._to_send(case, row, match(existing, case.correlation_id)):
+                    to_send.append((case, row))
+            self._resolve_and_send(pool, to_send)
+
+    def _resolve_and_send(self, pool: ThreadPoolExecutor, to_send: list[tuple[PreparedCase, SourceRow]]) -> None:
+        """Resolve the business keys of the rows still to be sent (one look-up per reference table for the chunk),
+        reject those whose keys do not resolve, and POST the rest."""
+        resolved = self.references.resolve([case for case, _ in to_send])
+        self.counts.reference_lookups = self.references.lookups
+        for result, (_, row) in zip(resolved, to_send, strict=True):
+            if isinstance(result, Rejection):
+                self._reject(row, result.reason)
+            else:
+                future = pool.submit(self._post, result, row)
+                self._in_flight[future] = result
+                future.add_done_callback(self._done.put)
 
     def _reject(self, row: SourceRow, reason: str) -> None:
         self._record(Outcome(row.id, SyncStatus.REJECTED, error=reason[:4000]))
@@ -394,7 +417,9 @@ class CaseLoader:
         text = f"attempt {attempt}: {cause} (nothing was sent; will retry)"
         return Outcome(row.id, SyncStatus.PENDING, error=text[:4000], attempts_made=1, http_status=error.status)
 
-    def _adopt_or_send(self, pool: ThreadPoolExecutor, case: PreparedCase, row: SourceRow, found: Matches) -> None:
+    def _to_send(self, case: PreparedCase, row: SourceRow, found: Matches) -> bool:
+        """Adopt the row's existing record, reject a case twin, or fail a row out of attempts; True when the row is
+        still to be sent (its business keys are resolved only then: a row with a record needs no key look-up)."""
         if found.exact:
             self._record(_adopted(row, found.exact, found.by_case))
             self.counts.adopted += 1
@@ -405,9 +430,36 @@ class CaseLoader:
             self._record(Outcome(row.id, SyncStatus.FAILED, error=error[:4000]))
             self.counts.failed += 1
         else:
-            future = pool.submit(self._post, case, row)
-            self._in_flight[future] = case
-            future.add_done_callback(self._done.put)
+            return True
+        return False
+
+    def _find_keys(self, table: str, key_field: str, keys: list[str]) -> dict[str, list[str]]:
+        """One batched business-key look-up, retried like the correlation look-up (see :meth:`_with_retries`)."""
+        return self._with_retries(
+            f"look up {key_field} in {table}", lambda: self.client.find_by_keys(table, key_field, keys)
+        )
+
+    def _with_retries(self, what: str, call: Callable[[], _T]) -> _T:
+        """A look-up of business keys, retried with backoff; after that the instance counts as unavailable (the
+        rows stay pending, never rejected: nothing about them is known)."""
+        failures, last_error = 0, ""
+        for _ in range(self.settings.max_rate_limited_waits + self.settings.retry_rounds + 1):
+            try:
+                with self.throttle.slot():
+                    found = call()
+                self.throttle.succeeded()
+                return found
+            except ServiceNowRateLimited as exc:
+                self.throttle.rate_limited(exc.retry_after, exc.limit_per_hour)
+            except ServiceNowTransientError as exc:
+                failures, last_error = failures + 1, str(exc)
+                if failures > self.settings.retry_rounds:
+                    break
+                self._sleep(backoff_delay(failures, base=self.settings.backoff_base, cap=self.settings.backoff_cap))
+        raise ServiceNowUnavailable(
+            f"could not {what} after {failures} failures: {last_error}. Rows not handled stay pending and the task "
+            "retry or the next run takes them"
+        )
 
     def _lookup(
         self, table: str, correlation_ids: list[str], *, retries: int | None = None
@@ -539,19 +591,21 @@ class CaseLoader:
                 self.counts.failed += 1
                 text = (f"{problem[1]}. The answer's record: {record.number or '?'} (sys_id {record.sys_id}); check "
                         "it in ServiceNow, then replay this row (the replay looks its correlation_id up first)")
-                return Outcome(row.id, SyncStatus.FAILED, error=text[:4000], attempts_made=1, http_status=201)
+                return Outcome(row.id, SyncStatus.FAILED, error=text[:4000], attempts_made=1, http_status=201,
+                               resolved=_resolved(posted.case))
             self.counts.created += 1
             return Outcome(
                 row.id, SyncStatus.CREATED, sys_id=record.sys_id, number=record.number,
                 error=problem[1][:4000] if problem else None,
-                attempts_made=1, http_status=201, action=SyncAction.CREATED,
+                attempts_made=1, http_status=201, action=SyncAction.CREATED, resolved=_resolved(posted.case),
                 sent_fields=created_snapshot(posted.case.body).to_json(),
             )
         if isinstance(error, ServiceNowRequestError):
             self.counts.failed += 1
             text = (f"{error} (ServiceNow refused this row's POST; nothing was created. Fix the row's data, or the "
                     "instance's rule that refuses it, then replay the row)")
-            return Outcome(row.id, SyncStatus.FAILED, error=text[:4000], attempts_made=1, http_status=error.status)
+            return Outcome(row.id, SyncStatus.FAILED, error=text[:4000], attempts_made=1, http_status=error.status,
+                           resolved=_resolved(posted.case))
         self._retry_ids.append(row.id)
         attempt = row.attempts + 1
         if isinstance(error, ServiceNowTimeout):
@@ -564,8 +618,9 @@ class CaseLoader:
             text = f"rate limited before attempt {attempt}: {error} (nothing was created; will retry)"
             return Outcome(row.id, SyncStatus.PENDING, error=text[:4000], attempts_made=0, http_status=429)
         text = f"attempt {attempt}: {error} (will retry)"
+        # The POST may have been committed: keep what it sent, so a later adoption of that record shows it too.
         return Outcome(row.id, SyncStatus.PENDING, error=text[:4000], attempts_made=1,
-                       http_status=error.status if error else None)
+                       http_status=error.status if error else None, resolved=_resolved(posted.case))
 
     def _record(self, outcome: Outcome) -> None:
         self._buffer.append(outcome)
@@ -736,6 +791,11 @@ def _mark_refused(source: SourceTable, token: str, outcome: Outcome, reason: str
         log.error("row %d: the source database refuses every update of this row (%s)", outcome.row_id,
                   refusal_text(exc))
     return False
+
+
+def _resolved(case: PreparedCase) -> str | None:
+    """The sys_ids the row's business keys resolved to, as written back (``resolved_references``)."""
+    return json.dumps(dict(case.resolved), sort_keys=True) if case.resolved else None
 
 
 def _adopted(row: SourceRow, found: list[ExistingRecord], by_case: list[ExistingRecord]) -> Outcome:

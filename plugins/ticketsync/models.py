@@ -18,9 +18,11 @@ import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, PlainValidator
+
+from ticketsync.definitions import SyncDefinition, packaged_definition
 
 DEFAULT_TARGET_TABLE = "sn_bom_loan_service"
 
@@ -31,6 +33,11 @@ REQUEST_ID_PATTERN = re.compile(r"[A-Za-z0-9._:/#@+\-]+")
 MAX_CORRELATION = 100
 MAX_SHORT_DESCRIPTION = 160
 MAX_JOURNAL = 4000
+# Business keys (sys_dictionary max lengths of csm_consumer.number, sn_bom_financial_account.account_number,
+# sys_user_group.name).
+MAX_CONSUMER_NUMBER = 40
+MAX_ACCOUNT_NUMBER = 40
+MAX_GROUP_NAME = 80
 CONTACT_TYPES = ("chat", "email", "phone", "social", "web")
 CATEGORY_LABELS = {"question": "0", "issue": "1", "feature": "2"}
 _ALLOWED_CONTROLS = {"\t", "\n", "\r"}
@@ -115,6 +122,17 @@ def _request_id(value: str) -> str:
     return value
 
 
+def _business_key(value: str) -> str:
+    """A key looked up with ``<field>IN<k1>,<k2>``: the encoded query has no escape for ``,`` or ``^``."""
+    candidate = value.strip()
+    for forbidden in (",", "^"):
+        if forbidden in candidate:
+            raise ValueError(
+                f"must not contain {forbidden!r} (the look-up query cannot carry it), got {preview(value)}"
+            )
+    return candidate
+
+
 def _contact_type(value: str) -> str:
     candidate = value.strip().lower()
     if candidate not in CONTACT_TYPES:
@@ -167,6 +185,9 @@ ShortDescription = Annotated[
 Correlation = Annotated[str | None, _rule(_text, _max_length(MAX_CORRELATION))]
 Journal = Annotated[str | None, _rule(_text, _max_length(MAX_JOURNAL))]
 TableName = Annotated[str | None, _rule(_text)]
+ConsumerNumber = Annotated[str | None, _rule(_text, _business_key, _max_length(MAX_CONSUMER_NUMBER))]
+AccountNumber = Annotated[str | None, _rule(_text, _business_key, _max_length(MAX_ACCOUNT_NUMBER))]
+GroupName = Annotated[str | None, _rule(_text, _business_key, _max_length(MAX_GROUP_NAME))]
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -186,7 +207,12 @@ PRODUCER_COLUMNS: tuple[str, ...] = (
     "category",
     "short_description",
     "notes",
+    # business keys, each in place of one reference sys_id above (pending migration 0002_business_keys)
+    "consumer_number",
+    "account_number",
+    "assignment_group_name",
 )
+KEY_COLUMNS: frozenset[str] = frozenset({"consumer_number", "account_number", "assignment_group_name"})
 
 
 class SourceRow(BaseModel):
@@ -207,6 +233,9 @@ class SourceRow(BaseModel):
     category: Any = None
     short_description: Any = None
     notes: Any = None
+    consumer_number: Any = None
+    account_number: Any = None
+    assignment_group_name: Any = None
     attempts: int = 0
     error: str | None = None
 
@@ -235,6 +264,9 @@ class ValidatedRequest(BaseModel):
     category: Category = None
     short_description: ShortDescription
     notes: Journal = None
+    consumer_number: ConsumerNumber = None
+    account_number: AccountNumber = None
+    assignment_group_name: GroupName = None
 
 
 class CaseBody(BaseModel):
@@ -264,24 +296,58 @@ class CaseBody(BaseModel):
 
 
 @dataclass(frozen=True)
+class BusinessKey:
+    """A source column holding the bank's key for a reference field, resolved on the instance to a sys_id.
+
+    :param column: the source column with the key (``consumer_number``)
+    :param field: the reference field it fills, also the source column of its sys_id (``consumer``)
+    :param table: the table the key is looked up in (``csm_consumer``)
+    :param key_field: the key's field in that table (``number``)
+    :param on_no_match: ``reject`` the row, or leave the field ``empty``, when no record has the key
+    """
+
+    column: str
+    field: str
+    table: str
+    key_field: str
+    on_no_match: Literal["reject", "empty"] = "reject"
+
+
+@dataclass(frozen=True)
 class TargetSpec:
     """What ticketsync knows about one ServiceNow target table.
 
     Another FSO case table (``sn_bom_credit_card_service``, ``sn_bom_payment_inquiry``…) is one more entry in
     :data:`TARGETS`, with its own required columns, once its field list has been checked against the instance.
+    A required reference field is satisfied by its sys_id or by its business key (``keys``).
     """
 
     table: str
     required: tuple[str, ...]
     body_model: type[CaseBody] = CaseBody
+    keys: tuple[BusinessKey, ...] = ()
+
+    def key_for(self, field_name: str) -> BusinessKey | None:
+        return next((key for key in self.keys if key.field == field_name), None)
 
 
+def target_spec(definition: SyncDefinition) -> TargetSpec:
+    """The required columns and business keys of a definition whose reference fields are read from source columns
+    of the same name (the ``ticket_requests`` contract)."""
+    keys = []
+    for name, spec in definition.fields.items():
+        if spec.key is not None:
+            if spec.column != name:
+                raise ValueError(f"{definition.dag_id}: fields.{name}: the sys_id column must be named {name}")
+            keys.append(BusinessKey(spec.key.column, name, spec.key.table, spec.key.field, spec.key.on_no_match))
+    required = tuple(spec.column or name for name, spec in definition.fields.items() if spec.required)
+    return TargetSpec(table=definition.target_table, required=required, keys=tuple(keys))
+
+
+# A loan service case is about one consumer's loan account: without both, an agent cannot act on it. The required
+# fields and the business keys come from the packaged loan definition (definitions/sn_bom_loan_service.yaml).
 TARGETS: dict[str, TargetSpec] = {
-    "sn_bom_loan_service": TargetSpec(
-        table="sn_bom_loan_service",
-        # A loan service case is about one consumer's loan account: without both, an agent cannot act on it.
-        required=("consumer", "sold_product", "short_description"),
-    ),
+    DEFAULT_TARGET_TABLE: target_spec(packaged_definition(DEFAULT_TARGET_TABLE)),
 }
 
 
@@ -309,12 +375,26 @@ class Rejection:
 
 
 @dataclass(frozen=True)
+class KeyLookup:
+    """One business key of one row, to be resolved before the row is sent."""
+
+    key: BusinessKey
+    value: str
+
+
+@dataclass(frozen=True)
 class PreparedCase:
-    """A row ready to send: its database id, the table, and the body."""
+    """A row ready to send: its database id, the table, and the body.
+
+    ``keys`` are the business keys still to resolve (their fields are empty in ``body`` until then);
+    ``resolved`` the sys_ids they resolved to (reference field -> sys_id), written back with the outcome.
+    """
 
     row_id: int
     table: str
     body: CaseBody
+    keys: tuple[KeyLookup, ...] = ()
+    resolved: tuple[tuple[str, str], ...] = ()
 
     @property
     def correlation_id(self) -> str:

@@ -15,9 +15,11 @@ from ticketsync.models import (
     TARGETS,
     CaseBody,
     FieldError,
+    KeyLookup,
     PreparedCase,
     Rejection,
     SourceRow,
+    TargetSpec,
     ValidatedRequest,
     preview,
 )
@@ -40,12 +42,33 @@ def _column_order(error: FieldError) -> int:
     return len(PRODUCER_COLUMNS)
 
 
-def _required_errors(values: dict[str, Any], required: tuple[str, ...], table: str) -> list[FieldError]:
-    """Columns the target table needs; judged on the raw values so they are named even when other rules fail."""
+def _given(value: Any) -> bool:
+    return value is not None and not (isinstance(value, str) and not value.strip())
+
+
+def _required_errors(values: dict[str, Any], spec: TargetSpec) -> list[FieldError]:
+    """Columns the target table needs; judged on the raw values so they are named even when other rules fail.
+    A reference field is given by its sys_id or by its business key."""
+    errors = []
+    for column in spec.required:
+        key = spec.key_for(column)
+        if _given(values[column]) or (key is not None and _given(values[key.column])):
+            continue
+        either = f" (give {column} or {key.column})" if key is not None else ""
+        errors.append(FieldError(column, f"is required for {spec.table}{either}"))
+    return errors
+
+
+def _both_given_errors(values: dict[str, Any], spec: TargetSpec) -> list[FieldError]:
+    """A reference given both as a sys_id and as a business key: which one is meant is not ours to guess."""
     return [
-        FieldError(column, f"is required for {table}")
-        for column in required
-        if values[column] is None or (isinstance(values[column], str) and not values[column].strip())
+        FieldError(
+            key.column,
+            f"give either {key.field} (the sys_id) or {key.column} (the key), not both "
+            f"({key.field} is {preview(str(values[key.field]))}, {key.column} is {preview(str(values[key.column]))})",
+        )
+        for key in spec.keys
+        if _given(values[key.field]) and _given(values[key.column])
     ]
 
 
@@ -66,7 +89,8 @@ def validate_row(row: SourceRow) -> ValidatedRequest | Rejection:
         errors.append(FieldError("target_table", f"{preview(table)} is not supported (supported: {supported})"))
     else:
         already = {error.column for error in errors}
-        errors.extend(e for e in _required_errors(values, spec.required, spec.table) if e.column not in already)
+        extra = [*_required_errors(values, spec), *_both_given_errors(values, spec)]
+        errors.extend(e for e in extra if e.column not in already)
     if errors or request is None:
         return Rejection(row_id=row.id, errors=tuple(sorted(errors, key=_column_order)))
     return request.model_copy(update={"target_table": table})
@@ -95,8 +119,16 @@ def prepare(row: SourceRow) -> PreparedCase | Rejection:
     validated = validate_row(row)
     if isinstance(validated, Rejection):
         return validated
-    return PreparedCase(
-        row_id=row.id,
-        table=validated.target_table or DEFAULT_TARGET_TABLE,
-        body=to_body(validated),
-    )
+    table = validated.target_table or DEFAULT_TARGET_TABLE
+    return PreparedCase(row_id=row.id, table=table, body=to_body(validated), keys=key_lookups(validated))
+
+
+def key_lookups(request: ValidatedRequest) -> tuple[KeyLookup, ...]:
+    """The business keys a validated request gives, to be resolved on the instance before it is sent."""
+    spec = TARGETS[request.target_table or DEFAULT_TARGET_TABLE]
+    found = []
+    for key in spec.keys:
+        value = getattr(request, key.column)
+        if value is not None:
+            found.append(KeyLookup(key, value))
+    return tuple(found)

@@ -30,7 +30,8 @@ from tests.conftest import (
     pg_connector,
 )
 from tests.test_migrations import VERSIONS, dump, execute, old_ensure_schema, version_rows
-from ticketsync.source import Dialect, SourceTable
+from ticketsync.models import KEY_COLUMNS, SourceRow
+from ticketsync.source import ROW_COLUMNS, Dialect, SourceTable
 from ticketsync.source.dialects import lease_param
 from ticketsync.source.migrator import Migrator
 from ticketsync.transform import prepare
@@ -109,8 +110,11 @@ def v1_database(dialect: Dialect, tmp_path: Path, request: pytest.FixtureRequest
 
 def post_case(emulator: EmulatorProcess, source: SourceTable, token: str, row_id: int) -> dict[str, Any]:
     """What an earlier run did for the row: the body the transform builds, POSTed to the instance."""
-    row = next(r for chunk in source.iter_claimed(token, chunk_size=100) for r in chunk if r.id == row_id)
-    case = prepare(row)
+    # read as the earlier release did: the version-1 columns (the business-key columns came with migration 4)
+    columns = [c for c in ROW_COLUMNS if c not in KEY_COLUMNS]
+    [values] = execute(source, f"SELECT {', '.join(columns)} FROM {source.table} WHERE id = ? AND claim_token = ?",
+                       (row_id, token))
+    case = prepare(SourceRow.model_validate(dict(zip(columns, values, strict=True))))
     body = case.body.model_dump(exclude_none=True)  # type: ignore[union-attr]
     response = requests.post(f"{emulator.url}/api/now/table/{TABLE}", json=body, auth=("admin", emulator.password),
                              params={"sysparm_exclude_reference_link": "true"}, timeout=30)
@@ -189,7 +193,8 @@ def test_the_dag_upgrades_a_version_1_table_with_rows_in_every_state(
 
         code = run(airflow, tmp_path / "upgrade.log")
         assert code == 0, (tmp_path / "upgrade.log").read_text()[-5000:]
-        assert "applied schema migrations [1, 2, 3, 4]" in (tmp_path / "upgrade.log").read_text()
+        all_versions = [version for version, _ in VERSIONS]
+        assert f"applied schema migrations {all_versions}" in (tmp_path / "upgrade.log").read_text()
         assert version_rows(source) == VERSIONS
         # Every settled row, and the two rows of the run still in flight, kept every column; the audit too.
         assert settled_rows(source) == before
@@ -235,7 +240,8 @@ def test_with_auto_migrate_off_the_dag_fails_at_once_then_the_command_then_a_goo
         code = run(airflow, tmp_path / "refused.log")
         log = (tmp_path / "refused.log").read_text()
         assert code != 0
-        expected = ("the source table 'ticket_requests' is at schema version 1; this ticketsync needs version 4, "
+        expected = (f"the source table 'ticket_requests' is at schema version 1; this ticketsync needs version "
+                    f"{len(VERSIONS)}, "
                     "and automatic migration is off (ticketsync_auto_migrate = false). Apply the pending migrations "
                     "with: python -m ticketsync.source.migrate --conn-id ticket_source --table ticket_requests")
         assert expected in " ".join(log.split()), log[-5000:]
@@ -252,7 +258,8 @@ def test_with_auto_migrate_off_the_dag_fails_at_once_then_the_command_then_a_goo
         assert "-- migration 2: status_update_pending" in review.stdout
         assert Migrator(source).found_version() == 1, "--sql changed the schema"
         applied = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120, check=True)
-        assert "applied [1, 2, 3, 4]; ticket_requests is at schema version 4" in applied.stdout
+        assert (f"applied {[version for version, _ in VERSIONS]}; ticket_requests is at schema version "
+                f"{len(VERSIONS)}") in applied.stdout
 
         code = run(airflow, tmp_path / "good.log")
         assert code == 0, (tmp_path / "good.log").read_text()[-5000:]
@@ -289,7 +296,7 @@ def test_the_previous_release_runs_on_a_migrated_table_and_corrupts_nothing(
     previous = previous_release(tmp_path)
     with v1_database(dialect, tmp_path, request) as (source, conn), EmulatorProcess(tmp_path / "emulator") as emulator:
         fill_every_state(source, emulator)
-        assert source.ensure_schema() == [1, 2]
+        assert source.ensure_schema() == [version for version, _ in VERSIONS]
         execute(source, f"UPDATE {source.table} SET status = 'update_pending' WHERE id = 1")  # a newer state
         before = settled_rows(source)
         airflow = LocalAirflow(
@@ -304,6 +311,6 @@ def test_the_previous_release_runs_on_a_migrated_table_and_corrupts_nothing(
         assert code == 0, log[-5000:]
         assert str(previous / "dags") in log, "the previous release was not the one run"
         assert settled_rows(source) == before
-        assert version_rows(source) == [(1, "initial"), (2, "status_update_pending")]
+        assert version_rows(source) == VERSIONS
         check_exactly_once(source, emulator, range(FIRST_PENDING, LAST_PENDING + 1))
         assert states(source)[1][1] == "update_pending"

@@ -51,7 +51,14 @@ def test_stats_count_requests_statuses_faults_and_records(
         "sn_bom_payment_inquiry": 0,
         "sn_bom_loan_b2b_service": 0,
         "sys_journal_field": 1,
+        "csm_consumer": 12,
+        "sn_bom_financial_account": 26,
+        "sys_user_group": 6,
+        "sn_bom_service_definition": 5,
+        "cmdb_model": 2,
+        "sys_dictionary": stats["records"]["sys_dictionary"],
     }
+    assert stats["by_table"] == {LOAN: {"POST": 1, "GET": 3, "DELETE": 1}}
     assert stats == emulator.stats() | {"uptime_seconds": stats["uptime_seconds"]}
 
 

@@ -87,6 +87,10 @@ def _valid_values(column: str) -> st.SearchStrategy[Any]:
         "contact_type": st.one_of(st.none(), st.sampled_from(CONTACT_TYPES), st.sampled_from(["WEB", " Phone "])),
         "category": st.one_of(st.none(), st.sampled_from(["0", "1", "2", "Question", "issue", " FEATURE "])),
         "notes": st.one_of(st.none(), free_text, _repeat(FREE_CHAR, [MAX_JOURNAL])),
+        # the rows give sys_ids for consumer, sold_product (and maybe assignment_group): a key as well is refused
+        "consumer_number": st.none(),
+        "account_number": st.none(),
+        "assignment_group_name": st.none(),
     }
     return choices[column]
 

@@ -69,6 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--user", default="admin")
     parser.add_argument("--password", help=f"used when ${PASSWORD_ENV} is unset (default: 'admin')")
     parser.add_argument("--tables", help=f"comma-separated tables to serve (default: {','.join(DEFAULT_TABLES)})")
+    parser.add_argument(
+        "--no-reference-data", dest="reference_data", action="store_false",
+        help="leave the reference tables and sys_dictionary empty (by default they hold the fixed seed)",
+    )
     parser.add_argument("--tls-cert", help="PEM certificate: serve HTTPS when given with --tls-key")
     parser.add_argument("--tls-key", help="PEM private key")
     parser.add_argument("--verbose", action="store_true", help="log every request to stderr")
@@ -97,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     for flag, name in _RATE_FLAGS.items():
         faults.add_argument(flag, dest=name, type=_rate, default=0.0, metavar="RATE")
     faults.add_argument("--fault-methods", default="GET,POST,PATCH,PUT,DELETE", help="methods random faults hit")
+    faults.add_argument("--fault-tables", default="", help="tables random faults hit (comma-separated; default all)")
     faults.add_argument("--seed", type=int, help="seed of the random fault draws")
     return parser
 
@@ -105,7 +110,11 @@ def config_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> Em
     """The emulator configuration a command line asks for (raises FaultConfigError on bad fault settings)."""
     fault_fields = [*_RATE_FLAGS.values(), *(name for name, _ in _NUMBER_FLAGS.values()), "concurrency_limit", "seed"]
     faults = FaultConfig().with_changes(
-        {**{name: getattr(args, name) for name in fault_fields}, "methods": args.fault_methods}
+        {
+            **{name: getattr(args, name) for name in fault_fields},
+            "methods": args.fault_methods,
+            "tables": args.fault_tables,
+        }
     )
     tables = tuple(name.strip() for name in (args.tables or "").split(",") if name.strip()) or DEFAULT_TABLES
     return EmulatorConfig(
@@ -115,6 +124,7 @@ def config_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> Em
         password=environ.get(PASSWORD_ENV) or args.password or "admin",
         faults=faults,
         tables=tables,
+        reference_data=args.reference_data,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         verbose=args.verbose,

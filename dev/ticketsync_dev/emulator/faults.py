@@ -134,6 +134,7 @@ class FaultConfig:
     slow_before_commit_ms: float = 0
     fail_auth: bool = False
     methods: tuple[str, ...] = ALL_METHODS
+    tables: tuple[str, ...] = ()  # random faults hit only requests to these tables; empty: every table
     seed: int | None = None
     # Deterministic faults tied to a request's data (see FaultRule), checked before the random ones.
     rules: tuple[FaultRule, ...] = ()
@@ -170,6 +171,7 @@ class FaultConfig:
         """A JSON-ready view."""
         data = dataclasses.asdict(self)
         data["methods"] = list(self.methods)
+        data["tables"] = list(self.tables)
         data["rules"] = [{**dataclasses.asdict(rule), "methods": list(rule.methods)} for rule in self.rules]
         data["truncate"] = dict(self.truncate)
         return data
@@ -236,7 +238,15 @@ def _coerce_methods(value: Any) -> tuple[str, ...]:
     return tuple(item.strip().upper() for item in value)
 
 
-_STRUCTURED.update(methods=_coerce_methods, rules=_coerce_rules, truncate=_coerce_truncate)
+def _coerce_tables(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [part for part in value.split(",") if part.strip()]
+    if not isinstance(value, list | tuple) or not all(isinstance(item, str) for item in value):
+        raise FaultConfigError("tables must be a list of table names")
+    return tuple(item.strip() for item in value)
+
+
+_STRUCTURED.update(methods=_coerce_methods, rules=_coerce_rules, truncate=_coerce_truncate, tables=_coerce_tables)
 
 
 class TokenBucket:
@@ -318,10 +328,12 @@ class FaultInjector:
             self._rng.seed(config.seed)
             self.bucket.reset()
 
-    def draw(self, method: str) -> str | None:
+    def draw(self, method: str, table: str | None = None) -> str | None:
         """At most one random fault for this request: one uniform draw against the cumulative rates."""
         config = self._config
         if method not in config.methods or config.total_fault_rate() <= 0:
+            return None
+        if config.tables and table not in config.tables:
             return None
         with self._lock:
             point = self._rng.random()

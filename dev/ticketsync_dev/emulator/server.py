@@ -58,6 +58,8 @@ class EmulatorConfig:
     oauth_token_lifetime: float = 1799.0
     # The session synchroniser: on by default, one transaction at a time per session (see sessions.py).
     sessions: SessionPolicy = field(default_factory=SessionPolicy)
+    # Fill the reference tables and sys_dictionary at start and after every reset (ticketsync_dev.emulator.reference).
+    reference_data: bool = True
 
     @property
     def tls(self) -> bool:
@@ -92,6 +94,8 @@ class EmulatorServer(ThreadingHTTPServer):
     def __init__(self, config: EmulatorConfig) -> None:
         self.config = config
         self._store = Store(config.tables)
+        if config.reference_data:
+            self._store.seed()
         self.faults = FaultInjector(config.faults)
         self.stats = Stats()
         self._sessions = SessionSynchronizer(config.sessions)
@@ -158,6 +162,8 @@ class EmulatorServer(ThreadingHTTPServer):
 
     def reset(self, *, reset_faults: bool = False) -> None:
         self._store.clear()
+        if self.config.reference_data:
+            self._store.seed()
         self.stats.reset()
         self._sessions.reset()
         self._oauth.reset()
@@ -254,7 +260,7 @@ class EmulatorHandler(BaseHTTPRequestHandler):
 
     def _api(self, method: str) -> None:
         stats = self.server.stats
-        stats.begin(method)
+        stats.begin(method, table_api.table_of(self.path.partition("?")[0]))
         reply: Reply | None = None
         try:
             reply = self._api_reply(method)
@@ -311,7 +317,7 @@ class EmulatorHandler(BaseHTTPRequestHandler):
             self.server.stats.fault("rule")
             if rule.status:
                 return rule_refusal(rule.status, rule.field, rule.contains)
-        kind = injector.draw(method)
+        kind = injector.draw(method, table_api.table_of(path))
         if kind is not None:
             self.server.stats.fault(kind)
         if kind in PRE_COMMIT_FAULTS:

@@ -19,6 +19,7 @@ class Stats:
         self._by_method: Counter[str] = Counter()
         self._by_status: Counter[str] = Counter()
         self._faults: Counter[str] = Counter()
+        self._by_table: dict[str, Counter[str]] = {}
         self._total = 0
         self._no_response = 0
         self._in_flight = 0
@@ -30,13 +31,16 @@ class Stats:
             self._by_method.clear()
             self._by_status.clear()
             self._faults.clear()
+            self._by_table.clear()
             self._total = self._no_response = self._max_in_flight = 0
 
-    def begin(self, method: str) -> None:
-        """An API request arrived (its headers are read)."""
+    def begin(self, method: str, table: str | None = None) -> None:
+        """An API request arrived (its headers are read); ``table`` is the table its path names, if any."""
         with self._lock:
             self._total += 1
             self._by_method[method] += 1
+            if table is not None:
+                self._by_table.setdefault(table, Counter())[method] += 1
             self._in_flight += 1
             self._max_in_flight = max(self._max_in_flight, self._in_flight)
 
@@ -61,6 +65,7 @@ class Stats:
                 "requests_total": self._total,
                 "by_method": dict(self._by_method),
                 "by_status": dict(sorted(self._by_status.items())),
+                "by_table": {table: dict(counts) for table, counts in sorted(self._by_table.items())},
                 "faults": faults,
                 "throttled": self._by_status["429"],
                 "no_response": self._no_response,

@@ -14,6 +14,15 @@ from typing import Any
 
 from ticketsync_dev.emulator.choices import CASE_CHOICES, INACTIVE_STATES
 from ticketsync_dev.emulator.query import EncodedQuery, Part, fold, parse_query
+from ticketsync_dev.emulator.reference import (
+    DICTIONARY_FIELD_DEFS,
+    DICTIONARY_TABLE,
+    REFERENCE_NUMBER_PREFIXES,
+    REFERENCE_TABLES,
+    FieldDef,
+    dictionary_records,
+    seed_records,
+)
 
 Row = list[str]
 Record = dict[str, str]
@@ -25,7 +34,7 @@ CASE_TABLES: dict[str, str] = {  # table -> number prefix (the emulator's choice
     "sn_bom_payment_inquiry": "PIQ",
     "sn_bom_loan_b2b_service": "LBS",
 }
-DEFAULT_TABLES: tuple[str, ...] = (*CASE_TABLES, JOURNAL_TABLE)
+DEFAULT_TABLES: tuple[str, ...] = (*CASE_TABLES, JOURNAL_TABLE, *REFERENCE_TABLES, DICTIONARY_TABLE)
 DEFAULT_CASE_PREFIX = "CS"
 FIRST_NUMBER = 1001
 
@@ -99,10 +108,28 @@ class TableSchema:
         return self.system_fields + self.writable_fields
 
 
+REFERENCE_SYSTEM_FIELDS: tuple[str, ...] = tuple(name for name in CASE_SYSTEM_FIELDS if name != "number")
+
+
+def _data_table_schema(table: str, defs: tuple[FieldDef, ...]) -> TableSchema:
+    return TableSchema(
+        name=table,
+        system_fields=REFERENCE_SYSTEM_FIELDS,
+        writable_fields=tuple(d.element for d in defs),
+        references={d.element: d.reference for d in defs if d.reference},
+        number_prefix=REFERENCE_NUMBER_PREFIXES.get(table),
+    )
+
+
 def schema_for(table: str) -> TableSchema:
-    """The schema the emulator uses for a table name: the journal, or a case table (any other name)."""
+    """The schema the emulator uses for a table name: the journal, a reference table, the dictionary, or a case
+    table (any other name)."""
     if table == JOURNAL_TABLE:
         return TableSchema(table, JOURNAL_SYSTEM_FIELDS, JOURNAL_FIELDS)
+    if table in REFERENCE_TABLES:
+        return _data_table_schema(table, REFERENCE_TABLES[table])
+    if table == DICTIONARY_TABLE:
+        return _data_table_schema(table, DICTIONARY_FIELD_DEFS)
     return TableSchema(
         name=table,
         system_fields=CASE_SYSTEM_FIELDS,
@@ -287,6 +314,27 @@ class Store:
         with self._lock:
             for table in self._tables.values():
                 table.clear()
+
+    def seed(self, user: str = "system") -> dict[str, int]:
+        """Fill the reference tables and the dictionary the store serves with the fixed seed; returns the counts
+        added. Idempotent: a seeded record already present (same sys_id) is left as it is."""
+        with self._lock:
+            case_tables = tuple(name for name, table in self._tables.items() if table.schema.journal_fields)
+            wanted = {**seed_records(), DICTIONARY_TABLE: dictionary_records(self.table_names, case_tables)}
+            added: dict[str, int] = {}
+            for name, records in wanted.items():
+                table = self._tables.get(name)
+                if table is None:
+                    continue
+                now = utc_timestamp()
+                for record in records:
+                    if record["sys_id"] in table.rows:
+                        continue
+                    row = self._new_row(table, _writable_values(table, record), now, user)
+                    row[table.positions["sys_id"]] = record["sys_id"]
+                    table.insert(row)
+                    added[name] = added.get(name, 0) + 1
+            return added
 
     def create(self, name: str, body: Mapping[str, Any], user: str, fields: Sequence[str] | None = None) -> Record:
         """Insert a record from a request body; unknown and `sys_` fields are ignored."""

@@ -55,6 +55,12 @@ class ReadOptions:
 Handler = Callable[[Store, ApiRequest, Target], Reply]
 
 
+def table_of(path: str) -> str | None:
+    """The table a Table API path names, or None."""
+    match = _PATH.fullmatch(path)
+    return None if match is None else unquote(match["table"])
+
+
 def handle(store: Store, request: ApiRequest) -> Reply:
     """Answer one authenticated Table API request."""
     match = _PATH.fullmatch(request.path)

@@ -16,6 +16,7 @@ from ticketsync.hooks.servicenow import ServiceNowHook
 from ticketsync.links import MAX_LINKED_IDS, ServiceNowRecordsLink, records_url
 from ticketsync.models import DEFAULT_TARGET_TABLE
 from ticketsync.operators.base import SourceTaskOperator, claim_token
+from ticketsync.references import ReferenceResolver
 
 if TYPE_CHECKING:
     from ticketsync.loader import LoadSettings
@@ -144,8 +145,10 @@ class LoadRunInfoOperator(SourceTaskOperator):
                 chunks = dryrun.selection(source, limit=int(self.limit), chunk_size=settings.chunk_size,
                                           request_ids=request_ids)
                 twins = CaseTwins(SourceTwin(*twin) for twin in source.case_twins())
+                resolver = ReferenceResolver(hook.find_by_keys)
                 for rows in chunks:
-                    dryrun.plan_chunk(hook, rows, plan, max_attempts=settings.max_attempts, twins=twins)
+                    dryrun.plan_chunk(hook, rows, plan, max_attempts=settings.max_attempts, twins=twins,
+                                      resolver=resolver)
         finally:
             hook.close()
         result = plan.as_dict()

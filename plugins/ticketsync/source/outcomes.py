@@ -23,6 +23,7 @@ class Outcome:
     http_status: int | None = None
     action: str | None = None
     sent_fields: str | None = None  # the snapshot of what a create applied (ticketsync.updates.Snapshot, JSON)
+    resolved: str | None = None  # JSON: reference field -> the sys_id its business key resolved to
 
 
 class Outcomes(SourceConnection):
@@ -33,20 +34,25 @@ class Outcomes(SourceConnection):
         so the next attempt (a task retry or the next run) may take it.
         """
         now = self._sql.now
+        batch = list(outcomes)
+        # resolved_references (migration 4) only when an outcome carries one: rows without business keys never
+        # need the column, so nothing else depends on the migration having run.
+        resolved = any(o.resolved is not None for o in batch)
+        set_resolved = "resolved_references = COALESCE(?, resolved_references), " if resolved else ""
         statement = self._q(f"""
             UPDATE {self.table}
                SET status = ?, sys_id = COALESCE(?, sys_id), number = COALESCE(?, number), error = ?,
                    attempts = attempts + ?, last_http_status = COALESCE(?, last_http_status),
                    sync_action = COALESCE(?, sync_action), sent_fields = COALESCE(?, sent_fields),
-                   synced_at = {now}, updated_at = {now},
+                   {set_resolved}synced_at = {now}, updated_at = {now},
                    lease_expires_at = {now}
              WHERE id = ? AND claim_token = ? AND status = 'pending'""")
         params = [
             (
                 str(o.status), o.sys_id, o.number, o.error, o.attempts_made, o.http_status, o.action,
-                o.sent_fields, o.row_id, token,
+                o.sent_fields, *((o.resolved,) if resolved else ()), o.row_id, token,
             )
-            for o in outcomes
+            for o in batch
         ]
         return self._write_back(statement, params)
 

@@ -99,6 +99,7 @@ class Replay(SourceConnection):
         reset = self._q(f"""
             UPDATE {self.table}
                SET status = 'pending', error = NULL, sys_id = NULL, number = NULL, sync_action = NULL,
+                   resolved_references = NULL,
                    attempts = 0, last_http_status = NULL, claim_token = ?, lease_expires_at = {sql.lease_until},
                    updated_at = {sql.now}
              WHERE id = ?""")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from ticketsync.models import PRODUCER_COLUMNS
+from ticketsync.models import KEY_COLUMNS, PRODUCER_COLUMNS
 from ticketsync.source.connection import SourceConnection, reconnecting
 from ticketsync.source.dialects import Dialect, placeholders
 from ticketsync.source.migrator import Migrator, migrate_command
@@ -36,10 +36,12 @@ class Schema(SourceConnection):
         Not repeated after a lost connection: a lost COMMIT may have landed, and the repeat would hit the unique
         ``request_id``.
         """
-        columns = ", ".join(PRODUCER_COLUMNS)
-        statement = self._q(f"INSERT INTO {self.table} ({columns}) VALUES ({placeholders(len(PRODUCER_COLUMNS))})")
+        rows = list(requests)
+        # The business-key columns (migration 4) only when a request gives one: a producer on an older schema works.
+        used = [c for c in PRODUCER_COLUMNS if c not in KEY_COLUMNS or any(r.get(c) is not None for r in rows)]
+        statement = self._q(f"INSERT INTO {self.table} ({', '.join(used)}) VALUES ({placeholders(len(used))})")
         params = [
-            tuple(request.get(c, "sn_bom_loan_service" if c == "target_table" else None) for c in PRODUCER_COLUMNS)
-            for request in requests
+            tuple(request.get(c, "sn_bom_loan_service" if c == "target_table" else None) for c in used)
+            for request in rows
         ]
         return self._execute_many(statement, params)

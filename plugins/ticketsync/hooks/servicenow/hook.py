@@ -369,6 +369,32 @@ class ServiceNowHook(HttpHook):
                 return found
             offset += LOOKUP_PAGE
 
+    def find_by_keys(self, table: str, key_field: str, keys: Iterable[str]) -> dict[str, list[str]]:
+        """The sys_ids of the records of ``table`` whose ``key_field`` is one of ``keys``, in one
+        ``<key_field>IN…`` query (paged), by key folded to lower case (the instance compares without case).
+
+        :param table: the reference table to search (``csm_consumer``).
+        :param key_field: the business key's field there (``number``).
+        :param keys: the keys to look up.
+        """
+        if not TABLE_NAME.fullmatch(key_field):
+            raise ValueError(f"invalid field name {key_field!r}")
+        wanted = sorted(set(keys))
+        folded = {key.casefold() for key in wanted}
+        found: dict[str, list[str]] = {}
+        if not wanted:
+            return found
+        query = f"{key_field}IN{','.join(wanted)}^ORDERBYsys_id"
+        offset = 0
+        while True:
+            page = self.list_records(table, query=query, fields=("sys_id", key_field), limit=LOOKUP_PAGE, offset=offset)
+            for record in page:
+                key, sys_id = _keyed_record(record, key_field, folded, table)
+                found.setdefault(key, []).append(sys_id)
+            if len(page) < LOOKUP_PAGE:
+                return found
+            offset += LOOKUP_PAGE
+
     def get_record(self, table: str, sys_id: str, fields: Sequence[str] = ()) -> dict[str, Any]:
         """``GET /api/now/table/{table}/{sys_id}``.
 
@@ -505,6 +531,25 @@ class ServiceNowHook(HttpHook):
                     default=None if default is None else str(default),
                 )
         return widgets
+
+def _keyed_record(record: dict[str, Any], key_field: str, folded: set[str], table: str) -> tuple[str, str]:
+    """(folded key, sys_id) of one record of a business-key look-up; anything odd in it is an error, as for the
+    correlation look-up: a reference resolved from a damaged or unfiltered answer would point at the wrong record."""
+    sys_id = record.get("sys_id")
+    key = record.get(key_field)
+    if not isinstance(sys_id, str) or not re.fullmatch(r"[0-9a-f]{32}", sys_id):
+        raise ServiceNowTransientError(
+            "key look-up answer holds a record without a valid sys_id; not trusted", status=200
+        )
+    if not isinstance(key, str) or key.casefold() not in folded:
+        raise ServiceNowRequestError(
+            200,
+            "key look-up answer holds records that do not match the query",
+            f"the instance ignored '{key_field}IN…' on {table} (does the table have a field {key_field} the "
+            "integration user can read?)",
+        )
+    return key.casefold(), sys_id
+
 
 def _existing_record(record: dict[str, Any], wanted: set[str], table: str, asked: int) -> ExistingRecord:
     """One record of a look-up answer. Idempotency rests on this answer, so anything odd in it is an error:

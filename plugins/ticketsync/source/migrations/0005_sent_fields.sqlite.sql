@@ -1,8 +1,8 @@
--- Migration 4: the snapshot of what the sync last applied to each case (issue 13, updates; docs/case-status.md):
+-- Migration 5: the snapshot of what the sync last applied to each case (issue 13, updates; docs/case-status.md):
 -- a JSON object of the case fields last written and the last work note sent, set after each verified update.
 -- NULL on rows synced before: their first update reads the case itself as the baseline.
 -- Adds only: no row's values change, the sync columns are untouched.
--- SQLite has no ADD COLUMN IF NOT EXISTS, so, as migrations 2 and 3 do, the table is rebuilt with the new (NULL)
+-- SQLite has no ADD COLUMN IF NOT EXISTS, so, as migrations 2, 3 and 4 do, the table is rebuilt with the new (NULL)
 -- column at its end, in the runner's one transaction: safe to run twice on the schema it upgrades from.
 -- No foreign keys, triggers or views refer to the table; a rebuild of a table with any must recreate them here.
 DROP TABLE IF EXISTS ticket_requests_rebuild;
@@ -37,18 +37,24 @@ CREATE TABLE ticket_requests_rebuild (
     case_state_label   TEXT,
     case_updated_at    TEXT,
     case_checked_at    TEXT,
-    sent_fields        TEXT
+    consumer_number       TEXT,
+    account_number        TEXT,
+    assignment_group_name TEXT,
+    resolved_references   TEXT,
+    sent_fields           TEXT
 );
 INSERT INTO ticket_requests_rebuild (
     id, request_id, source_system, target_table, consumer, sold_product, assignment_group, contact_type, product,
     service_definition, category, short_description, notes, status, sys_id, number, error, attempts, synced_at,
     sync_action, last_http_status, claim_token, lease_expires_at, created_at, updated_at, case_state,
-    case_state_label, case_updated_at, case_checked_at)
+    case_state_label, case_updated_at, case_checked_at, consumer_number, account_number, assignment_group_name,
+    resolved_references)
 SELECT
     id, request_id, source_system, target_table, consumer, sold_product, assignment_group, contact_type, product,
     service_definition, category, short_description, notes, status, sys_id, number, error, attempts, synced_at,
     sync_action, last_http_status, claim_token, lease_expires_at, created_at, updated_at, case_state,
-    case_state_label, case_updated_at, case_checked_at
+    case_state_label, case_updated_at, case_checked_at, consumer_number, account_number, assignment_group_name,
+    resolved_references
 FROM ticket_requests;
 -- AUTOINCREMENT: carry the old high-water mark, so an id once used (by a since-deleted row) is never reused.
 DELETE FROM sqlite_sequence WHERE name = 'ticket_requests_rebuild';

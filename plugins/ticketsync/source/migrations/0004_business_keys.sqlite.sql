@@ -1,0 +1,65 @@
+-- Migration 4 (issue 12): business keys for reference fields. Producer columns: a key in place of a reference
+-- sys_id (either one per reference, never both): consumer_number -> csm_consumer.number (fills consumer),
+-- account_number -> sn_bom_financial_account.account_number (sold_product), assignment_group_name ->
+-- sys_user_group.name (assignment_group). Sync column: resolved_references, the sys_ids the keys resolved to, as
+-- JSON {"consumer": "<sys_id>", ...}. Adds only (NULL): no row's values change.
+-- SQLite has no ADD COLUMN IF NOT EXISTS, so, as migrations 2 and 3 do, the table is rebuilt with the new columns at
+-- its end, in the runner's one transaction: safe to run twice on the schema it upgrades from.
+-- No foreign keys, triggers or views refer to the table; a rebuild of a table with any must recreate them here.
+DROP TABLE IF EXISTS ticket_requests_rebuild;
+CREATE TABLE ticket_requests_rebuild (
+    id                 INTEGER PRIMARY KEY AUTOINCREMENT,
+    request_id         TEXT NOT NULL UNIQUE,
+    source_system      TEXT,
+    target_table       TEXT NOT NULL DEFAULT 'sn_bom_loan_service',
+    consumer           TEXT,
+    sold_product       TEXT,
+    assignment_group   TEXT,
+    contact_type       TEXT,
+    product            TEXT,
+    service_definition TEXT,
+    category           TEXT,
+    short_description  TEXT,
+    notes              TEXT,
+    status             TEXT NOT NULL DEFAULT 'pending'
+                       CHECK (status IN ('pending', 'created', 'rejected', 'failed', 'update_pending')),
+    sys_id             TEXT,
+    number             TEXT,
+    error              TEXT,
+    attempts           INTEGER NOT NULL DEFAULT 0,
+    synced_at          TEXT,
+    sync_action        TEXT CHECK (sync_action IN ('created', 'adopted')),
+    last_http_status   INTEGER,
+    claim_token        TEXT,
+    lease_expires_at   TEXT,
+    created_at         TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+    updated_at         TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+    case_state         TEXT,
+    case_state_label   TEXT,
+    case_updated_at    TEXT,
+    case_checked_at    TEXT,
+    consumer_number       TEXT,
+    account_number        TEXT,
+    assignment_group_name TEXT,
+    resolved_references   TEXT
+);
+INSERT INTO ticket_requests_rebuild (
+    id, request_id, source_system, target_table, consumer, sold_product, assignment_group, contact_type, product,
+    service_definition, category, short_description, notes, status, sys_id, number, error, attempts, synced_at,
+    sync_action, last_http_status, claim_token, lease_expires_at, created_at, updated_at, case_state,
+    case_state_label, case_updated_at, case_checked_at)
+SELECT
+    id, request_id, source_system, target_table, consumer, sold_product, assignment_group, contact_type, product,
+    service_definition, category, short_description, notes, status, sys_id, number, error, attempts, synced_at,
+    sync_action, last_http_status, claim_token, lease_expires_at, created_at, updated_at, case_state,
+    case_state_label, case_updated_at, case_checked_at
+FROM ticket_requests;
+-- AUTOINCREMENT: carry the old high-water mark, so an id once used (by a since-deleted row) is never reused.
+DELETE FROM sqlite_sequence WHERE name = 'ticket_requests_rebuild';
+INSERT INTO sqlite_sequence (name, seq)
+    SELECT 'ticket_requests_rebuild', seq FROM sqlite_sequence WHERE name = 'ticket_requests';
+DROP TABLE ticket_requests;
+ALTER TABLE ticket_requests_rebuild RENAME TO ticket_requests;
+CREATE INDEX IF NOT EXISTS ticket_requests_pending_idx ON ticket_requests (id) WHERE status = 'pending';
+CREATE INDEX IF NOT EXISTS ticket_requests_claim_idx ON ticket_requests (claim_token, id) WHERE status = 'pending';
+CREATE INDEX IF NOT EXISTS ticket_requests_sys_id_idx ON ticket_requests (sys_id) WHERE sys_id IS NOT NULL;
