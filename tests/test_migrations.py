@@ -286,7 +286,7 @@ def test_with_auto_migrate_off_a_table_behind_is_refused_with_the_versions_and_t
     with pytest.raises(SchemaVersionError) as raised:
         source.ensure_schema(auto_migrate=False, command=command)
     message = str(raised.value)
-    assert f"{source.table!r} is at schema version 1; this ticketsync needs version 4" in message
+    assert f"{source.table!r} is at schema version 1; this ticketsync needs version {len(VERSIONS)}" in message
     assert command in message
     assert "ticketsync_auto_migrate = false" in message
     assert not execute(source, *_exists(source, f"{source.table}_schema_version")), "the check created a table"
@@ -309,9 +309,10 @@ def test_with_auto_migrate_off_a_missing_table_is_reported_as_none(tmp_path: Pat
 def test_a_table_migrated_by_a_newer_release_is_refused_and_not_touched(v1_source: SourceTable) -> None:
     source = v1_source
     source.ensure_schema()
-    execute(source, f"INSERT INTO {source.table}_schema_version (version, name) VALUES (5, 'from_the_future')")
+    future, latest = len(VERSIONS) + 1, len(VERSIONS)
+    execute(source, f"INSERT INTO {source.table}_schema_version (version, name) VALUES ({future}, 'from_the_future')")
     schema = schema_of(source)
-    newer = r"at schema version 5, newer than this ticketsync knows \(up to 4\)"
+    newer = rf"at schema version {future}, newer than this ticketsync knows \(up to {latest}\)"
     for auto in (True, False):
         with pytest.raises(SchemaVersionError, match=newer):
             source.ensure_schema(auto_migrate=auto)
@@ -459,7 +460,8 @@ def test_a_migration_killed_in_the_middle_is_rolled_back_and_completes_when_run_
     result = subprocess.run(migrate_cli(conn, "--table", source.table), env=cli_env(conn), capture_output=True,
                             text=True, timeout=120, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert f"applied [2, 3, 4]; {source.table} is at schema version 4" in result.stdout
+    later = [version for version, _ in VERSIONS][1:]
+    assert f"applied {later}; {source.table} is at schema version {len(VERSIONS)}" in result.stdout
     assert dump(source) == before
     assert version_rows(source) == VERSIONS
     execute(source, f"UPDATE {source.table} SET status = 'update_pending' WHERE id = 6")

@@ -39,18 +39,21 @@ class Outcomes(SourceConnection):
         # need the column, so nothing else depends on the migration having run.
         resolved = any(o.resolved is not None for o in batch)
         set_resolved = "resolved_references = COALESCE(?, resolved_references), " if resolved else ""
+        # sent_fields (migration 5) likewise: only creates carry a snapshot.
+        sent = any(o.sent_fields is not None for o in batch)
+        set_sent = "sent_fields = COALESCE(?, sent_fields), " if sent else ""
         statement = self._q(f"""
             UPDATE {self.table}
                SET status = ?, sys_id = COALESCE(?, sys_id), number = COALESCE(?, number), error = ?,
                    attempts = attempts + ?, last_http_status = COALESCE(?, last_http_status),
-                   sync_action = COALESCE(?, sync_action), sent_fields = COALESCE(?, sent_fields),
-                   {set_resolved}synced_at = {now}, updated_at = {now},
+                   sync_action = COALESCE(?, sync_action), {set_sent}{set_resolved}synced_at = {now},
+                   updated_at = {now},
                    lease_expires_at = {now}
              WHERE id = ? AND claim_token = ? AND status = 'pending'""")
         params = [
             (
                 str(o.status), o.sys_id, o.number, o.error, o.attempts_made, o.http_status, o.action,
-                o.sent_fields, *((o.resolved,) if resolved else ()), o.row_id, token,
+                *((o.sent_fields,) if sent else ()), *((o.resolved,) if resolved else ()), o.row_id, token,
             )
             for o in batch
         ]
