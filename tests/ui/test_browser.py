@@ -176,6 +176,10 @@ def find_dag(page: Page) -> None:
     # as a task filter: clear the search before opening the DAG.
     page.get_by_placeholder("Search Dags").fill("")
     expect(page).not_to_have_url(re.compile(r"name_pattern="))
+    # The cleared list re-renders with every DAG (servicenow_case_status sorts first): click once it has settled,
+    # or the click lands on whatever row moved under it.
+    expect(page.get_by_text("1 Dag", exact=True)).not_to_be_visible()
+    expect(page.get_by_role("link", name="servicenow_case_status", exact=True)).to_be_visible()
     link.click()
     expect(page).to_have_url(page_url(f"/dags/{DAG_ID}"))
 
