@@ -26,6 +26,10 @@ class Outcome:
     resolved: str | None = None  # JSON: reference field -> the sys_id its business key resolved to
 
 
+# (column, Outcome attribute) written only when some outcome of a batch carries a value
+OPTIONAL_COLUMNS = (("sent_fields", "sent_fields"), ("resolved_references", "resolved"))
+
+
 class Outcomes(SourceConnection):
     def write_outcomes(self, token: str, outcomes: Iterable[Outcome]) -> int:
         """Write each outcome to its row in one transaction, only where the token still holds a pending row.
@@ -35,25 +39,26 @@ class Outcomes(SourceConnection):
         """
         now = self._sql.now
         batch = list(outcomes)
-        # resolved_references (migration 4) only when an outcome carries one: rows without business keys never
-        # need the column, so nothing else depends on the migration having run.
-        resolved = any(o.resolved is not None for o in batch)
-        set_resolved = "resolved_references = COALESCE(?, resolved_references), " if resolved else ""
-        # sent_fields (migration 5) likewise: only creates carry a snapshot.
-        sent = any(o.sent_fields is not None for o in batch)
-        set_sent = "sent_fields = COALESCE(?, sent_fields), " if sent else ""
+        # Columns of later migrations, written only when an outcome of the batch carries a value: a create's snapshot
+        # (sent_fields, migration 5), the sys_ids business keys resolved to (resolved_references, migration 4). Rows
+        # without them never need the columns, so nothing else depends on those migrations having run.
+        optional = [
+            (column, attribute) for column, attribute in OPTIONAL_COLUMNS
+            if any(getattr(o, attribute) is not None for o in batch)
+        ]
+        set_optional = "".join(f"{column} = COALESCE(?, {column}), " for column, _ in optional)
         statement = self._q(f"""
             UPDATE {self.table}
                SET status = ?, sys_id = COALESCE(?, sys_id), number = COALESCE(?, number), error = ?,
                    attempts = attempts + ?, last_http_status = COALESCE(?, last_http_status),
-                   sync_action = COALESCE(?, sync_action), {set_sent}{set_resolved}synced_at = {now},
+                   sync_action = COALESCE(?, sync_action), {set_optional}synced_at = {now},
                    updated_at = {now},
                    lease_expires_at = {now}
              WHERE id = ? AND claim_token = ? AND status = 'pending'""")
         params = [
             (
                 str(o.status), o.sys_id, o.number, o.error, o.attempts_made, o.http_status, o.action,
-                *((o.sent_fields,) if sent else ()), *((o.resolved,) if resolved else ()), o.row_id, token,
+                *(getattr(o, attribute) for _, attribute in optional), o.row_id, token,
             )
             for o in batch
         ]
