@@ -48,6 +48,8 @@ Variables and Connections (docs/operations.md: Alerting, Lineage).
 
 # Seconds between task retries; tests and the demo shorten it. Read from the environment: no I/O at parse time.
 RETRY_DELAY = timedelta(seconds=float(os.environ.get("TICKETSYNC_RETRY_DELAY_SECONDS", "30")))
+# Seconds of the load's first backoff after a transient failure (doubling, full jitter); tests shorten it too.
+BACKOFF_BASE = float(os.environ.get("TICKETSYNC_BACKOFF_BASE_SECONDS", "1"))
 
 with DAG(
     dag_id="servicenow_ticket_sync",
@@ -124,7 +126,7 @@ with DAG(
         max_in_flight="{{ params.max_in_flight }}",
         max_attempts="{{ params.max_attempts }}",
         lease_seconds="{{ params.lease_seconds }}",
-        settle_seconds="{{ params.settle_seconds }}",
+        settle_seconds="{{ params.settle_seconds }}", backoff_base=BACKOFF_BASE,
         is_dry_run="{{ params.dry_run }}", limit="{{ params.limit }}", request_ids="{{ params.request_ids }}",
         inlets=[source_asset()], outlets=[cases_created_alias()],
         shard_count="{{ params.loaders }}",

@@ -29,7 +29,7 @@ import pytest
 from playwright.sync_api import BrowserContext, Locator, Page, expect, sync_playwright
 from playwright.sync_api import Error as PlaywrightError
 
-from ticketsync_dev.local import DAG_ID, REPO
+from ticketsync_dev.local import DAG_ID, REPO, LocalAirflow
 from ticketsync_dev.standalone import ADMIN_USER, LocalStack
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -91,7 +91,9 @@ def webhook() -> Iterator[WebhookReceiver]:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory, webhook: WebhookReceiver) -> Iterator[LocalStack]:
+def stack(
+    tmp_path_factory: pytest.TempPathFactory, webhook: WebhookReceiver, airflow_template: Path
+) -> Iterator[LocalStack]:
     if not CHROMIUM.exists():
         message = f"{CHROMIUM} is missing: `apt-get install -y chromium` (.ci/run and `make test` do it)"
         if os.environ.get("CI") == "true":
@@ -99,8 +101,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory, webhook: WebhookReceiver) ->
         pytest.skip(message)
     shutil.rmtree(ARTIFACTS, ignore_errors=True)
     ARTIFACTS.mkdir(parents=True)
+    home = tmp_path_factory.mktemp("ui") / "airflow"
+    # The session's migrated metadata database, cloned: the stack's start then finds it migrated (no `db migrate`).
+    LocalAirflow(home=home).clone_from(airflow_template)
     stack = LocalStack(
-        home=tmp_path_factory.mktemp("ui") / "airflow", rows=0,
+        home=home, rows=0,
         connections={"ticketsync_alert_webhook": webhook.connection()},
         # Task retries 1 s, then 2 s apart: the load fails for good within a minute of ServiceNow going away.
         extra_env={"TICKETSYNC_RETRY_DELAY_SECONDS": "1"},
@@ -230,7 +235,7 @@ def wait_for(what: str, probe: Callable[[], Any], timeout: float) -> Any:
         value = probe()
         if value:
             return value
-        time.sleep(2)
+        time.sleep(0.5)
     pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
