@@ -45,21 +45,26 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         clear_results()
 
 
-# The slowest test files, longest first (from `--durations` of CI runs): they start first, so that with pytest-xdist
-# (`make test`, --dist loadfile) the two workers end close together instead of one starting a long file last.
+# The slowest test files, longest first (from `--durations` of CI runs and of single-file runs, 2026-12-01): they start
+# first, so that with pytest-xdist (`make test`, --dist loadfile) the two workers end close together instead of one
+# starting a long file last. Every file that runs the DAG through Airflow belongs here (each run starts Airflow, 15 s
+# or more).
 SLOWEST_FIRST = (
     "tests/ui/test_browser.py",
-    "tests/e2e/test_scaleout.py",
-    "tests/faults/test_soak.py",
-    "tests/e2e/test_operations.py",
+    "tests/e2e/test_case_status_run.py",
+    "tests/faults/test_poison_rows.py",
     "tests/e2e/test_dag_run.py",
+    "tests/e2e/test_operations.py",
+    "tests/faults/test_soak.py",
     "tests/e2e/test_upgrade.py",
-    "tests/faults/test_fault_matrix.py",
     "tests/faults/test_kill_loop.py",
+    "tests/faults/test_fault_matrix.py",
+    "tests/e2e/test_business_keys.py",
+    "tests/e2e/test_scaleout.py",
     "tests/e2e/test_secrets.py",
-    "tests/operators/test_load_scale_out.py",
     "tests/e2e/test_mapped_load.py",
     "tests/faults/test_source_connection_loss.py",
+    "tests/operators/test_load_scale_out.py",
 )
 
 
