@@ -29,7 +29,7 @@ import pytest
 from playwright.sync_api import BrowserContext, Locator, Page, expect, sync_playwright
 from playwright.sync_api import Error as PlaywrightError
 
-from ticketsync_dev.local import DAG_ID, REPO, LocalAirflow
+from ticketsync_dev.local import DAG_ID, REPO
 from ticketsync_dev.standalone import ADMIN_USER, LocalStack
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -91,9 +91,7 @@ def webhook() -> Iterator[WebhookReceiver]:
 
 
 @pytest.fixture(scope="module")
-def stack(
-    tmp_path_factory: pytest.TempPathFactory, webhook: WebhookReceiver, airflow_template: Path
-) -> Iterator[LocalStack]:
+def stack(tmp_path_factory: pytest.TempPathFactory, webhook: WebhookReceiver) -> Iterator[LocalStack]:
     if not CHROMIUM.exists():
         message = f"{CHROMIUM} is missing: `apt-get install -y chromium` (.ci/run and `make test` do it)"
         if os.environ.get("CI") == "true":
@@ -101,11 +99,11 @@ def stack(
         pytest.skip(message)
     shutil.rmtree(ARTIFACTS, ignore_errors=True)
     ARTIFACTS.mkdir(parents=True)
-    home = tmp_path_factory.mktemp("ui") / "airflow"
-    # The session's migrated metadata database, cloned: the stack's start then finds it migrated (no `db migrate`).
-    LocalAirflow(home=home).clone_from(airflow_template)
+    # Its own `airflow db migrate`, not a clone of the session's template: the migration also writes the home's
+    # airflow.cfg (its JWT secret among others) before the components start; without it each component would write
+    # one of its own, and the tasks' tokens would be refused ("Invalid auth token").
     stack = LocalStack(
-        home=home, rows=0,
+        home=tmp_path_factory.mktemp("ui") / "airflow", rows=0,
         connections={"ticketsync_alert_webhook": webhook.connection()},
         # Task retries 1 s, then 2 s apart: the load fails for good within a minute of ServiceNow going away.
         extra_env={"TICKETSYNC_RETRY_DELAY_SECONDS": "1"},
