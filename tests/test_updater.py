@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import new_source
-from ticketsync.hooks.servicenow import ServiceNowHook
+from ticketsync.hooks.servicenow import ServiceNowHook, ServiceNowTransientError
 from ticketsync.loader import CaseLoader, LoadSettings
 from ticketsync.source import Dialect, SourceTable
 from ticketsync.updater import CaseUpdater, UpdateSettings, plan_updates
@@ -200,3 +200,46 @@ def test_a_dry_run_plans_updates_from_the_source_and_sends_nothing(
     assert execute(source, f"SELECT COUNT(*) FROM {source.table} WHERE status = 'update_pending' "
                            "AND claim_token = 't1'") == [(3,)]
     assert len(cases) == 3
+
+
+def test_failed_reads_are_retried_in_the_task_and_every_update_lands_in_one_run(
+    source: SourceTable, hook: ServiceNowHook, emulator: RunningEmulator
+) -> None:
+    """A 5xx or an HTML page on a read (the state read, the journal read) does not fail the run: reads change
+    nothing, so the updater repeats them with backoff and the run updates every row (CI found a DAG run whose
+    three update tries each ended on a failed read, leaving rows update_pending and the report short)."""
+    cases = create_cases(source, hook, 8)
+    execute(source, f"UPDATE {source.table} SET sent_fields = NULL WHERE id <= 4")  # these read the journal too
+    for row_id in cases:
+        request_update(source, row_id, notes=f"Statement sent for row {row_id}")
+    emulator.set_faults(methods=("GET",), error_500=0.2, error_503=0.1, html_200=0.1, seed=7)
+
+    counts = CaseUpdater(hook, source, "r:update", QUICK).run().as_dict()
+
+    emulator.set_faults(error_500=0, error_503=0, html_200=0)
+    assert counts["read_retries"] >= 2, counts  # the faults did hit the reads
+    assert (counts["updated"], counts["still_pending"]) == (8, 0), counts
+    for row_id, sys_id in cases.items():
+        assert notes(hook, sys_id).count(f"Statement sent for row {row_id}") == 1
+    assert execute(source, f"SELECT DISTINCT status, error FROM {source.table}") == [("created", None)]
+
+
+def test_reads_that_keep_failing_end_the_try_and_leave_the_rows_for_the_retry(
+    source: SourceTable, hook: ServiceNowHook, emulator: RunningEmulator
+) -> None:
+    """The control: reads failing every time are tried ``max_attempts`` times, then the error goes up (the task
+    fails and its retry takes the rows), and the rows stay ``update_pending`` with nothing sent."""
+    cases = create_cases(source, hook, 2)
+    for row_id in cases:
+        request_update(source, row_id, notes="Never sent")
+    emulator.set_faults(methods=("GET",), error_503=1.0)
+    patches = emulator.stats()["by_method"].get("PATCH", 0)
+    updater = CaseUpdater(hook, source, "r:update", UpdateSettings(max_attempts=3, backoff_base=0.01))
+
+    with pytest.raises(ServiceNowTransientError, match="after 3 tries"):
+        updater.run()
+
+    emulator.set_faults(error_503=0)
+    assert updater.counts.read_retries == 2
+    assert emulator.stats()["by_method"].get("PATCH", 0) == patches
+    assert execute(source, f"SELECT DISTINCT status FROM {source.table}") == [("update_pending",)]

@@ -162,7 +162,8 @@ def run_sync_twice(airflow_home: Path, source: SourceTable, conn: str, tmp_path:
         assert emulator.stats()["by_method"].get("POST", 0) == posts, "the second run sent a POST"
         assert check_exactly_once(source, emulator, requests, invalid_ids) == outcome
         check_updates(emulator, updated)
-        # The report's count is the update task's last try (a 5xx on a read fails a try; its retry does the rest).
+        # The report counts the update task's last try: reads are retried in the task, but a PATCH whose answer was lost
+        # and could not be checked fails the try, and its retry does the rest.
         assert "cases updated     " in (tmp_path / "run2.log").read_text()
         # A run that created nothing emits no event: a DAG scheduled on the table is not woken for nothing.
         assert cases_events(airflow_home, before) == []
