@@ -6,6 +6,8 @@ is appended twice (the control)."""
 from __future__ import annotations
 
 import json
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,7 @@ from tests.conftest import new_source
 from ticketsync.hooks.servicenow import ServiceNowHook, ServiceNowTransientError
 from ticketsync.loader import CaseLoader, LoadSettings
 from ticketsync.source import Dialect, SourceTable
+from ticketsync.source.updates import CHANGED_DURING_UPDATE
 from ticketsync.updater import CaseUpdater, UpdateSettings, plan_updates
 from ticketsync.updates import UPDATABLE_FIELDS as UPDATABLE
 from ticketsync.updates import Snapshot
@@ -243,3 +246,50 @@ def test_reads_that_keep_failing_end_the_try_and_leave_the_rows_for_the_retry(
     assert updater.counts.read_retries == 2
     assert emulator.stats()["by_method"].get("PATCH", 0) == patches
     assert execute(source, f"SELECT DISTINCT status FROM {source.table}") == [("update_pending",)]
+
+
+@pytest.fixture(params=[Dialect.SQLITE, Dialect.POSTGRES, Dialect.MYSQL], ids=["sqlite", "postgres", "mariadb"])
+def any_source(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SourceTable]:
+    table = new_source(request, request.param, tmp_path)
+    yield table
+    table.close()
+
+
+def test_a_change_made_while_its_update_is_sent_is_not_lost(
+    any_source: SourceTable, hook: ServiceNowHook, emulator: RunningEmulator
+) -> None:
+    """The producer writes a second note while the first one's PATCH is in flight: the run does not set the row back
+    to ``created`` (that would drop the second note for good); it records what was sent and leaves the row
+    ``update_pending``, and the next run appends only the second note. Without the guard the first run ends the
+    row ``created`` and the second note never reaches the case."""
+    source = any_source
+    cases = create_cases(source, hook, 1)
+    request_update(source, 1, notes="First note")
+    emulator.set_faults(methods=("PATCH",), slow_before_commit=1.0, slow_before_commit_ms=1500)
+    producer = source.clone()  # the bank's application: its own connection, its own thread
+
+    def edit_while_patch_is_held() -> None:
+        deadline = time.monotonic() + 10
+        while emulator.stats()["by_method"].get("PATCH", 0) == 0 and time.monotonic() < deadline:
+            time.sleep(0.02)  # until the PATCH has reached the instance and is held there
+        execute(producer, f"UPDATE {source.table} SET notes = ?, status = 'update_pending' WHERE id = 1",
+                ("Second note",))
+        producer.close()
+
+    bank = threading.Thread(target=edit_while_patch_is_held)
+    bank.start()
+    CaseUpdater(hook, source, "r1:update", QUICK).run()
+    bank.join(timeout=30)
+    emulator.set_faults(slow_before_commit=0)
+
+    status, error, sent = execute(source, f"SELECT status, error, sent_fields FROM {source.table}")[0]
+    assert status == "update_pending", (status, error)
+    assert error == CHANGED_DURING_UPDATE
+    assert Snapshot.from_json(sent).note == "First note"  # type: ignore[union-attr]
+
+    counts = CaseUpdater(hook, source, "r2:update", QUICK).run().as_dict()
+
+    assert counts["updated"] == 1, counts
+    journal = notes(hook, cases[1])
+    assert (journal.count("First note"), journal.count("Second note")) == (1, 1), journal
+    assert execute(source, f"SELECT status, error FROM {source.table}") == [("created", None)]

@@ -3,6 +3,7 @@ changed fields only and a new note as one journal entry, applied exactly once (d
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -33,6 +34,7 @@ from ticketsync.updates import (
 )
 
 LOST_PREFIX = "update answer lost"
+log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 CASE_FIELDS: tuple[str, ...] = ("sys_id", "number", "state", "active", *UPDATABLE_FIELDS)
 
@@ -299,4 +301,6 @@ class CaseUpdater:
 
     def _finish(self, update: UpdateRow, status: str, error: str | None, sent: Snapshot | None = None) -> None:
         outcome = UpdateOutcome(update.row.id, status, error, None if sent is None else sent.to_json())
-        self.source.write_update_outcome(self.token, outcome)
+        if not self.source.write_update_outcome(self.token, outcome, update.read) and update.read:
+            log.warning("row %d: the update's outcome was not written (the claim was lost: its lease ran out and "
+                        "another run took the row); that run checks the case before sending", update.row.id)

@@ -4,14 +4,25 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
-from ticketsync.models import SourceRow
+from ticketsync.models import PRODUCER_COLUMNS, SourceRow
 from ticketsync.source.claims import Claims
 from ticketsync.source.connection import reconnecting
-from ticketsync.source.dialects import lease_param
+from ticketsync.source.dialects import Dialect, lease_param
 from ticketsync.source.rows import ROW_COLUMNS, source_row
 
 UPDATE_COLUMNS: tuple[str, ...] = (*ROW_COLUMNS, "sys_id", "number", "sent_fields")
+# "column equals the parameter", NULL-safe, per dialect
+_SAME = {
+    Dialect.POSTGRES: "{column} IS NOT DISTINCT FROM ?",
+    Dialect.SQLITE: "{column} IS ?",
+    Dialect.MYSQL: "{column} <=> ?",
+}
+CHANGED_DURING_UPDATE = (
+    "the producer changed this row while its update was being sent: what was sent is recorded in sent_fields and "
+    "the next run sends the rest"
+)
 
 
 @dataclass(frozen=True)
@@ -22,6 +33,7 @@ class UpdateRow:
     sys_id: str | None
     number: str | None
     sent_fields: str | None
+    read: tuple[Any, ...] = ()  # the producer's columns (PRODUCER_COLUMNS) exactly as read, for the write's guard
 
 
 @dataclass(frozen=True)
@@ -71,10 +83,11 @@ class UpdateRows(Claims):
                 returning=", ".join(UPDATE_COLUMNS),
             )
         found = []
+        width, producer = len(ROW_COLUMNS), slice(1, 1 + len(PRODUCER_COLUMNS))  # ROW_COLUMNS: id, producer's, …
         for values in rows:
-            width = len(ROW_COLUMNS)
             sys_id, number, sent = values[width:]
-            found.append(UpdateRow(source_row(values[:width]), _text(sys_id), _text(number), _text(sent)))
+            found.append(UpdateRow(source_row(values[:width]), _text(sys_id), _text(number), _text(sent),
+                                   tuple(_param(value) for value in values[producer])))
         return sorted(found, key=lambda update: update.row.id)
 
     @reconnecting
@@ -87,23 +100,33 @@ class UpdateRows(Claims):
             cursor.execute(statement, (limit,))
             width = len(ROW_COLUMNS)
             return [
-                UpdateRow(source_row(values[:width]), *(_text(value) for value in values[width:]))
+                UpdateRow(source_row(values[:width]), _text(values[width]), _text(values[width + 1]),
+                          _text(values[width + 2]))
                 for values in cursor.fetchall()
             ]
 
     @reconnecting
-    def write_update_outcome(self, token: str, outcome: UpdateOutcome) -> int:
-        """Write one update's outcome where the token still holds the row ``update_pending``; end its lease."""
+    def write_update_outcome(self, token: str, outcome: UpdateOutcome, read: tuple[Any, ...] = ()) -> int:
+        """Write one update's outcome where the token still holds the row ``update_pending``; end its lease.
+
+        :param read: the producer's columns as the update read them (:attr:`UpdateRow.read`). When given, the row
+            goes back to ``created`` only if the producer has not changed it since; a row changed while its update
+            was being sent keeps ``update_pending`` (with what was sent in ``sent_fields``), so the next run sends
+            the newer change instead of losing it.
+        """
         now = self._sql.now
-        statement = self._q(f"""
-            UPDATE {self.table}
-               SET status = ?, error = ?, sent_fields = COALESCE(?, sent_fields), synced_at = {now},
-                   updated_at = {now}, lease_expires_at = {now}
-             WHERE id = ? AND claim_token = ? AND status = 'update_pending'""")
+        done = (f"sent_fields = COALESCE(?, sent_fields), synced_at = {now}, updated_at = {now}, "
+                f"lease_expires_at = {now}")
+        held = "WHERE id = ? AND claim_token = ? AND status = 'update_pending'"
+        same = "".join(f" AND {_SAME[self.dialect].format(column=name)}" for name in PRODUCER_COLUMNS[:len(read)])
         with self._transaction() as cursor:
-            cursor.execute(
-                statement, (outcome.status, _cut(outcome.error), outcome.sent_fields, outcome.row_id, token)
-            )
+            cursor.execute(self._q(f"UPDATE {self.table} SET status = ?, error = ?, {done} {held}{same}"),
+                           (outcome.status, _cut(outcome.error), outcome.sent_fields, outcome.row_id, token, *read))
+            written = int(cursor.rowcount or 0)
+            if written or not read or outcome.status == "update_pending":
+                return written
+            cursor.execute(self._q(f"UPDATE {self.table} SET error = ?, {done} {held}"),
+                           (CHANGED_DURING_UPDATE, outcome.sent_fields, outcome.row_id, token))
             return int(cursor.rowcount or 0)
 
     @reconnecting
@@ -124,6 +147,11 @@ class UpdateRows(Claims):
         with self._transaction() as cursor:
             cursor.execute(statement, (token,))
             return int(cursor.rowcount or 0)
+
+
+def _param(value: Any) -> Any:
+    """A value read back as a statement parameter (PostgreSQL's bytea comes back as a memoryview)."""
+    return bytes(value) if isinstance(value, memoryview) else value
 
 
 def _text(value: object) -> str | None:
