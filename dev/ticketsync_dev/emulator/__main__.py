@@ -46,6 +46,11 @@ _NUMBER_FLAGS: dict[str, tuple[str, str]] = {
     "--slow-after-commit-ms": ("slow_after_commit_ms", "how long a slow_after_commit answer waits, in ms"),
     "--slow-before-commit-ms": ("slow_before_commit_ms", "how long a slow_before_commit write takes, in ms"),
     "--retry-after": ("retry_after_seconds", "the Retry-After of an --error-429 answer, in seconds (default 1)"),
+    "--transaction-quota": (
+        "transaction_quota_seconds",
+        "a Table API transaction still running after this many seconds is cancelled with a 500, nothing written "
+        "(the instance's quota rule; default 60, 0: off)",
+    ),
 }
 
 

@@ -34,13 +34,16 @@ POST_COMMIT_FAULTS: tuple[str, ...] = (
 )
 RANDOM_FAULTS: tuple[str, ...] = PRE_COMMIT_FAULTS + POST_COMMIT_FAULTS
 # Deterministic faults, counted in the stats next to the random ones.
-OTHER_FAULTS: tuple[str, ...] = ("fail_auth", "rate_limit", "concurrency_limit", "rule", "truncate")
+OTHER_FAULTS: tuple[str, ...] = (
+    "fail_auth", "rate_limit", "concurrency_limit", "rule", "truncate", "transaction_quota",
+)
 ALL_METHODS: tuple[str, ...] = ("GET", "POST", "PATCH", "PUT", "DELETE")
 
 _FLOAT_FIELDS = frozenset({
     "latency_ms", "latency_jitter_ms", "rate_limit_per_second", "rate_limit_burst", "slow_after_commit_ms",
-    "retry_after_seconds", "slow_before_commit_ms",
+    "retry_after_seconds", "slow_before_commit_ms", "transaction_quota_seconds",
 })
+DEFAULT_TRANSACTION_QUOTA = 60.0  # the base system's "REST Table API request timeout" quota rule, in seconds
 _EPSILON = 1e-9
 
 
@@ -141,6 +144,9 @@ class FaultConfig:
     # Fields the instance stores shorter than ticketsync allows, as (field, max length): a written value longer than
     # that is cut silently (ServiceNow does not answer an error for an overlong string).
     truncate: tuple[tuple[str, int], ...] = ()
+    # Not a fault but the instance's transaction quota ("REST Table API request timeout", 60 s in the base system):
+    # a Table API transaction still running after this many seconds is cancelled, nothing written, 500. 0: off.
+    transaction_quota_seconds: float = DEFAULT_TRANSACTION_QUOTA
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "methods", tuple(method.upper() for method in self.methods))

@@ -22,6 +22,7 @@ from urllib.parse import parse_qsl
 from ticketsync_dev.emulator import admin, table_api
 from ticketsync_dev.emulator.faults import PRE_COMMIT_FAULTS, FaultConfig, FaultInjector
 from ticketsync_dev.emulator.oauth import TokenIssuer, token_reply
+from ticketsync_dev.emulator.quota import TransactionClock
 from ticketsync_dev.emulator.replies import (
     Reply,
     concurrency_exceeded,
@@ -30,9 +31,10 @@ from ticketsync_dev.emulator.replies import (
     rate_limited,
     rule_refusal,
     session_busy,
+    transaction_cancelled,
     unauthorized,
 )
-from ticketsync_dev.emulator.sessions import SessionPolicy, SessionSynchronizer, session_cookie
+from ticketsync_dev.emulator.sessions import Admission, SessionPolicy, SessionSynchronizer, session_cookie
 from ticketsync_dev.emulator.stats import Stats
 from ticketsync_dev.emulator.store import DEFAULT_TABLES, Store
 
@@ -275,21 +277,30 @@ class EmulatorHandler(BaseHTTPRequestHandler):
         body = self._read_body()
         if body is None:
             return error_reply(400, "Bad request framing")
+        clock = TransactionClock(self.server.faults.config.transaction_quota_seconds)
         user = self._authenticate()
         if user is None:
             return unauthorized()
         sessions = self.server.sessions
         session, created = sessions.open(session_cookie(self.headers.get("Cookie")), user)
         cookies = session.cookies(secure=self.server.config.tls) if created else ()
-        if not sessions.enter(session):
+        admission = sessions.enter(session, clock.remaining())
+        if admission is Admission.REFUSED:
             return session_busy().with_cookies(cookies)
+        if admission is Admission.TIMED_OUT:
+            return self._cancelled().with_cookies(cookies)
         try:
-            reply = self._in_transaction(method, body, user)
+            reply = self._in_transaction(method, body, user, clock)
         finally:
             sessions.leave(session)
         return None if reply is None else reply.with_cookies(cookies)
 
-    def _in_transaction(self, method: str, body: bytes, user: str) -> Reply | None:
+    def _cancelled(self) -> Reply:
+        """The transaction quota ran out: the quota manager cancelled the transaction before it wrote anything."""
+        self.server.stats.fault("transaction_quota")
+        return transaction_cancelled()
+
+    def _in_transaction(self, method: str, body: bytes, user: str, clock: TransactionClock) -> Reply | None:
         """The request's transaction, once the session synchroniser let it run."""
         injector = self.server.faults
         wait = injector.rate_limit_wait()
@@ -300,15 +311,14 @@ class EmulatorHandler(BaseHTTPRequestHandler):
             self.server.stats.fault("concurrency_limit")
             return concurrency_exceeded()
         try:
-            return self._admitted(method, body, user)
+            return self._admitted(method, body, user, clock)
         finally:
             injector.gate.leave()
 
-    def _admitted(self, method: str, body: bytes, user: str) -> Reply | None:
+    def _admitted(self, method: str, body: bytes, user: str, clock: TransactionClock) -> Reply | None:
         injector = self.server.faults
-        delay = injector.latency_seconds()
-        if delay > 0:
-            time.sleep(delay)
+        if not clock.spend(injector.latency_seconds()):
+            return self._cancelled()
         path, _, query = self.path.partition("?")
         params = dict(parse_qsl(query))
         config = injector.config
@@ -322,8 +332,9 @@ class EmulatorHandler(BaseHTTPRequestHandler):
             self.server.stats.fault(kind)
         if kind in PRE_COMMIT_FAULTS:
             return pre_commit_fault(kind, config.retry_after_seconds)
-        if kind == "slow_before_commit":
-            time.sleep(config.slow_before_commit_ms / 1000)
+        slow = config.slow_before_commit_ms / 1000 if kind == "slow_before_commit" else 0.0
+        if not clock.spend(slow) or clock.exceeded():
+            return self._cancelled()
         if config.truncate and method in ("POST", "PUT", "PATCH"):
             body = self._truncated(body, dict(config.truncate))
         request = table_api.ApiRequest(method, path, params, body, self._base_url(), user)
