@@ -188,6 +188,21 @@ def test_fields_limit_offset_total_count_and_link(session: requests.Session, tab
     assert following == [{"correlation_id": "REQ-4"}]
 
 
+def test_a_list_without_sysparm_limit_gets_at_most_10000_records(
+    session: requests.Session, emulator: RunningEmulator, table_url: str
+) -> None:
+    for index in range(10_001):
+        emulator.store.create(LOAN, {"correlation_id": f"REQ-{index}"}, USER)
+
+    response = session.get(table_url, params={"sysparm_fields": "correlation_id"})
+
+    assert response.status_code == 200
+    result = response.json()["result"]
+    assert (len(result), result[-1]["correlation_id"]) == (10_000, "REQ-9999")
+    assert response.headers["X-Total-Count"] == "10001"
+    assert "sysparm_offset=10000" in response.links["next"]["url"]
+
+
 def test_unpaginated_list_has_no_link_header(session: requests.Session, table_url: str) -> None:
     create(session, table_url)
 
