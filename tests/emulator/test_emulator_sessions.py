@@ -156,7 +156,8 @@ def test_an_idle_session_expires_and_the_next_request_gets_a_new_cookie(
     assert response.status_code == 200
     assert after != before
     stats = emulator.stats()
-    assert (stats["sessions_created"], stats["sessions_expired"]) == (2, 1)
+    assert stats["sessions_created"] == 2
+    assert stats["sessions_expired"] >= 1  # sessions of earlier tests, idle too, may be swept at the same time
 
 
 def test_bad_credentials_create_no_session(emulator: RunningEmulator, table_url: str) -> None:

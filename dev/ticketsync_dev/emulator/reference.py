@@ -8,6 +8,9 @@
 * ``sys_dictionary``: one row per field of every table the emulator serves (``name`` = table, ``element`` = field,
   ``internal_type``, ``max_length``, ``reference``, ``mandatory``, ``column_label``), plus the table's collection row
   (``element`` empty), as the instance has them.
+* ``sys_choice``: the choice lists of the case tables' choice fields (``name`` = table, ``element``, ``value``,
+  ``label``, ``sequence``, ``inactive``, ``language``), from :data:`ticketsync_dev.emulator.choices.CASE_CHOICES`,
+  the same lists ``sysparm_display_value`` shows.
 """
 
 from __future__ import annotations
@@ -15,7 +18,10 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 
+from ticketsync_dev.emulator.choices import CASE_CHOICES
+
 DICTIONARY_TABLE = "sys_dictionary"
+CHOICE_TABLE = "sys_choice"
 _SEED_NAMESPACE = uuid.UUID("7b0d3f4e-2a9c-4c51-9a34-5e7c1d0b8f21")
 
 
@@ -118,6 +124,15 @@ DICTIONARY_FIELD_DEFS: tuple[FieldDef, ...] = (
     FieldDef("mandatory", "boolean", 40),
     FieldDef("column_label", "string", 80),
 )
+CHOICE_FIELD_DEFS: tuple[FieldDef, ...] = (
+    FieldDef("name", "table_name", 80),
+    FieldDef("element", "string", 80),
+    FieldDef("value", "string", 40),
+    FieldDef("label", "string", 100),
+    FieldDef("sequence", "integer", 40),
+    FieldDef("inactive", "boolean", 40),
+    FieldDef("language", "string", 40),
+)
 REFERENCE_NUMBER_PREFIXES: dict[str, str] = {"csm_consumer": "CSC"}
 
 
@@ -213,11 +228,32 @@ def dictionary_records(tables: tuple[str, ...], case_tables: tuple[str, ...]) ->
             defs = (*SYSTEM_FIELD_DEFS, *REFERENCE_TABLES[table])
         elif table == DICTIONARY_TABLE:
             defs = (*SYSTEM_FIELD_DEFS, *DICTIONARY_FIELD_DEFS)
+        elif table == CHOICE_TABLE:
+            defs = (*SYSTEM_FIELD_DEFS, *CHOICE_FIELD_DEFS)
         else:
             continue
         rows.append(_dictionary_row(table, FieldDef("", "collection", 40)))
         rows.extend(_dictionary_row(table, definition) for definition in defs)
     return rows
+
+
+def choice_records(case_tables: tuple[str, ...]) -> list[dict[str, str]]:
+    """``sys_choice`` rows of the choice fields of the given case tables, in English."""
+    return [
+        {
+            "sys_id": seeded_sys_id(CHOICE_TABLE, f"{table}.{element}.{value}"),
+            "name": table,
+            "element": element,
+            "value": value,
+            "label": label,
+            "sequence": str(sequence),
+            "inactive": "false",
+            "language": "en",
+        }
+        for table in case_tables
+        for element, choices in CASE_CHOICES.items()
+        for sequence, (value, label) in enumerate(choices.items())
+    ]
 
 
 def _dictionary_row(table: str, definition: FieldDef) -> dict[str, str]:
