@@ -70,6 +70,24 @@ def test_invalid_json_body_is_400(session: requests.Session, table_url: str) -> 
     assert_envelope(response, 400, "Exception while reading request", "The payload is not valid JSON.")
 
 
+def test_a_body_not_declared_as_json_is_415_and_an_accept_without_json_is_406(
+    session: requests.Session, emulator: RunningEmulator, table_url: str
+) -> None:
+    """servicenow.md: requests carry `Accept` and `Content-Type: application/json` (REST API HTTP response codes)."""
+    body = b'{"correlation_id": "REQ-1"}'
+    as_text = session.post(table_url, data=body, headers={"Content-Type": "text/plain"})
+    undeclared = session.post(table_url, data=body, headers={"Content-Type": ""})
+    html_only = session.get(table_url, headers={"Accept": "text/html"})
+
+    assert_envelope(as_text, 415, "Unsupported media type")
+    assert_envelope(undeclared, 415, "Unsupported media type")
+    assert_envelope(html_only, 406, "Not acceptable")
+    assert emulator.stats()["records"][LOAN] == 0
+    declared = session.post(table_url, data=body, headers={"Content-Type": "application/json; charset=utf-8"})
+    assert declared.status_code == 201  # the control
+    assert session.get(table_url, headers={"Accept": "*/*"}).status_code == 200
+
+
 def test_unknown_table_is_400(session: requests.Session, emulator: RunningEmulator) -> None:
     response = session.get(f"{emulator.url}/api/now/table/no_such_table")
 

@@ -337,7 +337,10 @@ class EmulatorHandler(BaseHTTPRequestHandler):
             return self._cancelled()
         if config.truncate and method in ("POST", "PUT", "PATCH"):
             body = self._truncated(body, dict(config.truncate))
-        request = table_api.ApiRequest(method, path, params, body, self._base_url(), user)
+        request = table_api.ApiRequest(
+            method, path, params, body, self._base_url(), user,
+            content_type=self.headers.get("Content-Type", ""), accept=self.headers.get("Accept", ""),
+        )
         reply = table_api.handle(self.server.store, request)
         if rule is not None and rule.answer_correlation_id is not None:
             reply = reply.with_result_field("correlation_id", rule.answer_correlation_id)
