@@ -80,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--tls-cert", help="PEM certificate: serve HTTPS when given with --tls-key")
     parser.add_argument("--tls-key", help="PEM private key")
+    parser.add_argument(
+        "--tls-client-ca", help="PEM CA bundle: with TLS, require a client certificate it signed (mutual TLS)"
+    )
     parser.add_argument("--verbose", action="store_true", help="log every request to stderr")
     oauth = parser.add_argument_group("OAuth 2.0 (POST /oauth_token.do; off without a client secret)")
     oauth.add_argument("--oauth-client-id", default="ticketsync")
@@ -132,6 +135,7 @@ def config_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> Em
         reference_data=args.reference_data,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
+        tls_client_ca=args.tls_client_ca,
         verbose=args.verbose,
         oauth_client_id=args.oauth_client_id,
         oauth_client_secret=environ.get(CLIENT_SECRET_ENV) or args.oauth_client_secret or "",

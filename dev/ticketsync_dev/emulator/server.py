@@ -53,6 +53,8 @@ class EmulatorConfig:
     tables: tuple[str, ...] = DEFAULT_TABLES
     tls_cert: str | None = None
     tls_key: str | None = None
+    # Mutual TLS: with TLS on, require a client certificate signed by this CA bundle (PEM).
+    tls_client_ca: str | None = None
     verbose: bool = False
     # OAuth 2.0 (`POST /oauth_token.do`): off while the client secret is empty.
     oauth_client_id: str = "ticketsync"
@@ -112,6 +114,9 @@ class EmulatorServer(ThreadingHTTPServer):
         if config.tls:
             context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             context.load_cert_chain(str(config.tls_cert), str(config.tls_key))
+            if config.tls_client_ca:
+                context.verify_mode = ssl.CERT_REQUIRED
+                context.load_verify_locations(cafile=config.tls_client_ca)
             self.socket = context.wrap_socket(self.socket, server_side=True, do_handshake_on_connect=False)
 
     def server_bind(self) -> None:
