@@ -164,6 +164,21 @@ def test_admin_endpoints_revoke_and_change_the_lifetime(emulator: RunningEmulato
     assert refused.status_code == 400
 
 
+def test_the_client_credentials_grant_can_be_disabled_as_an_instance_has_it_by_default() -> None:
+    config = EmulatorConfig(user=USER, password=PASSWORD, oauth_client_id=CLIENT_ID, oauth_client_secret=CLIENT_SECRET,
+                            oauth_client_credentials=False)
+    with start_emulator(config) as emulator:
+        refused = client_credentials(emulator)
+        password_grant = token_request(emulator, grant_type="password", client_id=CLIENT_ID,
+                                       client_secret=CLIENT_SECRET, username=USER, password=PASSWORD)
+    assert refused.status_code == 400
+    assert refused.json()["error"] == "unsupported_grant_type"
+    assert password_grant.status_code == 200  # the control: the other grants still work
+    args = build_parser().parse_args(["--no-oauth-client-credentials"])
+    assert config_from_args(args, {}).oauth_client_credentials is False
+    assert config_from_args(build_parser().parse_args([]), {}).oauth_client_credentials is True
+
+
 def test_oauth_is_off_without_a_client_secret() -> None:
     with start_emulator(EmulatorConfig(user=USER, password=PASSWORD)) as emulator:
         response = token_request(emulator, grant_type="client_credentials", client_id="ticketsync", client_secret="")

@@ -88,6 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
     oauth.add_argument("--oauth-client-id", default="ticketsync")
     oauth.add_argument("--oauth-client-secret", help=f"used when ${CLIENT_SECRET_ENV} is unset")
     oauth.add_argument("--oauth-token-lifetime", type=float, default=1799.0, metavar="SECONDS")
+    oauth.add_argument(
+        "--no-oauth-client-credentials", dest="oauth_client_credentials", action="store_false",
+        help="refuse the client_credentials grant, as an instance does until it is enabled",
+    )
     sessions = parser.add_argument_group("sessions (the session synchroniser; on by default)")
     sessions.add_argument(
         "--session-transactions", type=int, choices=(0, 1, 2), default=1,
@@ -140,6 +144,7 @@ def config_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> Em
         oauth_client_id=args.oauth_client_id,
         oauth_client_secret=environ.get(CLIENT_SECRET_ENV) or args.oauth_client_secret or "",
         oauth_token_lifetime=args.oauth_token_lifetime,
+        oauth_client_credentials=args.oauth_client_credentials,
         sessions=SessionPolicy(
             transactions=args.session_transactions,
             max_waiters=args.session_max_waiters,

@@ -131,12 +131,17 @@ def _refused(issuer: TokenIssuer, status: int = 401, error: str = "server_error"
 
 
 def token_reply(
-    issuer: TokenIssuer, body: bytes, *, client_id: str, client_secret: str, user: str, password: str
+    issuer: TokenIssuer, body: bytes, *, client_id: str, client_secret: str, user: str, password: str,
+    client_credentials: bool = True,
 ) -> Reply:
-    """Answer one form-encoded token request."""
+    """Answer one form-encoded token request.
+
+    :param client_credentials: whether the instance allows the client-credentials grant (on an instance it is off
+        until the property `glide.oauth.inbound.client.credential.grant_type.enabled` is set to true).
+    """
     form = dict(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
     grant = form.get("grant_type", "")
-    if grant not in GRANTS:
+    if grant not in GRANTS or (grant == "client_credentials" and not client_credentials):
         return _refused(issuer, 400, "unsupported_grant_type", f"grant_type must be one of {', '.join(GRANTS)}")
     client_ok = _same(form.get("client_id"), client_id) & _same(form.get("client_secret"), client_secret)
     refresh_token: str | None = None

@@ -60,6 +60,9 @@ class EmulatorConfig:
     oauth_client_id: str = "ticketsync"
     oauth_client_secret: str = field(default="", repr=False)
     oauth_token_lifetime: float = 1799.0
+    # The client-credentials grant: on here because the client's tests use it; an instance has it off until
+    # `glide.oauth.inbound.client.credential.grant_type.enabled` is true (then it answers like an unknown grant).
+    oauth_client_credentials: bool = True
     # The session synchroniser: on by default, one transaction at a time per session (see sessions.py).
     sessions: SessionPolicy = field(default_factory=SessionPolicy)
     # Fill the reference tables and sys_dictionary at start and after every reset (ticketsync_dev.emulator.reference).
@@ -257,7 +260,7 @@ class EmulatorHandler(BaseHTTPRequestHandler):
             config = self.server.config
             reply = token_reply(
                 self.server.oauth, body, client_id=config.oauth_client_id, client_secret=config.oauth_client_secret,
-                user=config.user, password=config.password,
+                user=config.user, password=config.password, client_credentials=config.oauth_client_credentials,
             )
         elif path.startswith(admin.PREFIX):
             reply = admin.handle(self.server, method, path, body)
