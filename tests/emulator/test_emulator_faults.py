@@ -10,6 +10,7 @@ import requests
 
 from tests.support.emulator import LOAN, PASSWORD, USER, assert_envelope, query
 from ticketsync_dev.emulator import FaultConfig, FaultConfigError, RunningEmulator
+from ticketsync_dev.emulator.__main__ import build_parser, config_from_args
 from ticketsync_dev.emulator.replies import RATE_LIMIT_RULE
 
 pytestmark = pytest.mark.integration
@@ -43,6 +44,22 @@ def test_gateway_errors_answer_html_and_commit_nothing(
     assert response.status_code == status
     assert response.headers["Content-Type"].startswith("text/html")
     assert committed(emulator) == 0
+
+
+@pytest.mark.parametrize("status", [502, 503, 504])
+def test_gateway_errors_can_answer_an_empty_body(
+    emulator: RunningEmulator, session: requests.Session, table_url: str, status: int
+) -> None:
+    emulator.set_faults(**{f"error_{status}": 1.0}, empty_gateway_bodies=True)
+
+    response = session.post(table_url, json={"correlation_id": "REQ-1"})
+
+    assert (response.status_code, response.content) == (status, b"")
+    assert committed(emulator) == 0
+    emulator.set_faults(empty_gateway_bodies=False)  # the control: the HTML page again
+    assert session.post(table_url, json={}).text.startswith("<!DOCTYPE html>")
+    args = build_parser().parse_args(["--empty-gateway-bodies"])
+    assert config_from_args(args, {}).faults.empty_gateway_bodies is True
 
 
 def test_html_200_is_a_hibernating_page_and_commits_nothing(

@@ -128,7 +128,7 @@ def test_by_default_ten_requests_of_one_session_wait_and_the_eleventh_is_refused
     emulator: RunningEmulator, table_url: str
 ) -> None:
     shared = _new_session(table_url)
-    assert emulator.session_policy == SessionPolicy()  # the default policy, as the instance has it
+    assert emulator.session_policy == SessionPolicy(transactions=1, max_waiters=10, idle_timeout=300.0)  # the default
     emulator.set_faults(latency_ms=300)
     emulator.reset()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import re
 
 import pytest
@@ -36,6 +37,8 @@ def test_create_answers_201_with_location_and_generated_fields(session: requests
     assert response.headers["Location"] == f"{table_url}/{record['sys_id']}"
     assert record["number"] == "LSC0001001"
     assert TIMESTAMP.fullmatch(record["sys_created_on"])
+    created_on = datetime.datetime.strptime(record["sys_created_on"], "%Y-%m-%d %H:%M:%S").replace(tzinfo=datetime.UTC)
+    assert abs((datetime.datetime.now(datetime.UTC) - created_on).total_seconds()) < 5  # UTC, not local time
     assert record["sys_updated_on"] == record["sys_created_on"]
     assert record["sys_created_by"] == record["sys_updated_by"] == USER
     assert record["sys_mod_count"] == "0"

@@ -112,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     faults.add_argument("--concurrency-limit", type=int, default=0, help="429 beyond this many requests at once")
     for flag, name in _RATE_FLAGS.items():
         faults.add_argument(flag, dest=name, type=_rate, default=0.0, metavar="RATE")
+    faults.add_argument(
+        "--empty-gateway-bodies", action="store_true", help="answer 502/503/504 with an empty body, not an HTML page"
+    )
     faults.add_argument("--fault-methods", default="GET,POST,PATCH,PUT,DELETE", help="methods random faults hit")
     faults.add_argument("--fault-tables", default="", help="tables random faults hit (comma-separated; default all)")
     faults.add_argument("--seed", type=int, help="seed of the random fault draws")
@@ -125,6 +128,7 @@ def config_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> Em
         {
             **{name: getattr(args, name) for name in fault_fields},
             "methods": args.fault_methods,
+            "empty_gateway_bodies": args.empty_gateway_bodies,
             "tables": args.fault_tables,
         }
     )

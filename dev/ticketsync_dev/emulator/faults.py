@@ -44,6 +44,7 @@ _FLOAT_FIELDS = frozenset({
     "retry_after_seconds", "slow_before_commit_ms", "transaction_quota_seconds",
 })
 DEFAULT_TRANSACTION_QUOTA = 60.0  # the base system's "REST Table API request timeout" quota rule, in seconds
+_BOOL_FIELDS = frozenset({"fail_auth", "empty_gateway_bodies"})
 _EPSILON = 1e-9
 
 
@@ -136,6 +137,8 @@ class FaultConfig:
     slow_before_commit: float = 0
     slow_before_commit_ms: float = 0
     fail_auth: bool = False
+    # 502/503/504 answer with an empty body instead of an HTML page (gateways and maintenance send either).
+    empty_gateway_bodies: bool = False
     methods: tuple[str, ...] = ALL_METHODS
     tables: tuple[str, ...] = ()  # random faults hit only requests to these tables; empty: every table
     seed: int | None = None
@@ -208,9 +211,9 @@ _STRUCTURED: dict[str, Callable[[Any], Any]] = {}
 def _coerce(name: str, value: Any) -> Any:
     if name in _STRUCTURED:
         return _STRUCTURED[name](value)
-    if name == "fail_auth":
+    if name in _BOOL_FIELDS:
         if not isinstance(value, bool):
-            raise FaultConfigError("fail_auth must be a boolean")
+            raise FaultConfigError(f"{name} must be a boolean")
         return value
     if name == "seed":
         if value is not None and (isinstance(value, bool) or not isinstance(value, int)):

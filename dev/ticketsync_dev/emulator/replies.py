@@ -178,8 +178,13 @@ def rule_refusal(status: int, field_name: str, contains: str) -> Reply:
     return error_reply(status, "Request refused", f"{field_name} holds {contains!r}")
 
 
-def pre_commit_fault(kind: str, retry_after: float = 1.0) -> Reply | None:
-    """The answer of a fault that strikes before anything is written; None means: cut the connection."""
+def pre_commit_fault(kind: str, retry_after: float = 1.0, *, empty_gateway_bodies: bool = False) -> Reply | None:
+    """The answer of a fault that strikes before anything is written; None means: cut the connection.
+
+    :param kind: the fault drawn.
+    :param retry_after: the `Retry-After` of an `error_429` answer.
+    :param empty_gateway_bodies: answer 502/503/504 with an empty body instead of an HTML page.
+    """
     fixed: dict[str, Callable[[], Reply]] = {
         "error_429": lambda: storm_rate_limited(retry_after),
         "error_429_busy": concurrency_exceeded,
@@ -190,5 +195,6 @@ def pre_commit_fault(kind: str, retry_after: float = 1.0) -> Reply | None:
     if kind in fixed:
         return fixed[kind]()
     if kind.startswith("error_"):
-        return html_reply(int(kind.removeprefix("error_")))
+        status = int(kind.removeprefix("error_"))
+        return Reply(status, html="") if empty_gateway_bodies else html_reply(status)
     return None

@@ -339,7 +339,7 @@ class EmulatorHandler(BaseHTTPRequestHandler):
         if kind is not None:
             self.server.stats.fault(kind)
         if kind in PRE_COMMIT_FAULTS:
-            return pre_commit_fault(kind, config.retry_after_seconds)
+            return pre_commit_fault(kind, config.retry_after_seconds, empty_gateway_bodies=config.empty_gateway_bodies)
         slow = config.slow_before_commit_ms / 1000 if kind == "slow_before_commit" else 0.0
         if not clock.spend(slow) or clock.exceeded():
             return self._cancelled()
