@@ -60,11 +60,30 @@ def test_sys_fields_and_unknown_fields_are_ignored_and_values_become_strings(
     assert (record["priority"], record["active"]) == ("2", "false")
 
 
+def test_mandatory_fields_dangling_references_and_overlong_strings_are_not_refused(
+    session: requests.Session, emulator: RunningEmulator
+) -> None:
+    """servicenow.md, "the instance does not protect you": validate on our side, the Table API will not."""
+    groups = f"{emulator.url}/api/now/table/sys_user_group"
+    no_name = session.post(groups, json={"description": "no name"})  # `name` is mandatory in the dictionary
+    mandatory = query(session, f"{emulator.url}/api/now/table/sys_dictionary", "name=sys_user_group^element=name")
+    case = create(session, f"{emulator.url}/api/now/table/{LOAN}", consumer="d" * 32, short_description="x" * 5000)
+
+    assert mandatory[0]["mandatory"] == "true"
+    assert no_name.status_code == 201
+    assert emulator.store.get("csm_consumer", "d" * 32) is None  # nothing it refers to
+    assert case["consumer"] == "d" * 32
+    assert len(case["short_description"]) == 5000  # not an error (the `truncate` fault stores it cut)
+
+
 def test_array_body_uses_only_the_first_object(session: requests.Session, table_url: str) -> None:
     response = session.post(table_url, json=[{"correlation_id": "first"}, {"correlation_id": "second"}])
 
     assert response.status_code == 201
     assert [r["correlation_id"] for r in query(session, table_url, "")] == ["first"]
+    sys_id = response.json()["result"]["sys_id"]
+    patched = session.patch(f"{table_url}/{sys_id}", json=[{"state": "10"}, {"state": "3"}])
+    assert patched.json()["result"]["state"] == "10"
 
 
 def test_invalid_json_body_is_400(session: requests.Session, table_url: str) -> None:
