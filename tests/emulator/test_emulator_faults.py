@@ -33,6 +33,19 @@ def test_error_500_answers_the_json_envelope_and_commits_nothing(
     assert emulator.stats()["faults"]["error_500"] == 1
 
 
+def test_error_403_is_a_data_policy_refusal_and_commits_nothing(
+    emulator: RunningEmulator, session: requests.Session, table_url: str
+) -> None:
+    emulator.set_faults(error_403=1.0)
+
+    response = session.post(table_url, json={"correlation_id": "REQ-1"})
+
+    assert_envelope(response, 403, "Operation Failed",
+                    "Data Policy Exception: The following fields are mandatory: Assignment group")
+    assert committed(emulator) == 0
+    assert emulator.stats()["faults"]["error_403"] == 1
+
+
 @pytest.mark.parametrize("status", [502, 503, 504])
 def test_gateway_errors_answer_html_and_commit_nothing(
     emulator: RunningEmulator, session: requests.Session, table_url: str, status: int
