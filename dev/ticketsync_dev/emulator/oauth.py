@@ -4,8 +4,8 @@ Grants `client_credentials` (the token acts as the configured user, as an instan
 `password` (which also returns a refresh token) and `refresh_token` (a new access token for a live refresh token;
 the refresh token stays the same). The body must be form-encoded: a JSON body names no grant and is refused with
 400 `unsupported_grant_type`. Tokens can be revoked or given a shorter lifetime at run time, so a client's refresh
-paths are testable. A refused request answers 401 `{"error": "server_error", "error_description": "access_denied"}`, which
-is what an instance says for a wrong client id or secret.
+paths are testable. A refused request answers 401 `{"error": "server_error", "error_description":
+"access_denied"}`, which is what an instance says for a wrong client id or secret.
 """
 
 from __future__ import annotations

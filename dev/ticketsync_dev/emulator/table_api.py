@@ -96,7 +96,8 @@ def _media_refusal(request: ApiRequest) -> Reply | None:
                            "The endpoint does not support the response format specified in the request Accept header")
     declared = request.content_type.split(";")[0].strip().lower()
     if request.body.strip() and declared != "application/json":
-        return error_reply(415, "Unsupported media type", "The endpoint does not support the format of the request body")
+        detail = "The endpoint does not support the format of the request body"
+        return error_reply(415, "Unsupported media type", detail)
     return None
 
 
