@@ -112,6 +112,31 @@ def test_cut_after_commit_drops_the_connection_but_the_record_exists(
     assert [r["correlation_id"] for r in query(session, table_url, "correlation_id=REQ-ambiguous")] == ["REQ-ambiguous"]
 
 
+def test_cut_then_commit_loses_the_connection_at_once_and_commits_later(
+    emulator: RunningEmulator, session: requests.Session, table_url: str
+) -> None:
+    """A lost connection does not stop the transaction: a look-up made at once misses a record written later."""
+    emulator.set_faults(cut_then_commit=1.0, slow_before_commit_ms=600, methods=("POST",))
+
+    started = time.monotonic()
+    with pytest.raises(requests.ConnectionError):
+        session.post(table_url, json={"correlation_id": "REQ-late"})
+    lost_after = time.monotonic() - started
+    at_once = query(session, table_url, "correlation_id=REQ-late")
+    time.sleep(0.9)
+    later = query(session, table_url, "correlation_id=REQ-late")
+
+    assert lost_after < 0.5
+    assert at_once == []
+    assert [r["correlation_id"] for r in later] == ["REQ-late"]
+    assert emulator.stats()["faults"]["cut_then_commit"] == 1
+    emulator.set_faults(transaction_quota_seconds=0.3)  # the control: past the quota it is cancelled, never written
+    with pytest.raises(requests.ConnectionError):
+        session.post(table_url, json={"correlation_id": "REQ-never"})
+    time.sleep(0.9)
+    assert query(session, table_url, "correlation_id=REQ-never") == []
+
+
 def test_slow_after_commit_commits_then_answers_late(
     emulator: RunningEmulator, session: requests.Session, table_url: str
 ) -> None:

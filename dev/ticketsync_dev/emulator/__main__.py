@@ -36,6 +36,7 @@ _RATE_FLAGS: dict[str, str] = {
     "--error-429": "error_429",
     "--error-429-busy": "error_429_busy",
     "--slow-before-commit": "slow_before_commit",
+    "--cut-then-commit": "cut_then_commit",
 }
 # flag -> (FaultConfig field, help) for the other numeric fault settings
 _NUMBER_FLAGS: dict[str, tuple[str, str]] = {
@@ -44,7 +45,9 @@ _NUMBER_FLAGS: dict[str, tuple[str, str]] = {
     "--rate-limit": ("rate_limit_per_second", "requests per second of the shared token bucket (0: off)"),
     "--rate-limit-burst": ("rate_limit_burst", "token bucket size (0: the rate)"),
     "--slow-after-commit-ms": ("slow_after_commit_ms", "how long a slow_after_commit answer waits, in ms"),
-    "--slow-before-commit-ms": ("slow_before_commit_ms", "how long a slow_before_commit write takes, in ms"),
+    "--slow-before-commit-ms": (
+        "slow_before_commit_ms", "how long a slow_before_commit or cut_then_commit write takes, in ms",
+    ),
     "--retry-after": ("retry_after_seconds", "the Retry-After of an --error-429 answer, in seconds (default 1)"),
     "--transaction-quota": (
         "transaction_quota_seconds",

@@ -31,6 +31,7 @@ POST_COMMIT_FAULTS: tuple[str, ...] = (
     "missing_sys_id",
     "garbled_json",
     "slow_before_commit",
+    "cut_then_commit",
 )
 RANDOM_FAULTS: tuple[str, ...] = PRE_COMMIT_FAULTS + POST_COMMIT_FAULTS
 # Deterministic faults, counted in the stats next to the random ones.
@@ -136,6 +137,9 @@ class FaultConfig:
     # A write that takes longer than the client waits: the client times out, the insert is applied afterwards.
     slow_before_commit: float = 0
     slow_before_commit_ms: float = 0
+    # The connection is lost at once (a gateway or network cut) while the transaction goes on: the write is applied
+    # `slow_before_commit_ms` later, within the transaction quota, and no answer is ever sent.
+    cut_then_commit: float = 0
     fail_auth: bool = False
     # 502/503/504 answer with an empty body instead of an HTML page (gateways and maintenance send either).
     empty_gateway_bodies: bool = False

@@ -340,7 +340,9 @@ class EmulatorHandler(BaseHTTPRequestHandler):
             self.server.stats.fault(kind)
         if kind in PRE_COMMIT_FAULTS:
             return pre_commit_fault(kind, config.retry_after_seconds, empty_gateway_bodies=config.empty_gateway_bodies)
-        slow = config.slow_before_commit_ms / 1000 if kind == "slow_before_commit" else 0.0
+        if kind == "cut_then_commit":
+            self._hang_up()
+        slow = config.slow_before_commit_ms / 1000 if kind in ("slow_before_commit", "cut_then_commit") else 0.0
         if not clock.spend(slow) or clock.exceeded():
             return self._cancelled()
         if config.truncate and method in ("POST", "PUT", "PATCH"):
@@ -367,8 +369,16 @@ class EmulatorHandler(BaseHTTPRequestHandler):
         self.server.stats.fault("truncate")
         return json.dumps({**data, **cut}, ensure_ascii=False).encode("utf-8")
 
+    def _hang_up(self) -> None:
+        """Cut the client's connection now; the transaction goes on (a gateway or the network lost it)."""
+        self.close_connection = True
+        try:
+            self.request.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            return
+
     def _after_commit(self, kind: str, reply: Reply) -> Reply | None:
-        if kind == "cut_after_commit":
+        if kind in ("cut_after_commit", "cut_then_commit"):
             return None
         if kind == "slow_after_commit":
             time.sleep(self.server.faults.config.slow_after_commit_ms / 1000)
