@@ -3,10 +3,11 @@
 The base system's quota rule "REST Table API request timeout" cancels an inbound Table API transaction after 60
 seconds; the instance answers `Transaction cancelled: maximum execution time exceeded`. The emulator's clock starts
 when the request (headers and body) has arrived and counts, in order: the wait in the session synchroniser, the
-configured latency and a `slow_before_commit` delay. ServiceNow does not document whether the session wait counts;
-the emulator counts it (the stricter choice). Time spent after the commit (`slow_after_commit`) is a slow answer on
-the way back and does not count. The quota is checked at each step and right before the write, so a cancelled
-transaction writes nothing and answers about when the quota ran out, as the instance's quota manager does.
+configured latency and a `slow_before_commit` (or `cut_then_commit`) write. ServiceNow does not document whether
+the session wait counts; the emulator counts it (the stricter choice). Time spent after the commit
+(`slow_after_commit`) is a slow answer on the way back and does not count. The quota is checked at each step and
+right before the write, so a cancelled transaction writes nothing and answers about when the quota ran out, as the
+instance's quota manager does.
 """
 
 from __future__ import annotations
