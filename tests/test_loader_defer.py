@@ -69,6 +69,7 @@ def test_a_long_wait_defers_after_the_posts_on_the_wire_and_keeps_the_claim_past
     source.claim("run-d", limit=1000, chunk_size=500, lease_seconds=600)
     emulator.set_faults(**WINDOW)
     caplog.set_level(logging.INFO, logger="ticketsync.loader")
+    caplog.set_level(logging.INFO, logger="ticketsync.progress")
 
     started = time.monotonic()
     loader = CaseLoader(hook, source, "run-d", SETTINGS)
@@ -88,7 +89,10 @@ def test_a_long_wait_defers_after_the_posts_on_the_wire_and_keeps_the_claim_past
     assert created == first.created == sum(entry["status"] == 201 for entry in log) > 0
     assert deferral.held == ROWS - created == source.held("run-d")
     assert (first.taken, first.still_pending) == (created, 0)
-    assert any("stopping here to defer (no POST was cut short)" in r.getMessage() for r in caplog.records)
+    lines = [record.getMessage() for record in caplog.records]
+    assert any("stopping here to defer (no POST was cut short)" in line for line in lines), lines
+    assert any(line.startswith(f"load deferred: {created}/{ROWS} rows done") and
+               line.endswith(f"{ROWS - created} rows left for the next leg") for line in lines), lines
 
     # The claim outlives the wait: past the resume moment the rows are still leased, and no other run takes them.
     time.sleep(max(0.0, stopped + deferral.resume_in - time.time()) + 0.2)

@@ -238,7 +238,7 @@ class CaseLoader:
                 raise
             self._finish(pool, failing=self._auth_error)
         finally:
-            progress.stop()
+            progress.stop(deferred=self.deferral is not None)
         if self._auth_error is not None:
             raise self._auth_error
         if self.deferral is not None:
