@@ -254,7 +254,6 @@ class CaseLoader:
         for future in self._in_flight:
             future.cancel()
 
-
     def progress(self) -> ProgressSnapshot:
         """The load's counts and pacing now (read from another thread: a progress line, not a decision)."""
         counts, throttle = self.counts, self.throttle
