@@ -94,6 +94,7 @@ def get_provider_info() -> dict[str, Any]:
                 ],
             }
         ],
+        "triggers": [{"integration-name": "ServiceNow", "python-modules": ["ticketsync.triggers.resume"]}],
         "connection-types": [
             {
                 "connection-type": CONNECTION_TYPE,

@@ -46,6 +46,9 @@ _NUMBER_FLAGS: dict[str, tuple[str, str]] = {
     "--slow-after-commit-ms": ("slow_after_commit_ms", "how long a slow_after_commit answer waits, in ms"),
     "--slow-before-commit-ms": ("slow_before_commit_ms", "how long a slow_before_commit write takes, in ms"),
     "--retry-after": ("retry_after_seconds", "the Retry-After of an --error-429 answer, in seconds (default 1)"),
+    "--rate-limit-window": (
+        "rate_limit_window_seconds", "the window of --rate-limit-window-requests, in seconds (default 3600: an hour)"
+    ),
 }
 
 
@@ -98,6 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
         default = float(getattr(FaultConfig(), name))
         faults.add_argument(flag, dest=name, type=float, default=default, metavar="N", help=help_text)
     faults.add_argument("--concurrency-limit", type=int, default=0, help="429 beyond this many requests at once")
+    faults.add_argument(
+        "--rate-limit-window-requests", dest="rate_limit_per_window", type=int, default=0, metavar="N",
+        help="a rate-limit rule: at most N API requests per window, then 429 until it resets (0: off)",
+    )
     for flag, name in _RATE_FLAGS.items():
         faults.add_argument(flag, dest=name, type=_rate, default=0.0, metavar="RATE")
     faults.add_argument("--fault-methods", default="GET,POST,PATCH,PUT,DELETE", help="methods random faults hit")
@@ -108,7 +115,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> EmulatorConfig:
     """The emulator configuration a command line asks for (raises FaultConfigError on bad fault settings)."""
-    fault_fields = [*_RATE_FLAGS.values(), *(name for name, _ in _NUMBER_FLAGS.values()), "concurrency_limit", "seed"]
+    fault_fields = [
+        *_RATE_FLAGS.values(), *(name for name, _ in _NUMBER_FLAGS.values()), "concurrency_limit",
+        "rate_limit_per_window", "seed",
+    ]
     faults = FaultConfig().with_changes(
         {
             **{name: getattr(args, name) for name in fault_fields},
