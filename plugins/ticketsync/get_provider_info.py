@@ -90,6 +90,8 @@ def get_provider_info() -> dict[str, Any]:
                     "ticketsync.operators.extract",
                     "ticketsync.operators.validate",
                     "ticketsync.operators.load",
+                    "ticketsync.operators.update",
+                    "ticketsync.operators.status",
                     "ticketsync.operators.report",
                 ],
             }
