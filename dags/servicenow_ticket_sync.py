@@ -110,6 +110,11 @@ with DAG(
             description="How long ServiceNow may still write a POST that timed out (its transaction quota); such a "
             "row is looked up again only after that",
         ),
+        "defer_after_seconds": Param(
+            300, type="number", minimum=0, title="Defer after (seconds)",
+            description="When ServiceNow asks for a longer wait than this (an hourly rate limit used up), the load "
+            "defers (frees its worker, keeps its claim) and resumes after the wait; 0: always wait in the task",
+        ),
     },
 ) as dag:
     extract = ClaimRequestsOperator(
@@ -125,6 +130,7 @@ with DAG(
         max_attempts="{{ params.max_attempts }}",
         lease_seconds="{{ params.lease_seconds }}",
         settle_seconds="{{ params.settle_seconds }}",
+        defer_after_seconds="{{ params.defer_after_seconds }}",
         is_dry_run="{{ params.dry_run }}", limit="{{ params.limit }}", request_ids="{{ params.request_ids }}",
         inlets=[source_asset()], outlets=[cases_created_alias()],
         shard_count="{{ params.loaders }}",

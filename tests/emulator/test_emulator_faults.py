@@ -255,6 +255,36 @@ def test_rate_limit_answers_429_with_retry_after_and_rate_limit_headers(
     assert emulator.stats()["throttled"] == 2
 
 
+def test_an_exhausted_hourly_window_answers_429_until_it_resets(
+    emulator: RunningEmulator, session: requests.Session, table_url: str
+) -> None:
+    emulator.set_faults(rate_limit_per_window=3, rate_limit_window_seconds=4)
+
+    statuses = [session.get(table_url).status_code for _ in range(3)]
+    refused = session.post(table_url, json={"correlation_id": "REQ-window"})
+
+    assert statuses == [200, 200, 200]
+    assert_envelope(refused, 429, "Rate limit exceeded")
+    # The wait is the rest of the window (whole seconds), given both ways; the limit is per hour (3 per 4 s).
+    assert 1 <= int(refused.headers["Retry-After"]) <= 4
+    assert 0 < int(refused.headers["X-RateLimit-Reset"]) - time.time() <= 4
+    assert refused.headers["X-RateLimit-Limit"] == "2700"
+    assert committed(emulator) == 0
+    assert [entry["status"] for entry in emulator.requests()] == [200, 200, 200, 429]
+    time.sleep(float(refused.headers["Retry-After"]) + 0.1)
+    assert session.post(table_url, json={"correlation_id": "REQ-window"}).status_code == 201
+    assert committed(emulator) == 1
+
+
+def test_the_hourly_window_is_an_hour_by_default_and_off() -> None:
+    config = FaultConfig()
+    assert (config.rate_limit_per_window, config.rate_limit_window_seconds) == (0, 3600)
+    with pytest.raises(FaultConfigError, match="rate_limit_per_window must be an integer"):
+        config.with_changes({"rate_limit_per_window": 2.5})
+    with pytest.raises(FaultConfigError, match="rate_limit_window_seconds must be positive"):
+        config.with_changes({"rate_limit_window_seconds": 0})
+
+
 def test_concurrency_limit_turns_away_excess_requests_without_rate_limit_headers(
     emulator: RunningEmulator, table_url: str
 ) -> None:

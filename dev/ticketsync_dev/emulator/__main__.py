@@ -54,6 +54,9 @@ _NUMBER_FLAGS: dict[str, tuple[str, str]] = {
         "a Table API transaction still running after this many seconds is cancelled with a 500, nothing written "
         "(the instance's quota rule; default 60, 0: off)",
     ),
+    "--rate-limit-window": (
+        "rate_limit_window_seconds", "the window of --rate-limit-window-requests, in seconds (default 3600: an hour)"
+    ),
 }
 
 
@@ -113,6 +116,10 @@ def build_parser() -> argparse.ArgumentParser:
         default = float(getattr(FaultConfig(), name))
         faults.add_argument(flag, dest=name, type=float, default=default, metavar="N", help=help_text)
     faults.add_argument("--concurrency-limit", type=int, default=0, help="429 beyond this many requests at once")
+    faults.add_argument(
+        "--rate-limit-window-requests", dest="rate_limit_per_window", type=int, default=0, metavar="N",
+        help="a rate-limit rule: at most N API requests per window, then 429 until it resets (0: off)",
+    )
     for flag, name in _RATE_FLAGS.items():
         faults.add_argument(flag, dest=name, type=_rate, default=0.0, metavar="RATE")
     faults.add_argument(
@@ -126,7 +133,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> EmulatorConfig:
     """The emulator configuration a command line asks for (raises FaultConfigError on bad fault settings)."""
-    fault_fields = [*_RATE_FLAGS.values(), *(name for name, _ in _NUMBER_FLAGS.values()), "concurrency_limit", "seed"]
+    fault_fields = [
+        *_RATE_FLAGS.values(), *(name for name, _ in _NUMBER_FLAGS.values()), "concurrency_limit",
+        "rate_limit_per_window", "seed",
+    ]
     faults = FaultConfig().with_changes(
         {
             **{name: getattr(args, name) for name in fault_fields},

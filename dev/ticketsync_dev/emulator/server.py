@@ -170,6 +170,9 @@ class EmulatorServer(ThreadingHTTPServer):
             "oauth": self._oauth.snapshot(),
         }
 
+    def request_log(self) -> list[dict[str, Any]]:
+        return self.stats.requests()
+
     def reset(self, *, reset_faults: bool = False) -> None:
         self._store.clear()
         if self.config.reference_data:
@@ -182,6 +185,7 @@ class EmulatorServer(ThreadingHTTPServer):
             self.faults.replace(self.config.faults)
         else:
             self.faults.bucket.reset()
+            self.faults.window.reset()
 
     # connection bookkeeping, so that stop() also ends idle keep-alive connections
     def track(self, connection: socket.socket) -> None:
@@ -275,7 +279,7 @@ class EmulatorHandler(BaseHTTPRequestHandler):
         try:
             reply = self._api_reply(method)
         finally:  # counted before the client can see the answer, so stats read right after it are exact
-            stats.end(None if reply is None else reply.status)
+            stats.end(None if reply is None else reply.status, method)
         if reply is None:
             self.close_connection = True
         else:
@@ -311,10 +315,10 @@ class EmulatorHandler(BaseHTTPRequestHandler):
     def _in_transaction(self, method: str, body: bytes, user: str, clock: TransactionClock) -> Reply | None:
         """The request's transaction, once the session synchroniser let it run."""
         injector = self.server.faults
-        wait = injector.rate_limit_wait()
+        wait, per_second = injector.rate_limit_wait()
         if wait > 0:
             self.server.stats.fault("rate_limit")
-            return rate_limited(wait, injector.config.rate_limit_per_second)
+            return rate_limited(wait, per_second)
         if not injector.gate.try_enter(injector.config.concurrency_limit):
             self.server.stats.fault("concurrency_limit")
             return concurrency_exceeded()
@@ -519,6 +523,10 @@ class RunningEmulator:
 
     def stats(self) -> dict[str, Any]:
         return self._server.stats_snapshot()
+
+    def requests(self) -> list[dict[str, Any]]:
+        """The last API requests, oldest first: when each was answered (UNIX time), its method and status."""
+        return self._server.request_log()
 
     @property
     def session_policy(self) -> SessionPolicy:

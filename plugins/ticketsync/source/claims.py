@@ -141,6 +141,19 @@ class Claims(SourceConnection):
             return int(cursor.rowcount or 0)
 
     @reconnecting
+    def extend_lease(self, token: str, seconds: float, *, shard: Shard | None = None) -> int:
+        """Lease every row the token (or its ``shard``) still holds pending for ``seconds`` from now: a load that
+        defers keeps its claim until it resumes, so no other run takes those rows meanwhile. Returns how many."""
+        in_shard, shard_params = self._shard_filter(shard)
+        statement = self._q(
+            f"UPDATE {self.table} SET lease_expires_at = {self._sql.lease_until}, updated_at = {self._sql.now} "
+            f"WHERE claim_token = ? AND status = 'pending'{in_shard}"
+        )
+        with self._transaction() as cursor:
+            cursor.execute(statement, (lease_param(seconds, self.dialect), token, *shard_params))
+            return int(cursor.rowcount or 0)
+
+    @reconnecting
     def held(self, token: str, *, shard: Shard | None = None) -> int:
         """Pending rows the token (or its ``shard``) holds, leased or not: the work a load of it has ahead."""
         in_shard, shard_params = self._shard_filter(shard)
