@@ -165,7 +165,7 @@ class ServiceNowLoadOperator(LoadRunInfoOperator):
             )
             with self.open_source() as source:
                 self._settle_after_a_dead_try(context, source, settings)
-                loader = CaseLoader(hook, source, token, settings)
+                loader = CaseLoader(hook, source, token, settings, transform=self.transform())
                 counts = loader.run()
                 summary = source.shard_summary(token, shard=settings.shard)
         except ServiceNowConfigurationError as exc:  # 401, refused OAuth token, failed TLS verification

@@ -9,9 +9,9 @@ from ticketsync.models import SourceRow
 from ticketsync.source.claims import Claims
 from ticketsync.source.connection import reconnecting
 from ticketsync.source.dialects import lease_param
-from ticketsync.source.rows import ROW_COLUMNS, source_row
+from ticketsync.source.rows import source_row
 
-UPDATE_COLUMNS: tuple[str, ...] = (*ROW_COLUMNS, "sys_id", "number", "sent_fields")
+UPDATE_COLUMNS: tuple[str, ...] = ("sys_id", "number", "sent_fields")  # read after the row's own columns
 
 
 @dataclass(frozen=True)
@@ -68,26 +68,28 @@ class UpdateRows(Claims):
                 f"lease_expires_at = {sql.lease_until}, updated_at = {sql.now}",
                 (lease_param(lease_seconds, self.dialect),),
                 guard=" AND claim_token = ? AND status = 'update_pending'", guard_params=(token,),
-                returning=", ".join(UPDATE_COLUMNS),
+                returning=", ".join((*self.row_columns, *UPDATE_COLUMNS)),
             )
         found = []
         for values in rows:
-            width = len(ROW_COLUMNS)
+            width = len(self.row_columns)
             sys_id, number, sent = values[width:]
-            found.append(UpdateRow(source_row(values[:width]), _text(sys_id), _text(number), _text(sent)))
+            found.append(UpdateRow(source_row(values[:width], self.row_columns), _text(sys_id), _text(number),
+                                   _text(sent)))
         return sorted(found, key=lambda update: update.row.id)
 
     @reconnecting
     def pending_updates(self, *, limit: int) -> list[UpdateRow]:
         """Up to ``limit`` ``update_pending`` rows in id order, read only (a dry run's plan: no claim)."""
         statement = self._q(
-            f"SELECT {', '.join(UPDATE_COLUMNS)} FROM {self.table} WHERE status = 'update_pending' ORDER BY id LIMIT ?"
+            f"SELECT {', '.join((*self.row_columns, *UPDATE_COLUMNS))} FROM {self.table} "
+            "WHERE status = 'update_pending' ORDER BY id LIMIT ?"
         )
         with self._transaction() as cursor:
             cursor.execute(statement, (limit,))
-            width = len(ROW_COLUMNS)
+            width = len(self.row_columns)
             return [
-                UpdateRow(source_row(values[:width]), *(_text(value) for value in values[width:]))
+                UpdateRow(source_row(values[:width], self.row_columns), *(_text(value) for value in values[width:]))
                 for values in cursor.fetchall()
             ]
 
