@@ -216,7 +216,7 @@ def sync_dag(definition: SyncDefinition) -> DAG:
 def definition_files(extra_folder: str | None = None) -> list[Path | Traversable]:
     """The shipped definition files, and the ``*.yaml`` files of ``extra_folder`` (default: the folder named by
     ``TICKETSYNC_DEFINITIONS_DIR``, if set)."""
-    files: list[Path | Traversable] = list(packaged_definition_files())
+    files: list[Path | Traversable] = sorted(packaged_definition_files(), key=lambda item: item.name)
     folder = extra_folder if extra_folder is not None else os.environ.get(DEFINITIONS_DIR_ENV, "")
     if folder:
         path = Path(folder)
@@ -228,7 +228,7 @@ def definition_files(extra_folder: str | None = None) -> list[Path | Traversable
 
 def sync_dags(extra_folder: str | None = None) -> Mapping[str, DAG]:
     """One sync DAG per definition, by DAG id (the shipped ones, then the extra folder's)."""
-    named = load_named_definitions(definition_files(extra_folder))
+    named = load_named_definitions(definition_files(extra_folder), by_name=False)  # the shipped ones first
     for name, definition in named:
         check_source_columns(definition, name)
     return {definition.dag_id: sync_dag(definition) for _, definition in named}

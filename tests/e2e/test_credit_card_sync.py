@@ -16,6 +16,7 @@ import pytest
 
 from tests.conftest import PG_ADMIN_DSN, airflow_conn_json, pg_connector
 from ticketsync.definitions import packaged_definition
+from ticketsync.models import PRODUCER_COLUMNS
 from ticketsync.source import Dialect, SourceTable
 from ticketsync_dev.emulator.reference import seeded_sys_id
 from ticketsync_dev.local import EmulatorProcess, LocalAirflow
@@ -57,7 +58,9 @@ def card_source(pg_database: dict[str, Any]) -> Iterator[tuple[SourceTable, str]
     name = f"ticketsync_cards_{uuid.uuid4().hex[:8]}"
     admin.execute(f'CREATE DATABASE "{name}"')
     params = {**pg_database, "dbname": name}
-    source = SourceTable(pg_connector(params), Dialect.POSTGRES, SOURCE_TABLE, extra_columns=("description", "priority"))
+    own = [column for column in packaged_definition(TABLE).source_columns() if column not in PRODUCER_COLUMNS]
+    assert own == ["description", "priority"]
+    source = SourceTable(pg_connector(params), Dialect.POSTGRES, SOURCE_TABLE, extra_columns=own)
     source.ensure_schema()
     try:
         yield source, airflow_conn_json(params)

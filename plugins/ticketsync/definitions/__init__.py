@@ -69,10 +69,13 @@ def load_definition(path: Path | Traversable) -> SyncDefinition:
     return parse_definition(path.read_text(encoding="utf-8"), str(path))
 
 
-def load_named_definitions(paths: Iterable[Path | Traversable]) -> list[tuple[str, SyncDefinition]]:
-    """(file, definition) of the given files, in name order; two files with one dag_id are an error naming both."""
+def load_named_definitions(
+    paths: Iterable[Path | Traversable], *, by_name: bool = True
+) -> list[tuple[str, SyncDefinition]]:
+    """(file, definition) of the given files, in name order (``by_name``) or as given; two files with one dag_id are
+    an error naming both, the later one first."""
     found: dict[str, tuple[str, SyncDefinition]] = {}
-    for path in sorted(paths, key=lambda p: p.name):
+    for path in sorted(paths, key=lambda p: p.name) if by_name else paths:
         definition = load_definition(path)
         if definition.dag_id in found:
             raise DefinitionError(
