@@ -35,8 +35,11 @@ from ticketsync.operators.update import ServiceNowUpdateOperator
 from ticketsync.operators.validate import ValidateRequestsOperator
 
 DEFINITIONS_DIR_ENV = "TICKETSYNC_DEFINITIONS_DIR"
-# The producer columns every source table has (migrations 1 to 6); a definition can read only these.
-SOURCE_SCHEMA_COLUMNS: tuple[str, ...] = (*PRODUCER_COLUMNS, "description", "priority")
+# The producer columns every source table has (migrations 1 to 6) that a definition may read (target_table is the
+# loan contract's own).
+SOURCE_SCHEMA_COLUMNS: tuple[str, ...] = (
+    *(column for column in PRODUCER_COLUMNS if column != "target_table"), "description", "priority"
+)
 
 DOC = """
 ### ServiceNow sync: {target_table}
