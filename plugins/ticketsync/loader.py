@@ -182,9 +182,11 @@ class CaseLoader:
         *,
         sleep: Callable[[float], None] = time.sleep,
         counts: LoadCounts | None = None,
+        transform: Callable[[SourceRow], PreparedCase | Rejection] = prepare,
     ) -> None:
         """:param counts: the counts of the load's earlier legs, when it resumes after a deferral (they go on)."""
         self.client = client
+        self._transform = transform
         self.source = source
         self.token = token
         self.settings = settings
@@ -440,7 +442,7 @@ class CaseLoader:
     def _submit_chunk(self, pool: ThreadPoolExecutor, rows: list[SourceRow]) -> None:
         by_table: dict[str, list[tuple[PreparedCase, SourceRow]]] = {}
         for row in rows:
-            prepared = _prepare(row)
+            prepared = _prepare(row, self._transform)
             if isinstance(prepared, PreparedCase) and self._twins:
                 earlier = self._twins.earlier_pending(row.id, prepared.correlation_id)
                 if earlier is not None:
@@ -807,11 +809,14 @@ def _waves(ready_at: dict[int, float], now: float, spread: float = 1.0) -> list[
 _PROBE_ID = "ticketsync-lookup-probe"
 
 
-def _prepare(row: SourceRow) -> PreparedCase | Rejection:
-    """The pure transform; a row that makes it raise (a bug: every rule should name its column) is rejected with
-    the exception, logged with its traceback, instead of stopping every row behind it."""
+def _prepare(
+    row: SourceRow, transform: Callable[[SourceRow], PreparedCase | Rejection] = prepare
+) -> PreparedCase | Rejection:
+    """The pure transform (the loan's, or the load's definition's); a row that makes it raise (a bug: every rule
+    should name its column) is rejected with the exception, logged with its traceback, instead of stopping every row
+    behind it."""
     try:
-        return prepare(row)
+        return transform(row)
     except Exception as exc:
         log.exception("validating %s raised; the row is rejected", row.label)
         text = " ".join(str(exc).split())[:300]

@@ -196,7 +196,7 @@ class ServiceNowLoadOperator(LoadRunInfoOperator):
             with self.open_source() as source:
                 if earlier is None:
                     self._settle_after_a_dead_try(context, source, settings)
-                loader = CaseLoader(hook, source, token, settings, counts=earlier)
+                loader = CaseLoader(hook, source, token, settings, counts=earlier, transform=self.transform())
                 counts = loader.run()
                 summary = source.shard_summary(token, shard=settings.shard)
         except ServiceNowConfigurationError as exc:  # 401, refused OAuth token, failed TLS verification
