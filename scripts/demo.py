@@ -3,7 +3,9 @@
 Seeds a fresh SQLite source database with sample requests (some invalid), starts the ServiceNow emulator on
 loopback (20 ms latency, a few injected faults), runs the real DAG through Airflow twice (`airflow dags test`),
 prints the outcome per status; then an agent works some cases on the emulator (opens, closes, deletes one) and the
-status DAG brings their state back into the source rows. Stops what it started. Everything lives under `.demo/`.
+status DAG brings their state back into the source rows; then the bank adds a note to one request and changes the
+description of another (status `update_pending`), and a third sync run PATCHes their cases: the note appended as one
+journal entry, the fields changed in place, no case created. Stops what it started. Everything lives under `.demo/`.
 """
 
 from __future__ import annotations
@@ -113,6 +115,21 @@ def print_case_states(path: Path, request_ids: list[str]) -> None:
     print("All rows by case state: " + ", ".join(f"{label} {count}" for label, count in states))
 
 
+def run_sync(airflow: LocalAirflow, work: Path, run: int) -> int:
+    log = work / "logs" / f"run{run}.log"
+    started = time.monotonic()
+    print(f"\nRun {run}: airflow dags test servicenow_ticket_sync (log: {log.relative_to(REPO)})")
+    # settle_seconds: the emulator's writes are done before it answers, so 3 s stands in for ServiceNow's 60 s quota
+    # (a POST whose connection was cut is looked up only after it; on an instance keep the default).
+    code = airflow.run_dag(log, conf={"settle_seconds": 3})
+    print(f"  finished in {time.monotonic() - started:.1f} s: {'success' if code == 0 else 'FAILED'}")
+    for line in log.read_text(errors="replace").splitlines():
+        if "ticket sync" in line or line.startswith(("outcome", "-", "claimed", "created", "adopted", "rejected",
+                                                     "failed", "still", "cases updated", "table now")):
+            print("   ", _strip_log_decoration(line))
+    return code
+
+
 def run_status(airflow: LocalAirflow, work: Path) -> int:
     status = LocalAirflow(home=airflow.home, connections=airflow.connections, dag_id="servicenow_case_status")
     log = work / "logs" / "status.log"
@@ -124,6 +141,49 @@ def run_status(airflow: LocalAirflow, work: Path) -> int:
         if line.startswith(STATUS_LINES):
             print("   ", _strip_log_decoration(line))
     return code
+
+
+UPDATE_NOTE = "Customer sent the payslip by post"
+
+
+def request_updates(path: Path, request_ids: list[str]) -> list[tuple[str, str]]:
+    """The bank's system changes two requests whose cases are open: a new note on one, a new short description on
+    the other, and sets them ``update_pending`` as a producer does. Returns (request_id, sys_id) of both."""
+    conn = sqlite3.connect(path)
+    marks = ", ".join("?" for _ in request_ids[:2])
+    chosen = conn.execute(f"SELECT request_id, sys_id FROM ticket_requests WHERE request_id IN ({marks}) ORDER BY id",
+                          request_ids[:2]).fetchall()
+    (noted, _), (described, _) = chosen
+    conn.execute("UPDATE ticket_requests SET notes = ?, status = 'update_pending' WHERE request_id = ?",
+                 (UPDATE_NOTE, noted))
+    conn.execute("UPDATE ticket_requests SET short_description = 'Loan deferment, 6 months instead of 3', "
+                 "status = 'update_pending' WHERE request_id = ?", (described,))
+    conn.commit()
+    conn.close()
+    print(f"  bank: {noted} gets a new note ({UPDATE_NOTE!r}); {described} a new short description; both "
+          "update_pending")
+    return [(str(request_id), str(sys_id)) for request_id, sys_id in chosen]
+
+
+def print_updates(path: Path, emulator: EmulatorProcess, updated: list[tuple[str, str]], posts_before: int) -> None:
+    conn = sqlite3.connect(path)
+    rows = {request_id: conn.execute("SELECT status, error FROM ticket_requests WHERE request_id = ?",
+                                     (request_id,)).fetchone() for request_id, _ in updated}
+    conn.close()
+    journal = emulator.records("sys_journal_field")
+    cases = {record["sys_id"]: record for record in emulator.records("sn_bom_loan_service")}
+    print("\nThe updated cases on the instance:")
+    for request_id, sys_id in updated:
+        case = cases[sys_id]
+        notes = [entry["value"] for entry in journal if entry["element_id"] == sys_id]
+        status, error = rows[request_id]
+        print(f"  {case['number']} ({request_id}): row {status}{'; ' + error if error else ''}; short_description "
+              f"{case['short_description']!r}; {len(notes)} journal entries, the new note {notes.count(UPDATE_NOTE)} "
+              "time(s)")
+        for note in notes:
+            print(f"      journal: {note[:70]!r}")
+    posts = emulator.stats()["by_method"].get("POST", 0) - posts_before
+    print(f"  POSTs during the update run: {posts} (no case created)")
 
 
 def _strip_log_decoration(line: str) -> str:
@@ -152,16 +212,7 @@ def main() -> int:
         }
         codes = []
         for run in (1, 2):
-            log = work / "logs" / f"run{run}.log"
-            started = time.monotonic()
-            print(f"\nRun {run}: airflow dags test servicenow_ticket_sync (log: {log.relative_to(REPO)})")
-            code = airflow.run_dag(log)
-            codes.append(code)
-            print(f"  finished in {time.monotonic() - started:.1f} s: {'success' if code == 0 else 'FAILED'}")
-            for line in log.read_text(errors="replace").splitlines():
-                if "ticket sync" in line or line.startswith(("outcome", "-", "claimed", "created", "adopted",
-                                                             "rejected", "failed", "still", "table now")):
-                    print("   ", _strip_log_decoration(line))
+            codes.append(run_sync(airflow, work, run))
         print_outcome(source_db, emulator)
         print_business_keys(source_db)
         print("\nRun 2 found nothing pending: every request was synced once, or rejected with a reason.")
@@ -170,6 +221,11 @@ def main() -> int:
         worked = work_cases(source_db, emulator)
         codes.append(run_status(airflow, work))
         print_case_states(source_db, worked)
+        print("\nRequests changed in the bank:")
+        updated = request_updates(source_db, worked)
+        posts_before = emulator.stats()["by_method"].get("POST", 0)
+        codes.append(run_sync(airflow, work, 3))
+        print_updates(source_db, emulator, updated, posts_before)
     print("\nEmulator stopped.")
     return 0 if all(code == 0 for code in codes) else 1
 

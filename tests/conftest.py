@@ -60,9 +60,11 @@ SLOWEST_FIRST = (
     "tests/faults/test_kill_loop.py",
     "tests/faults/test_fault_matrix.py",
     "tests/e2e/test_business_keys.py",
+    "tests/e2e/test_credit_card_sync.py",
     "tests/e2e/test_scaleout.py",
     "tests/e2e/test_secrets.py",
     "tests/e2e/test_mapped_load.py",
+    "tests/e2e/test_deferred_load.py",
     "tests/faults/test_source_connection_loss.py",
     "tests/operators/test_load_scale_out.py",
 )

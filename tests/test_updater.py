@@ -6,6 +6,8 @@ is appended twice (the control)."""
 from __future__ import annotations
 
 import json
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,9 +15,10 @@ from typing import Any
 import pytest
 
 from tests.conftest import new_source
-from ticketsync.hooks.servicenow import ServiceNowHook
+from ticketsync.hooks.servicenow import ServiceNowHook, ServiceNowTransientError
 from ticketsync.loader import CaseLoader, LoadSettings
 from ticketsync.source import Dialect, SourceTable
+from ticketsync.source.updates import CHANGED_DURING_UPDATE
 from ticketsync.updater import CaseUpdater, UpdateSettings, plan_updates
 from ticketsync.updates import UPDATABLE_FIELDS as UPDATABLE
 from ticketsync.updates import Snapshot
@@ -200,3 +203,93 @@ def test_a_dry_run_plans_updates_from_the_source_and_sends_nothing(
     assert execute(source, f"SELECT COUNT(*) FROM {source.table} WHERE status = 'update_pending' "
                            "AND claim_token = 't1'") == [(3,)]
     assert len(cases) == 3
+
+
+def test_failed_reads_are_retried_in_the_task_and_every_update_lands_in_one_run(
+    source: SourceTable, hook: ServiceNowHook, emulator: RunningEmulator
+) -> None:
+    """A 5xx or an HTML page on a read (the state read, the journal read) does not fail the run: reads change
+    nothing, so the updater repeats them with backoff and the run updates every row (CI found a DAG run whose
+    three update tries each ended on a failed read, leaving rows update_pending and the report short)."""
+    cases = create_cases(source, hook, 8)
+    execute(source, f"UPDATE {source.table} SET sent_fields = NULL WHERE id <= 4")  # these read the journal too
+    for row_id in cases:
+        request_update(source, row_id, notes=f"Statement sent for row {row_id}")
+    emulator.set_faults(methods=("GET",), error_500=0.2, error_503=0.1, html_200=0.1, seed=7)
+
+    counts = CaseUpdater(hook, source, "r:update", QUICK).run().as_dict()
+
+    emulator.set_faults(error_500=0, error_503=0, html_200=0)
+    assert counts["read_retries"] >= 2, counts  # the faults did hit the reads
+    assert (counts["updated"], counts["still_pending"]) == (8, 0), counts
+    for row_id, sys_id in cases.items():
+        assert notes(hook, sys_id).count(f"Statement sent for row {row_id}") == 1
+    assert execute(source, f"SELECT DISTINCT status, error FROM {source.table}") == [("created", None)]
+
+
+def test_reads_that_keep_failing_end_the_try_and_leave_the_rows_for_the_retry(
+    source: SourceTable, hook: ServiceNowHook, emulator: RunningEmulator
+) -> None:
+    """The control: reads failing every time are tried ``max_attempts`` times, then the error goes up (the task
+    fails and its retry takes the rows), and the rows stay ``update_pending`` with nothing sent."""
+    cases = create_cases(source, hook, 2)
+    for row_id in cases:
+        request_update(source, row_id, notes="Never sent")
+    emulator.set_faults(methods=("GET",), error_503=1.0)
+    patches = emulator.stats()["by_method"].get("PATCH", 0)
+    updater = CaseUpdater(hook, source, "r:update", UpdateSettings(max_attempts=3, backoff_base=0.01))
+
+    with pytest.raises(ServiceNowTransientError, match="after 3 tries"):
+        updater.run()
+
+    emulator.set_faults(error_503=0)
+    assert updater.counts.read_retries == 2
+    assert emulator.stats()["by_method"].get("PATCH", 0) == patches
+    assert execute(source, f"SELECT DISTINCT status FROM {source.table}") == [("update_pending",)]
+
+
+@pytest.fixture(params=[Dialect.SQLITE, Dialect.POSTGRES, Dialect.MYSQL], ids=["sqlite", "postgres", "mariadb"])
+def any_source(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SourceTable]:
+    table = new_source(request, request.param, tmp_path)
+    yield table
+    table.close()
+
+
+def test_a_change_made_while_its_update_is_sent_is_not_lost(
+    any_source: SourceTable, hook: ServiceNowHook, emulator: RunningEmulator
+) -> None:
+    """The producer writes a second note while the first one's PATCH is in flight: the run does not set the row back
+    to ``created`` (that would drop the second note for good); it records what was sent and leaves the row
+    ``update_pending``, and the next run appends only the second note. Without the guard the first run ends the
+    row ``created`` and the second note never reaches the case."""
+    source = any_source
+    cases = create_cases(source, hook, 1)
+    request_update(source, 1, notes="First note")
+    emulator.set_faults(methods=("PATCH",), slow_before_commit=1.0, slow_before_commit_ms=1500)
+    producer = source.clone()  # the bank's application: its own connection, its own thread
+
+    def edit_while_patch_is_held() -> None:
+        deadline = time.monotonic() + 10
+        while emulator.stats()["by_method"].get("PATCH", 0) == 0 and time.monotonic() < deadline:
+            time.sleep(0.02)  # until the PATCH has reached the instance and is held there
+        execute(producer, f"UPDATE {source.table} SET notes = ?, status = 'update_pending' WHERE id = 1",
+                ("Second note",))
+        producer.close()
+
+    bank = threading.Thread(target=edit_while_patch_is_held)
+    bank.start()
+    CaseUpdater(hook, source, "r1:update", QUICK).run()
+    bank.join(timeout=30)
+    emulator.set_faults(slow_before_commit=0)
+
+    status, error, sent = execute(source, f"SELECT status, error, sent_fields FROM {source.table}")[0]
+    assert status == "update_pending", (status, error)
+    assert error == CHANGED_DURING_UPDATE
+    assert Snapshot.from_json(sent).note == "First note"  # type: ignore[union-attr]
+
+    counts = CaseUpdater(hook, source, "r2:update", QUICK).run().as_dict()
+
+    assert counts["updated"] == 1, counts
+    journal = notes(hook, cases[1])
+    assert (journal.count("First note"), journal.count("Second note")) == (1, 1), journal
+    assert execute(source, f"SELECT status, error FROM {source.table}") == [("created", None)]

@@ -3,16 +3,24 @@ changed fields only and a new note as one journal entry, applied exactly once (d
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from functools import partial
+from typing import Any, Literal, TypeVar
 
 from ticketsync.casestatus.models import NOT_FOUND_PREFIX
-from ticketsync.hooks.servicenow import ServiceNowHook, ServiceNowRequestError, ServiceNowTransientError
-from ticketsync.models import CaseBody, PreparedCase, Rejection
+from ticketsync.hooks.servicenow import (
+    ServiceNowHook,
+    ServiceNowRateLimited,
+    ServiceNowRequestError,
+    ServiceNowTransientError,
+)
+from ticketsync.models import CaseBody, PreparedCase, Rejection, SourceRow
 from ticketsync.source.updates import UpdateOutcome, UpdateRow, UpdateRows
+from ticketsync.throttle import backoff_delay
 from ticketsync.transform import prepare
 from ticketsync.updates import (
     CLOSED_STATES,
@@ -26,6 +34,8 @@ from ticketsync.updates import (
 )
 
 LOST_PREFIX = "update answer lost"
+log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 CASE_FIELDS: tuple[str, ...] = ("sys_id", "number", "state", "active", *UPDATABLE_FIELDS)
 
 
@@ -48,6 +58,8 @@ class UpdateSettings:
     settle_seconds: float = 5.0
     clock_skew_seconds: float = 300.0
     backoff_base: float = 0.5
+    backoff_cap: float = 30.0
+    max_rate_limited_wait: float = 120.0
     verify: bool = True
 
 
@@ -62,23 +74,26 @@ class UpdateCounts:
     still_pending: int = 0
     patches: int = 0
     lost_answers: int = 0
+    read_retries: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return {
             "claimed": self.claimed, "updated": self.updated, "unchanged": self.unchanged, "closed": self.closed,
             "not_found": self.not_found, "refused": self.refused, "still_pending": self.still_pending,
-            "patches": self.patches, "lost_answers": self.lost_answers,
+            "patches": self.patches, "lost_answers": self.lost_answers, "read_retries": self.read_retries,
         }
 
 
-def plan_updates(rows: Sequence[UpdateRow]) -> dict[str, Any]:
+def plan_updates(
+    rows: Sequence[UpdateRow], transform: Callable[[SourceRow], PreparedCase | Rejection] = prepare
+) -> dict[str, Any]:
     """A dry run's plan of updates, from the source alone (no request): how many rows would be PATCHed with which
     fields and notes, how many change nothing or are invalid, and how many have no snapshot (their case would be
     read first, so their plan is an upper bound). Closed cases are only known once the case is read."""
     plan: dict[str, Any] = {"update_pending": len(rows), "would_update": 0, "unchanged": 0, "invalid": 0,
                             "without_snapshot": 0, "notes": 0, "fields": {}}
     for update in rows:
-        case = prepare(update.row)
+        case = transform(update.row)
         try:
             sent = Snapshot.from_json(update.sent_fields)
         except ValueError:
@@ -111,8 +126,10 @@ class CaseUpdater:
     def __init__(
         self, hook: ServiceNowHook, source: UpdateRows, token: str, settings: UpdateSettings, *,
         sleep: Callable[[float], None] = time.sleep, now: Callable[[], datetime] = lambda: datetime.now(UTC),
+        transform: Callable[[SourceRow], PreparedCase | Rejection] = prepare,
     ) -> None:
         self.hook, self.source, self.token, self.settings = hook, source, token, settings
+        self._transform = transform
         self._sleep, self._now = sleep, now
         self.counts = UpdateCounts()
 
@@ -135,7 +152,7 @@ class CaseUpdater:
         by_table: dict[str, list[str]] = {}
         prepared: dict[int, PreparedCase] = {}
         for update in chunk:
-            case = prepare(update.row)
+            case = self._transform(update.row)
             if isinstance(case, Rejection):
                 self._finish(update, "created", f"update not applied: {case.reason}; fix the row and set status "
                              "update_pending again")
@@ -149,7 +166,9 @@ class CaseUpdater:
                 by_table.setdefault(case.table, []).append(update.sys_id)
         for table, sys_ids in by_table.items():  # one sys_idIN read per chunk and table: state, active, fields
             query = "sys_idIN" + ",".join(sys_ids)
-            for record in self.hook.list_records(table, query=query, fields=CASE_FIELDS, limit=len(sys_ids)):
+            found = self._read(f"read {len(sys_ids)} cases of {table}", partial(
+                self.hook.list_records, table, query=query, fields=CASE_FIELDS, limit=len(sys_ids)))
+            for record in found:
                 cases[str(record.get("sys_id"))] = {key: str(value or "") for key, value in record.items()}
         for update in chunk:
             ready = prepared.get(update.row.id)
@@ -168,7 +187,9 @@ class CaseUpdater:
             self.counts.refused += 1
             return
         if sent is None or (update.row.error or "").startswith(LOST_PREFIX):
-            journal = [e["value"] for e in self.hook.journal_entries(table, update.sys_id)]
+            sys_id = update.sys_id
+            entries = self._read(f"read the journal of {sys_id}", lambda: self.hook.journal_entries(table, sys_id))
+            journal = [e["value"] for e in entries]
             sent = sent or baseline(case, journal, None)
             plan = plan_update(update.row.id, update.sys_id, table, body, sent)
             plan = still_missing(plan, case, journal)  # what an earlier run's lost answer applied is not sent
@@ -194,13 +215,18 @@ class CaseUpdater:
         self._apply(update, plan, note)
 
     def _apply(self, update: UpdateRow, plan: UpdatePlan, note: str | None) -> None:
-        s, remaining, lost = self.settings, plan, ""
-        for attempt in range(1, s.max_attempts + 1):
+        s, remaining, lost, attempt = self.settings, plan, "", 0
+        while attempt < s.max_attempts and not remaining.empty:
+            attempt += 1
             started = self._now()
             try:
                 self.counts.patches += 1
                 self.hook.update_record(plan.table, plan.sys_id, remaining.body())
                 remaining, lost = replace(remaining, fields={}, note=None), ""
+            except ServiceNowRateLimited as exc:  # refused before anything was done: wait, then send the same again
+                lost = str(exc)
+                if not self._waited(exc, attempt):
+                    break
             except ServiceNowRequestError as exc:
                 if exc.status == 404:
                     self._not_found(update)
@@ -213,15 +239,10 @@ class CaseUpdater:
                 self.counts.lost_answers += 1
                 lost = str(exc)
                 self._sleep(s.settle_seconds + s.backoff_base * 2 ** (attempt - 1))
-                if s.verify:
-                    checked = self._check(remaining, started)
-                    if checked is None:  # unknown whether it landed: never send again blind
-                        break
-                    remaining = checked
-                    if remaining.empty:
-                        break
-                continue
-            break
+                checked = self._check(remaining, started) if s.verify else remaining
+                if checked is None:  # unknown whether it landed: never send again blind
+                    break
+                remaining = checked
         if not remaining.empty:
             self._finish(update, "update_pending", f"{LOST_PREFIX} ({lost}); the next run checks the case and its "
                          "journal before sending again")
@@ -234,11 +255,48 @@ class CaseUpdater:
         """What the case does not show yet after a lost answer; None when the check itself got no answer."""
         since = (started - timedelta(seconds=self.settings.clock_skew_seconds)).strftime("%Y-%m-%d %H:%M:%S")
         try:
-            case = self.hook.get_record(plan.table, plan.sys_id, CASE_FIELDS)
-            journal = self.hook.journal_entries(plan.table, plan.sys_id, since=since) if plan.note else []
+            case = self._read(f"read case {plan.sys_id}", lambda: self.hook.get_record(
+                plan.table, plan.sys_id, CASE_FIELDS))
+            journal = self._read(f"read the journal of {plan.sys_id}", lambda: self.hook.journal_entries(
+                plan.table, plan.sys_id, since=since)) if plan.note else []
         except ServiceNowTransientError:
             return None
         return still_missing(plan, {k: str(v or "") for k, v in case.items()}, [e["value"] for e in journal])
+
+    def _waited(self, exc: ServiceNowRateLimited, attempt: int) -> bool:
+        """Wait out a 429 (its Retry-After, or backoff); False when the wait asked for is too long for this run."""
+        s = self.settings
+        wait = exc.retry_after if exc.retry_after is not None else backoff_delay(
+            attempt, base=s.backoff_base, cap=s.backoff_cap)
+        if wait > s.max_rate_limited_wait:
+            return False
+        self._sleep(wait)
+        return True
+
+    def _read(self, what: str, call: Callable[[], _T]) -> _T:
+        """A read (it changes nothing, so it is safe to repeat) retried in the task: a 5xx, a cut connection or an
+        answer that is not JSON is retried with backoff up to ``max_attempts`` times, a 429 waits its Retry-After (at
+        most ``max_rate_limited_wait`` seconds) without counting as a failure. After that the error goes up: the
+        rows not finished stay ``update_pending`` and the task retry takes them."""
+        s, failures, limited = self.settings, 0, 0
+        while True:
+            try:
+                return call()
+            except ServiceNowRateLimited as exc:
+                self.counts.read_retries += 1
+                limited += 1
+                wait = exc.retry_after if exc.retry_after is not None else backoff_delay(
+                    limited, base=s.backoff_base, cap=s.backoff_cap)
+                if wait > s.max_rate_limited_wait or limited > 10 * s.max_attempts:
+                    raise
+                self._sleep(wait)
+            except ServiceNowTransientError as exc:
+                failures += 1
+                if failures >= s.max_attempts:
+                    raise ServiceNowTransientError(
+                        f"could not {what} after {failures} tries: {exc}", status=exc.status) from exc
+                self.counts.read_retries += 1
+                self._sleep(backoff_delay(failures, base=s.backoff_base, cap=s.backoff_cap))
 
     def _not_found(self, update: UpdateRow) -> None:
         self._finish(update, "created", f"{NOT_FOUND_PREFIX}: case {update.number or update.sys_id} (sys_id "
@@ -247,4 +305,6 @@ class CaseUpdater:
 
     def _finish(self, update: UpdateRow, status: str, error: str | None, sent: Snapshot | None = None) -> None:
         outcome = UpdateOutcome(update.row.id, status, error, None if sent is None else sent.to_json())
-        self.source.write_update_outcome(self.token, outcome)
+        if not self.source.write_update_outcome(self.token, outcome, update.read) and update.read:
+            log.warning("row %d: the update's outcome was not written (the claim was lost: its lease ran out and "
+                        "another run took the row); that run checks the case before sending", update.row.id)

@@ -45,8 +45,42 @@ def test_three_deliberate_mistakes_are_each_reported(hook: ServiceNowHook, emula
         "sys_user_group, not sys_user",
         "error   fields.u_priority_reason: sn_bom_loan_service has no field u_priority_reason",
     ]
-    # one read of the dictionary per table (the loan table and the key's csm_consumer), not one per field
-    assert emulator.stats()["by_table"] == {"sys_dictionary": {"GET": 2}}
+    # per table checked (the loan table, the key's csm_consumer): one dictionary and one choice read for its whole
+    # chain of ancestors, not one per field; one sys_db_object read per table of the chains (loan, sn_bom_loan_base,
+    # sn_bom_case, sn_customerservice_case, task; csm_consumer)
+    assert emulator.stats()["by_table"] == {
+        "sys_dictionary": {"GET": 2}, "sys_choice": {"GET": 2}, "sys_db_object": {"GET": 6},
+    }
+
+
+def test_inherited_fields_are_found_by_walking_the_table_hierarchy(hook: ServiceNowHook) -> None:
+    """A case table declares none of the fields it is written with: short_description is task's, consumer is
+    sn_customerservice_case's, service_definition is sn_bom_case's. The check walks super_class up to find them."""
+    dictionary = instance_dictionary(hook)
+    entries = dictionary("sn_bom_credit_card_service")
+    assert entries["short_description"].max_length == 160
+    assert entries["consumer"].reference == "csm_consumer"
+    assert entries["service_definition"].reference == "sn_bom_service_definition"
+    assert "10" in (entries["state"].choices or ())
+    own = hook.list_records("sys_dictionary", query="name=sn_bom_credit_card_service", fields=("element",))
+    assert [record["element"] for record in own] == [""]  # its collection row only: reading it alone finds nothing
+
+
+def test_a_choice_the_instance_does_not_offer_is_an_error(hook: ServiceNowHook) -> None:
+    definition = parse_definition("""
+dag_id: d
+target_table: sn_bom_loan_service
+source: {table: t}
+correlation: {id: request_id}
+fields:
+  short_description: {column: short_description, max_length: 160}
+  contact_type: {column: contact_type, choices: [web, Phone, fax, carrier_pigeon]}
+""", "d.yaml")
+    found = [str(finding) for finding in check_definition(definition, instance_dictionary(hook))]
+    assert found == [
+        "error   fields.contact_type.choices: 'fax', 'carrier_pigeon' not in the instance's choices for "
+        "sn_bom_loan_service.contact_type (chat, email, phone, social, web)",
+    ]
 
 
 def test_keys_unknown_tables_and_warnings(hook: ServiceNowHook) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import socket
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -10,11 +12,13 @@ import requests
 
 from ticketsync.hooks.servicenow import (
     ServiceNowAuthError,
+    ServiceNowConnectionLost,
     ServiceNowHook,
     ServiceNowRateLimited,
     ServiceNowRequestError,
     ServiceNowTransientError,
 )
+from ticketsync.hooks.servicenow.transport import Answer
 from ticketsync_dev.emulator import RunningEmulator
 
 TABLE = "sn_bom_loan_service"
@@ -124,6 +128,36 @@ def test_429_carries_retry_after(hook: ServiceNowHook, emulator: RunningEmulator
     assert caught.value.retry_after >= 1
 
 
+def test_an_exhausted_hourly_window_asks_for_the_rest_of_it(hook: ServiceNowHook, emulator: RunningEmulator) -> None:
+    emulator.set_faults(rate_limit_per_window=1, rate_limit_window_seconds=600)
+    hook.create_record(TABLE, BODY)
+    with pytest.raises(ServiceNowRateLimited) as caught:
+        hook.create_record(TABLE, BODY)
+    assert caught.value.retry_after is not None
+    assert 590 <= caught.value.retry_after <= 600
+    assert caught.value.limit_per_hour == 6
+
+
+@pytest.mark.parametrize(("headers", "low", "high"), [
+    ({"X-RateLimit-Reset": "{reset}"}, 1190, 1200),  # no Retry-After: the wait is until the window resets
+    ({"Retry-After": "30", "X-RateLimit-Reset": "{reset}"}, 30, 30),  # Retry-After wins
+    ({"X-RateLimit-Reset": "soon"}, None, None),
+])
+def test_a_429_without_retry_after_waits_until_the_rate_limit_reset(
+    headers: dict[str, str], low: float | None, high: float | None
+) -> None:
+    reset = str(int(time.time()) + 1200)
+    answer = Answer(429, "Too Many Requests", {k: v.format(reset=reset) for k, v in headers.items()}, b"{}")
+    with pytest.raises(ServiceNowRateLimited) as caught:
+        ServiceNowHook()._raise_for_status(answer)
+    wait = caught.value.retry_after
+    if low is None or high is None:
+        assert wait is None
+    else:
+        assert wait is not None
+        assert low <= wait <= high
+
+
 @pytest.mark.parametrize(("fault", "retry_after"), [("error_429", 0.5), ("error_429_busy", None)])
 def test_a_429_storm_answer_is_rate_limited_with_or_without_retry_after(
     hook: ServiceNowHook, emulator: RunningEmulator, fault: str, retry_after: float | None
@@ -143,8 +177,9 @@ def test_a_429_storm_answer_is_rate_limited_with_or_without_retry_after(
         ("error_503", "503"),
         ("error_504", "504"),
         ("html_200", "instead of JSON"),
-        ("cut_before_commit", "connection failed"),
-        ("cut_after_commit", "connection failed"),
+        ("cut_before_commit", "connection lost without an answer"),
+        ("cut_after_commit", "connection lost without an answer"),
+        ("cut_then_commit", "connection lost without an answer"),
         ("malformed_json", "malformed JSON"),
         ("garbled_json", "malformed JSON"),
         ("missing_sys_id", "without a sys_id"),
@@ -155,6 +190,32 @@ def test_unknown_outcomes_are_transient(hook: ServiceNowHook, emulator: RunningE
     emulator.set_faults(**{fault: 1.0})
     with pytest.raises(ServiceNowTransientError, match=expected):
         hook.create_record(TABLE, BODY)
+
+
+def test_a_lost_connection_is_in_doubt_and_a_refused_one_is_not(
+    hook: ServiceNowHook, emulator: RunningEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A connection lost after the request was sent may still be committed (the loader settles before its look-up);
+    a connection that could not be opened sent nothing."""
+    emulator.set_faults(cut_then_commit=1.0, slow_before_commit_ms=300, methods=("POST",))
+    with pytest.raises(ServiceNowConnectionLost):
+        hook.create_record(TABLE, BODY)
+    emulator.set_faults(cut_then_commit=0.0)
+    time.sleep(0.6)
+    assert len(emulator.store.records(TABLE)) == 1  # it was committed after the client lost the connection
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]  # bound, not listening: connecting is refused
+        monkeypatch.setenv("AIRFLOW_CONN_REFUSED", json.dumps({
+            "conn_type": "http", "host": "127.0.0.1", "port": port, "schema": "http", "login": "a", "password": "b",
+        }))
+        refused = ServiceNowHook("refused", pool_size=1)
+        try:
+            with pytest.raises(ServiceNowTransientError, match="connection failed") as caught:
+                refused.create_record(TABLE, BODY)
+        finally:
+            refused.close()
+    assert not isinstance(caught.value, ServiceNowConnectionLost)
 
 
 def test_a_timeout_after_commit_is_transient_and_the_record_exists(hook: ServiceNowHook,

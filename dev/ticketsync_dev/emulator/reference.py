@@ -5,9 +5,15 @@
   ``name``; not unique on a real instance), service definitions and product models. Seeded with fixed records whose
   sys_ids are derived from table and key (:func:`seeded_sys_id`), so a demo and a test know them in advance. The
   seed holds deliberate duplicates (:data:`AMBIGUOUS_KEYS`), as real instances do.
-* ``sys_dictionary``: one row per field of every table the emulator serves (``name`` = table, ``element`` = field,
-  ``internal_type``, ``max_length``, ``reference``, ``mandatory``, ``column_label``), plus the table's collection row
-  (``element`` empty), as the instance has them.
+* ``sys_db_object``: the table hierarchy (``name``, ``super_class``: a reference to the parent's row). A case table
+  descends from ``task`` -> ``sn_customerservice_case`` -> ``sn_bom_case`` -> an application base -> the table
+  (:data:`TABLE_PARENTS`), as on the instance.
+* ``sys_dictionary``: one row per field, on the table that **declares** it (``name`` = that table, ``element`` =
+  field, ``internal_type``, ``max_length``, ``reference``, ``mandatory``, ``column_label``), plus each table's
+  collection row (``element`` empty), as the instance has them: ``name=sn_bom_loan_service`` alone finds none of the
+  case's fields (``short_description`` is declared on ``task``); a reader walks ``super_class`` up first.
+* ``sys_choice``: the choice lists (``name`` = the table that defines them, ``element``, ``value``, ``label``,
+  ``sequence``, ``inactive``), defined on an ancestor as the instance does for the case tables.
 """
 
 from __future__ import annotations
@@ -16,6 +22,8 @@ import uuid
 from dataclasses import dataclass
 
 DICTIONARY_TABLE = "sys_dictionary"
+TABLES_TABLE = "sys_db_object"
+CHOICE_TABLE = "sys_choice"
 _SEED_NAMESPACE = uuid.UUID("7b0d3f4e-2a9c-4c51-9a34-5e7c1d0b8f21")
 
 
@@ -48,29 +56,65 @@ SYSTEM_FIELD_DEFS: tuple[FieldDef, ...] = (
     FieldDef("sys_class_name", "sys_class_name", 80),
 )
 
-# The writable fields of an FSO case table (task -> sn_customerservice_case -> sn_bom_case -> ...).
-CASE_FIELD_DEFS: tuple[FieldDef, ...] = (
-    FieldDef("number", "string", 40),
-    _ref("consumer", "csm_consumer"),
-    _ref("sold_product", "sn_install_base_sold_product"),
-    _ref("account", "customer_account"),
-    _ref("assignment_group", "sys_user_group"),
-    _ref("product", "cmdb_model"),
-    _ref("service_definition", "sn_bom_service_definition"),
-    FieldDef("contact_type", "string", 40),
-    FieldDef("category", "integer", 40),
-    FieldDef("priority", "integer", 40),
-    FieldDef("short_description", "string", 160),
-    FieldDef("description", "string", 4000),
-    FieldDef("work_notes", "journal_input", 4000),
-    FieldDef("comments", "journal_input", 4000),
-    FieldDef("correlation_id", "string", 100),
-    FieldDef("correlation_display", "string", 100),
-    FieldDef("state", "integer", 40),
-    FieldDef("opened_at", "glide_date_time", 40),
-    FieldDef("active", "boolean", 40),
-    _ref("contact", "customer_contact"),
-)
+# The writable fields of an FSO case table, by the table of the hierarchy that declares them.
+DECLARED_CASE_FIELDS: dict[str, tuple[FieldDef, ...]] = {
+    "task": (
+        FieldDef("number", "string", 40),
+        _ref("assignment_group", "sys_user_group"),
+        FieldDef("contact_type", "string", 40),
+        FieldDef("priority", "integer", 40),
+        FieldDef("short_description", "string", 160),
+        FieldDef("description", "string", 4000),
+        FieldDef("work_notes", "journal_input", 4000),
+        FieldDef("comments", "journal_input", 4000),
+        FieldDef("correlation_id", "string", 100),
+        FieldDef("correlation_display", "string", 100),
+        FieldDef("state", "integer", 40),
+        FieldDef("opened_at", "glide_date_time", 40),
+        FieldDef("active", "boolean", 40),
+    ),
+    "sn_customerservice_case": (
+        _ref("consumer", "csm_consumer"),
+        _ref("sold_product", "sn_install_base_sold_product"),
+        _ref("account", "customer_account"),
+        _ref("product", "cmdb_model"),
+        FieldDef("category", "integer", 40),
+        _ref("contact", "customer_contact"),
+    ),
+    "sn_bom_case": (_ref("service_definition", "sn_bom_service_definition"),),
+}
+CASE_FIELD_DEFS: tuple[FieldDef, ...] = tuple(d for defs in DECLARED_CASE_FIELDS.values() for d in defs)
+# Which table defines each case choice list (sys_choice.name): the state list is the CSM case's.
+CHOICES_DEFINED_ON: dict[str, str] = {
+    "state": "sn_customerservice_case", "category": "sn_customerservice_case", "priority": "task",
+    "contact_type": "task",
+}
+# sys_db_object.super_class, by name ("" for a root). A case table not listed descends from sn_bom_case.
+TABLE_PARENTS: dict[str, str] = {
+    "task": "",
+    "sn_customerservice_case": "task",
+    "sn_bom_case": "sn_customerservice_case",
+    "sn_bom_loan_base": "sn_bom_case",
+    "sn_bom_card_base": "sn_bom_case",
+    "sn_bom_payment_base": "sn_bom_case",
+    "sn_bom_loan_service": "sn_bom_loan_base",
+    "sn_bom_loan_b2b_service": "sn_bom_loan_base",
+    "sn_bom_credit_card_service": "sn_bom_card_base",
+    "sn_bom_payment_inquiry": "sn_bom_payment_base",
+    "sn_install_base_sold_product": "",
+    "sn_bom_financial_account": "sn_install_base_sold_product",
+}
+CASE_BASE = "sn_bom_case"
+
+
+def ancestors(table: str, *, case: bool = False) -> tuple[str, ...]:
+    """The table and its ancestors, leaf first (``case``: a table not in :data:`TABLE_PARENTS` is a case table)."""
+    chain, current = [table], TABLE_PARENTS.get(table, CASE_BASE if case else "")
+    while current:
+        chain.append(current)
+        current = TABLE_PARENTS.get(current, "")
+    return tuple(chain)
+
 
 # Reference tables: their writable fields (the first is the business key the seed is keyed on) and number prefix.
 REFERENCE_TABLES: dict[str, tuple[FieldDef, ...]] = {
@@ -109,6 +153,19 @@ REFERENCE_TABLES: dict[str, tuple[FieldDef, ...]] = {
         FieldDef("model_number", "string", 40),
     ),
 }
+TABLE_FIELD_DEFS: tuple[FieldDef, ...] = (
+    FieldDef("name", "table_name", 80),
+    FieldDef("label", "string", 80),
+    _ref("super_class", TABLES_TABLE),
+)
+CHOICE_FIELD_DEFS: tuple[FieldDef, ...] = (
+    FieldDef("name", "table_name", 80),
+    FieldDef("element", "string", 80),
+    FieldDef("value", "string", 40),
+    FieldDef("label", "string", 100),
+    FieldDef("sequence", "integer", 40),
+    FieldDef("inactive", "boolean", 40),
+)
 DICTIONARY_FIELD_DEFS: tuple[FieldDef, ...] = (
     FieldDef("name", "table_name", 80),
     FieldDef("element", "string", 80),
@@ -203,21 +260,68 @@ def seed_records() -> dict[str, list[dict[str, str]]]:
     return seed
 
 
+META_TABLES: dict[str, tuple[FieldDef, ...]] = {}  # filled below: the tables that describe the others
+
+
 def dictionary_records(tables: tuple[str, ...], case_tables: tuple[str, ...]) -> list[dict[str, str]]:
-    """``sys_dictionary`` rows for the given tables the emulator serves (case, reference and dictionary tables)."""
+    """``sys_dictionary`` rows for the given tables the emulator serves and their ancestors, each field on the table
+    that declares it (the system fields on the root of each hierarchy)."""
     rows: list[dict[str, str]] = []
+    done: set[str] = set()
     for table in tables:
-        if table in case_tables:
-            defs = (*SYSTEM_FIELD_DEFS, *CASE_FIELD_DEFS)
-        elif table in REFERENCE_TABLES:
-            defs = (*SYSTEM_FIELD_DEFS, *REFERENCE_TABLES[table])
-        elif table == DICTIONARY_TABLE:
-            defs = (*SYSTEM_FIELD_DEFS, *DICTIONARY_FIELD_DEFS)
-        else:
-            continue
-        rows.append(_dictionary_row(table, FieldDef("", "collection", 40)))
-        rows.extend(_dictionary_row(table, definition) for definition in defs)
+        for name, defs in _declared(table, case=table in case_tables):
+            if name not in done:
+                done.add(name)
+                rows.append(_dictionary_row(name, FieldDef("", "collection", 40)))
+                rows.extend(_dictionary_row(name, definition) for definition in defs)
     return rows
+
+
+def table_records(tables: tuple[str, ...], case_tables: tuple[str, ...]) -> list[dict[str, str]]:
+    """``sys_db_object`` rows for the given tables and their ancestors (``super_class`` the parent's sys_id)."""
+    names: dict[str, None] = {}
+    for table in tables:
+        if table in case_tables or table in REFERENCE_TABLES or table in META_TABLES:
+            names.update(dict.fromkeys(ancestors(table, case=table in case_tables)))
+    return [
+        {"sys_id": seeded_sys_id(TABLES_TABLE, name), "name": name, "label": name.replace("_", " ").title(),
+         "super_class": seeded_sys_id(TABLES_TABLE, parent) if (parent := _parent(name, case_tables)) else ""}
+        for name in names
+    ]
+
+
+def choice_records(case_tables: tuple[str, ...], choices: dict[str, dict[str, str]]) -> list[dict[str, str]]:
+    """``sys_choice`` rows of the case choice lists, on the ancestor that defines each (when a case table is
+    served)."""
+    if not case_tables:
+        return []
+    rows = []
+    for element, values in choices.items():
+        table = CHOICES_DEFINED_ON.get(element)
+        if table is None:
+            continue
+        for sequence, (value, label) in enumerate(values.items()):
+            rows.append({"sys_id": seeded_sys_id(CHOICE_TABLE, f"{table}.{element}.{value}"), "name": table,
+                         "element": element, "value": value, "label": label, "sequence": str(sequence),
+                         "inactive": "false"})
+    return rows
+
+
+def _parent(name: str, case_tables: tuple[str, ...]) -> str:
+    return TABLE_PARENTS.get(name, CASE_BASE if name in case_tables else "")
+
+
+def _declared(table: str, *, case: bool) -> list[tuple[str, tuple[FieldDef, ...]]]:
+    """(table, the fields it declares) for ``table`` and its ancestors, root first."""
+    if case:
+        chain = ancestors(table, case=True)
+        return [(name, (*SYSTEM_FIELD_DEFS, *DECLARED_CASE_FIELDS[name]) if name == chain[-1]
+                 else DECLARED_CASE_FIELDS.get(name, ())) for name in reversed(chain)]
+    if table in REFERENCE_TABLES:
+        return [(table, (*SYSTEM_FIELD_DEFS, *REFERENCE_TABLES[table]))]
+    if table in META_TABLES:
+        return [(table, (*SYSTEM_FIELD_DEFS, *META_TABLES[table]))]
+    return []
 
 
 def _dictionary_row(table: str, definition: FieldDef) -> dict[str, str]:
@@ -231,3 +335,7 @@ def _dictionary_row(table: str, definition: FieldDef) -> dict[str, str]:
         "mandatory": "true" if definition.mandatory else "false",
         "column_label": definition.label if definition.element else table,
     }
+
+
+META_TABLES.update({DICTIONARY_TABLE: DICTIONARY_FIELD_DEFS, TABLES_TABLE: TABLE_FIELD_DEFS,
+                    CHOICE_TABLE: CHOICE_FIELD_DEFS})

@@ -15,13 +15,17 @@ from typing import Any
 from ticketsync_dev.emulator.choices import CASE_CHOICES, INACTIVE_STATES
 from ticketsync_dev.emulator.query import EncodedQuery, Part, fold, parse_query
 from ticketsync_dev.emulator.reference import (
-    DICTIONARY_FIELD_DEFS,
+    CHOICE_TABLE,
     DICTIONARY_TABLE,
+    META_TABLES,
     REFERENCE_NUMBER_PREFIXES,
     REFERENCE_TABLES,
+    TABLES_TABLE,
     FieldDef,
+    choice_records,
     dictionary_records,
     seed_records,
+    table_records,
 )
 
 Row = list[str]
@@ -34,7 +38,9 @@ CASE_TABLES: dict[str, str] = {  # table -> number prefix (the emulator's choice
     "sn_bom_payment_inquiry": "PIQ",
     "sn_bom_loan_b2b_service": "LBS",
 }
-DEFAULT_TABLES: tuple[str, ...] = (*CASE_TABLES, JOURNAL_TABLE, *REFERENCE_TABLES, DICTIONARY_TABLE)
+DEFAULT_TABLES: tuple[str, ...] = (
+    *CASE_TABLES, JOURNAL_TABLE, *REFERENCE_TABLES, DICTIONARY_TABLE, TABLES_TABLE, CHOICE_TABLE,
+)
 DEFAULT_CASE_PREFIX = "CS"
 FIRST_NUMBER = 1001
 
@@ -128,8 +134,8 @@ def schema_for(table: str) -> TableSchema:
         return TableSchema(table, JOURNAL_SYSTEM_FIELDS, JOURNAL_FIELDS)
     if table in REFERENCE_TABLES:
         return _data_table_schema(table, REFERENCE_TABLES[table])
-    if table == DICTIONARY_TABLE:
-        return _data_table_schema(table, DICTIONARY_FIELD_DEFS)
+    if table in META_TABLES:
+        return _data_table_schema(table, META_TABLES[table])
     return TableSchema(
         name=table,
         system_fields=CASE_SYSTEM_FIELDS,
@@ -320,7 +326,12 @@ class Store:
         added. Idempotent: a seeded record already present (same sys_id) is left as it is."""
         with self._lock:
             case_tables = tuple(name for name, table in self._tables.items() if table.schema.journal_fields)
-            wanted = {**seed_records(), DICTIONARY_TABLE: dictionary_records(self.table_names, case_tables)}
+            wanted = {
+                **seed_records(),
+                DICTIONARY_TABLE: dictionary_records(self.table_names, case_tables),
+                TABLES_TABLE: table_records(self.table_names, case_tables),
+                CHOICE_TABLE: choice_records(case_tables, {k: dict(v) for k, v in CASE_CHOICES.items()}),
+            }
             added: dict[str, int] = {}
             for name, records in wanted.items():
                 table = self._tables.get(name)

@@ -1,9 +1,12 @@
 """Check a sync definition against the instance's table dictionary before any case is sent.
 
-``python -m ticketsync.definitions.check FILE…`` reads ``sys_dictionary`` for the target table and for each business
-key's table through the ServiceNow connection, and reports what the definition gets wrong: an unknown field, a wrong
-reference table, a max length larger than the instance's, a key field the key table does not have. Exit status 1
-when anything is wrong (an error), 0 otherwise (warnings only).
+``python -m ticketsync.definitions.check FILE…`` reads, through the ServiceNow connection, the target table's place in
+the table hierarchy (``sys_db_object``, walking ``super_class`` up: a case table's fields are declared on ``task``,
+``sn_customerservice_case``, ``sn_bom_case``…), the ``sys_dictionary`` entries of that chain (a child's entry
+overrides its parent's) and its choice lists (``sys_choice``, the nearest table that defines a field's list wins),
+and the same for each business key's table. It reports what the definition gets wrong: an unknown field, a wrong
+reference table, a max length larger than the instance's, a choice the instance does not offer, a key field the key
+table does not have. Exit status 1 when anything is wrong (an error), 0 otherwise (warnings only).
 """
 
 from __future__ import annotations
@@ -11,13 +14,16 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
 from ticketsync.definitions import DefinitionError, FieldSpec, SyncDefinition, load_definition
 
 DICTIONARY_FIELDS = ("name", "element", "internal_type", "max_length", "reference", "mandatory")
+TABLE_FIELDS = ("sys_id", "name", "super_class")
+CHOICE_FIELDS = ("name", "element", "value", "inactive")
+MAX_DEPTH = 20  # a super_class chain longer than this is a loop
 TEXT_TYPES = frozenset({"string", "journal_input", "email", "url"})
 
 
@@ -30,6 +36,7 @@ class DictionaryEntry:
     max_length: int | None
     reference: str
     mandatory: bool
+    choices: frozenset[str] | None = None  # the active values of its choice list (None: no list on the instance)
 
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> DictionaryEntry:
@@ -74,6 +81,7 @@ def check_definition(definition: SyncDefinition, dictionary: Dictionary) -> list
             findings.append(Finding("error", f"fields.{name}", f"{table} has no field {name}"))
             continue
         findings += _check_field(table, name, spec, entry)
+        findings += _check_choices(table, name, spec, entry)
         if spec.key is not None:
             findings += _check_key(name, spec, dictionary)
     return findings
@@ -101,6 +109,18 @@ def _check_field(table: str, name: str, spec: FieldSpec, entry: DictionaryEntry)
     return found
 
 
+def _check_choices(table: str, name: str, spec: FieldSpec, entry: DictionaryEntry) -> list[Finding]:
+    if not spec.choices or entry.choices is None:
+        return []
+    offered = {value.lower() for value in entry.choices}
+    unknown = [choice for choice in spec.choices if choice.lower() not in offered]
+    if not unknown:
+        return []
+    listed = ", ".join(sorted(entry.choices))
+    return [Finding("error", f"fields.{name}.choices", f"{', '.join(map(repr, unknown))} not in the instance's "
+                                                       f"choices for {table}.{name} ({listed})")]
+
+
 def _check_key(name: str, spec: FieldSpec, dictionary: Dictionary) -> list[Finding]:
     key = spec.key
     assert key is not None
@@ -118,18 +138,81 @@ def _check_key(name: str, spec: FieldSpec, dictionary: Dictionary) -> list[Findi
 
 
 def instance_dictionary(hook: Any) -> Dictionary:
-    """``dictionary(table)`` read through a :class:`~ticketsync.hooks.servicenow.ServiceNowHook`, one GET per
-    table, cached."""
-    cache: dict[str, dict[str, DictionaryEntry]] = {}
+    """``dictionary(table)`` read through a :class:`~ticketsync.hooks.servicenow.ServiceNowHook` (see
+    :class:`InstanceDictionary`)."""
+    return InstanceDictionary(hook).read
 
-    def read(table: str) -> dict[str, DictionaryEntry]:
-        if table not in cache:
-            records = hook.list_records("sys_dictionary", query=f"name={table}", fields=DICTIONARY_FIELDS)
-            entries = (DictionaryEntry.from_record(record) for record in records if record.get("name") == table)
-            cache[table] = {entry.element: entry for entry in entries if entry.element}
-        return cache[table]
 
-    return read
+class InstanceDictionary:
+    """The instance's dictionary of a table and its ancestors: the chain from ``sys_db_object`` (one read per table
+    not seen yet), then one ``sys_dictionary`` and one ``sys_choice`` read for the whole chain; cached per table.
+
+    :param hook: the ServiceNow hook.
+    """
+
+    def __init__(self, hook: Any) -> None:
+        self.hook = hook
+        self._cache: dict[str, dict[str, DictionaryEntry]] = {}
+        self._by_id: dict[str, tuple[str, str]] = {}  # sys_id -> (name, super_class sys_id)
+        self._by_name: dict[str, str] = {}  # name -> super_class sys_id
+
+    def read(self, table: str) -> dict[str, DictionaryEntry]:
+        """Field -> entry for ``table`` (its own and inherited fields); empty when the instance has none."""
+        if table not in self._cache:
+            names = self.chain(table)
+            wanted = "nameIN" + ",".join(names)
+            depth = {name: index for index, name in enumerate(names)}  # 0 = the table itself
+            records = self.hook.list_records("sys_dictionary", query=wanted, fields=DICTIONARY_FIELDS)
+            records = sorted((r for r in records if r.get("name") in depth), key=lambda r: -depth[str(r["name"])])
+            entries = {entry.element: entry for entry in map(DictionaryEntry.from_record, records) if entry.element}
+            if entries:
+                for element, values in _choices(self.hook, wanted, depth).items():
+                    if element in entries:
+                        entries[element] = replace(entries[element], choices=values)
+            self._cache[table] = entries
+        return self._cache[table]
+
+    def chain(self, table: str) -> list[str]:
+        """The table and its ancestors, leaf first; just the table when ``sys_db_object`` does not list it."""
+        names = [table]
+        parent = self._by_name[table] if table in self._by_name else self._row(f"name={table}")[1]
+        while parent and len(names) < MAX_DEPTH:
+            name, parent = self._by_id[parent] if parent in self._by_id else self._row(f"sys_id={parent}")
+            if not name:
+                break
+            names.append(name)
+        return names
+
+    def _row(self, query: str) -> tuple[str, str]:
+        """(name, super_class sys_id) of the one ``sys_db_object`` row the query finds; ("", "") for none."""
+        for record in self.hook.list_records("sys_db_object", query=query, fields=TABLE_FIELDS, limit=1):
+            sys_id, name, parent = (_value(record.get(key)) for key in TABLE_FIELDS)
+            self._by_id[sys_id], self._by_name[name] = (name, parent), parent
+            return name, parent
+        return "", ""
+
+
+def _choices(hook: Any, query: str, depth: dict[str, int]) -> dict[str, frozenset[str]]:
+    """Each field's active choice values, from the nearest table of the chain that defines a list for it."""
+    lists: dict[str, tuple[int, set[str]]] = {}
+    for record in hook.list_records("sys_choice", query=query, fields=CHOICE_FIELDS):
+        table, element = str(record.get("name") or ""), str(record.get("element") or "")
+        if table not in depth or not element:
+            continue
+        level, values = lists.get(element, (depth[table], set()))
+        if depth[table] < level:
+            level, values = depth[table], set()
+        if depth[table] == level and str(record.get("inactive") or "").lower() != "true":
+            values.add(str(record.get("value") or ""))
+        lists[element] = (level, values)
+    return {element: frozenset(values) for element, (_, values) in lists.items()}
+
+
+def _value(field: Any) -> str:
+    """A field as text (a reference may come as ``{"value": …}`` when links are not excluded)."""
+    if isinstance(field, dict):
+        field = field.get("value")
+    return str(field or "")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

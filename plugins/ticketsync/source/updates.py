@@ -4,14 +4,26 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from ticketsync.models import SourceRow
 from ticketsync.source.claims import Claims
 from ticketsync.source.connection import reconnecting
-from ticketsync.source.dialects import lease_param
-from ticketsync.source.rows import ROW_COLUMNS, source_row
+from ticketsync.source.dialects import Dialect, lease_param
+from ticketsync.source.rows import source_row
 
-UPDATE_COLUMNS: tuple[str, ...] = (*ROW_COLUMNS, "sys_id", "number", "sent_fields")
+UPDATE_COLUMNS: tuple[str, ...] = ("sys_id", "number", "sent_fields")  # read after the row's own columns
+NOT_PRODUCERS = frozenset({"id", "attempts", "error"})  # of the row's columns, those the sync writes
+# "column equals the parameter", NULL-safe, per dialect
+_SAME = {
+    Dialect.POSTGRES: "{column} IS NOT DISTINCT FROM ?",
+    Dialect.SQLITE: "{column} IS ?",
+    Dialect.MYSQL: "{column} <=> ?",
+}
+CHANGED_DURING_UPDATE = (
+    "the producer changed this row while its update was being sent: what was sent is recorded in sent_fields and "
+    "the next run sends the rest"
+)
 
 
 @dataclass(frozen=True)
@@ -22,6 +34,7 @@ class UpdateRow:
     sys_id: str | None
     number: str | None
     sent_fields: str | None
+    read: tuple[Any, ...] = ()  # the producer's columns exactly as read, for the write's guard
 
 
 @dataclass(frozen=True)
@@ -68,42 +81,57 @@ class UpdateRows(Claims):
                 f"lease_expires_at = {sql.lease_until}, updated_at = {sql.now}",
                 (lease_param(lease_seconds, self.dialect),),
                 guard=" AND claim_token = ? AND status = 'update_pending'", guard_params=(token,),
-                returning=", ".join(UPDATE_COLUMNS),
+                returning=", ".join((*self.row_columns, *UPDATE_COLUMNS)),
             )
         found = []
+        width = len(self.row_columns)
+        producer = [index for index, name in enumerate(self.row_columns) if name not in NOT_PRODUCERS]
         for values in rows:
-            width = len(ROW_COLUMNS)
             sys_id, number, sent = values[width:]
-            found.append(UpdateRow(source_row(values[:width]), _text(sys_id), _text(number), _text(sent)))
+            found.append(UpdateRow(source_row(values[:width], self.row_columns), _text(sys_id), _text(number),
+                                   _text(sent), tuple(_param(values[index]) for index in producer)))
         return sorted(found, key=lambda update: update.row.id)
 
     @reconnecting
     def pending_updates(self, *, limit: int) -> list[UpdateRow]:
         """Up to ``limit`` ``update_pending`` rows in id order, read only (a dry run's plan: no claim)."""
         statement = self._q(
-            f"SELECT {', '.join(UPDATE_COLUMNS)} FROM {self.table} WHERE status = 'update_pending' ORDER BY id LIMIT ?"
+            f"SELECT {', '.join((*self.row_columns, *UPDATE_COLUMNS))} FROM {self.table} "
+            "WHERE status = 'update_pending' ORDER BY id LIMIT ?"
         )
         with self._transaction() as cursor:
             cursor.execute(statement, (limit,))
-            width = len(ROW_COLUMNS)
+            width = len(self.row_columns)
             return [
-                UpdateRow(source_row(values[:width]), *(_text(value) for value in values[width:]))
+                UpdateRow(source_row(values[:width], self.row_columns), _text(values[width]),
+                          _text(values[width + 1]), _text(values[width + 2]))
                 for values in cursor.fetchall()
             ]
 
     @reconnecting
-    def write_update_outcome(self, token: str, outcome: UpdateOutcome) -> int:
-        """Write one update's outcome where the token still holds the row ``update_pending``; end its lease."""
+    def write_update_outcome(self, token: str, outcome: UpdateOutcome, read: tuple[Any, ...] = ()) -> int:
+        """Write one update's outcome where the token still holds the row ``update_pending``; end its lease.
+
+        :param read: the producer's columns as the update read them (:attr:`UpdateRow.read`). When given, the row
+            goes back to ``created`` only if the producer has not changed it since; a row changed while its update
+            was being sent keeps ``update_pending`` (with what was sent in ``sent_fields``), so the next run sends
+            the newer change instead of losing it.
+        """
         now = self._sql.now
-        statement = self._q(f"""
-            UPDATE {self.table}
-               SET status = ?, error = ?, sent_fields = COALESCE(?, sent_fields), synced_at = {now},
-                   updated_at = {now}, lease_expires_at = {now}
-             WHERE id = ? AND claim_token = ? AND status = 'update_pending'""")
+        done = (f"sent_fields = COALESCE(?, sent_fields), synced_at = {now}, updated_at = {now}, "
+                f"lease_expires_at = {now}")
+        held = "WHERE id = ? AND claim_token = ? AND status = 'update_pending'"
+        producers = [name for name in self.row_columns if name not in NOT_PRODUCERS]
+        assert not read or len(read) == len(producers), "read must hold the producer's columns as take_updates read"
+        same = "".join(f" AND {_SAME[self.dialect].format(column=name)}" for name in producers[:len(read)])
         with self._transaction() as cursor:
-            cursor.execute(
-                statement, (outcome.status, _cut(outcome.error), outcome.sent_fields, outcome.row_id, token)
-            )
+            cursor.execute(self._q(f"UPDATE {self.table} SET status = ?, error = ?, {done} {held}{same}"),
+                           (outcome.status, _cut(outcome.error), outcome.sent_fields, outcome.row_id, token, *read))
+            written = int(cursor.rowcount or 0)
+            if written or not read or outcome.status == "update_pending":
+                return written
+            cursor.execute(self._q(f"UPDATE {self.table} SET error = ?, {done} {held}"),
+                           (CHANGED_DURING_UPDATE, outcome.sent_fields, outcome.row_id, token))
             return int(cursor.rowcount or 0)
 
     @reconnecting
@@ -124,6 +152,11 @@ class UpdateRows(Claims):
         with self._transaction() as cursor:
             cursor.execute(statement, (token,))
             return int(cursor.rowcount or 0)
+
+
+def _param(value: Any) -> Any:
+    """A value read back as a statement parameter (PostgreSQL's bytea comes back as a memoryview)."""
+    return bytes(value) if isinstance(value, memoryview) else value
 
 
 def _text(value: object) -> str | None:
