@@ -127,8 +127,8 @@ def sync_params(definition: SyncDefinition) -> dict[str, Param]:
         ),
         "settle_seconds": Param(
             60, type="number", minimum=0, title="Settle (seconds)",
-            description="How long ServiceNow may still write a POST that timed out (its transaction quota); such a "
-            "row is looked up again only after that",
+            description="How long ServiceNow may still apply a POST or PATCH whose answer was lost (its transaction "
+            "quota); such a row is looked up, or its case read, only after that",
         ),
         "defer_after_seconds": Param(
             300, type="number", minimum=0, title="Defer after (seconds)",
@@ -216,7 +216,8 @@ def sync_dag(definition: SyncDefinition) -> DAG:
         update = ServiceNowUpdateOperator(
             task_id="update", closed_policy="{{ params.closed_policy }}", limit="{{ params.limit }}",
             chunk_size="{{ params.chunk_size }}", lease_seconds="{{ params.lease_seconds }}",
-            max_attempts="{{ params.max_attempts }}", is_dry_run="{{ params.dry_run }}", **on_source,
+            max_attempts="{{ params.max_attempts }}", settle_seconds="{{ params.settle_seconds }}",
+            is_dry_run="{{ params.dry_run }}", **on_source,
         )
         report = SyncReportOperator(
             task_id="report", load_task_id="load", shards_task_id="extract", is_dry_run="{{ params.dry_run }}",
