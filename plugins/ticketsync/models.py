@@ -291,8 +291,12 @@ class CaseBody(BaseModel):
     work_notes: Journal = None
 
     def to_json(self) -> dict[str, str]:
-        """The body as sent: unset fields are left out so the instance's defaults apply."""
-        return {key: value for key, value in self.model_dump(exclude_none=True).items()}
+        """The body as sent: unset fields are left out so the instance's defaults apply.
+
+        Every field is text or None and has no serializer, so this is ``model_dump(exclude_none=True)`` read
+        straight from the fields (a test holds them equal), at a tenth of its cost: it runs three times per row.
+        """
+        return {key: value for key, value in self.__dict__.items() if value is not None}
 
 
 @dataclass(frozen=True)
