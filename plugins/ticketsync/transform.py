@@ -93,6 +93,8 @@ def validate_row(row: SourceRow) -> ValidatedRequest | Rejection:
         errors.extend(e for e in extra if e.column not in already)
     if errors or request is None:
         return Rejection(row_id=row.id, errors=tuple(sorted(errors, key=_column_order)))
+    if request.target_table == table:  # already the table's name as given: the copy would be equal
+        return request
     return request.model_copy(update={"target_table": table})
 
 

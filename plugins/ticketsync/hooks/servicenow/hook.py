@@ -334,7 +334,7 @@ class ServiceNowHook(HttpHook):
                 status=response.status_code,
             )
         number = result.get("number")
-        values = {name: str(result[name]) for name in echo if isinstance(result.get(name), str | int | float)}
+        values = {name: str(result[name]) for name in echo if isinstance(result.get(name), (str, int, float))}
         return CreatedRecord(sys_id=sys_id, number=str(number) if number else None, values=values)
 
     def list_records(
