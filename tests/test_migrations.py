@@ -121,12 +121,14 @@ def fill_every_state(source: SourceTable) -> None:
 
 CASE_COLUMNS = ("case_state", "case_state_label", "case_updated_at", "case_checked_at",  # migration 3, NULL at first
                 "consumer_number", "account_number", "assignment_group_name", "resolved_references",  # migration 4
-                "sent_fields")  # migration 5
-VERSIONS = [(1, "initial"), (2, "status_update_pending"), (3, "case_status"), (4, "business_keys"), (5, "sent_fields")]
+                "sent_fields",  # migration 5
+                "description", "priority")  # migration 6
+VERSIONS = [(1, "initial"), (2, "status_update_pending"), (3, "case_status"), (4, "business_keys"), (5, "sent_fields"),
+            (6, "definition_columns")]
 
 
 def dump(source: SourceTable) -> dict[str, list[tuple[Any, ...]]]:
-    """Every row of both tables, every column, in id order; the columns of migrations 3 to 5 left out once checked
+    """Every row of both tables, every column, in id order; the columns of migrations 3 to 6 left out once checked
     NULL (``sent_fields`` excepted: a case the sync creates gets its snapshot)."""
     found = {}
     for name in (source.table, f"{source.table}_replays"):
@@ -220,7 +222,7 @@ def test_upgrade_from_version_1_keeps_every_row_and_admits_update_pending(v1_sou
     before = dump(source)
     assert Migrator(source).found_version() == 1
 
-    assert source.ensure_schema() == [1, 2, 3, 4, 5]
+    assert source.ensure_schema() == [version for version, _ in VERSIONS]
 
     assert dump(source) == before
     assert version_rows(source) == VERSIONS
@@ -242,7 +244,7 @@ def test_upgrade_from_version_1_keeps_every_row_and_admits_update_pending(v1_sou
 
 
 def test_a_new_table_is_created_at_the_latest_version(source: SourceTable) -> None:
-    assert Migrator(source).found_version() == 5
+    assert Migrator(source).found_version() == len(VERSIONS)
     assert version_rows(source) == VERSIONS
 
 
@@ -345,7 +347,7 @@ def test_two_migrators_at_once_apply_each_migration_exactly_once(v1_source: Sour
     for thread in threads:
         thread.join(60)
     assert not errors, errors
-    assert sorted(v for applied in results for v in applied) == [1, 2, 3, 4, 5]
+    assert sorted(v for applied in results for v in applied) == [version for version, _ in VERSIONS]
     assert version_rows(source) == VERSIONS
     assert dump(source) == before
 
@@ -355,7 +357,7 @@ def test_the_printed_sql_does_what_apply_does(v1_source: SourceTable, tmp_path: 
     fill_every_state(source)
     before = dump(source)
     script = Migrator(source).script()
-    assert script.count("COMMIT;") == 5
+    assert script.count("COMMIT;") == len(VERSIONS)
     assert Migrator(source).found_version() == 1, "printing changed something"
     run_script(source, script)
     run_script(source, script)  # a DBA running it twice changes nothing more
@@ -382,7 +384,7 @@ def test_the_previous_release_runs_on_a_migrated_table_without_changing_it(v1_so
     old_ensure_schema(source)  # what the previous release does at the start of every run
     assert schema_of(source) == schema
     assert dump(source) == rows
-    assert Migrator(source).found_version() == 5
+    assert Migrator(source).found_version() == len(VERSIONS)
 
 
 # --- a migration killed in the middle -----------------------------------------------------------------------------

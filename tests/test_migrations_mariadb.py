@@ -22,10 +22,12 @@ from ticketsync_dev.samples import sample_requests
 
 pytestmark = pytest.mark.integration
 
-LATEST = [(1, "initial"), (2, "status_update_pending"), (3, "case_status"), (4, "business_keys"), (5, "sent_fields")]
+LATEST = [(1, "initial"), (2, "status_update_pending"), (3, "case_status"), (4, "business_keys"), (5, "sent_fields"),
+          (6, "definition_columns")]
 CASE_COLUMNS = ("case_state", "case_state_label", "case_updated_at", "case_checked_at",  # migration 3, NULL at first
                 "consumer_number", "account_number", "assignment_group_name", "resolved_references",  # migration 4
-                "sent_fields")  # migration 5
+                "sent_fields",  # migration 5
+                "description", "priority")  # migration 6
 
 
 @pytest.fixture
@@ -76,7 +78,7 @@ def test_upgrade_from_version_1_keeps_every_row_and_admits_update_pending(v1_sou
     with pytest.raises(Exception, match="CONSTRAINT"):
         set_status(source, "update_pending")
     assert Migrator(source).found_version() == 1
-    assert source.ensure_schema() == [1, 2, 3, 4, 5]
+    assert source.ensure_schema() == [version for version, _ in LATEST]
     assert dump(source) == before
     assert version_rows(source) == LATEST
     assert source.ensure_schema() == []
@@ -97,7 +99,7 @@ def test_each_migration_is_safe_to_run_again_from_any_statement(v1_source: Sourc
                 for statement in statements[start:] + statements:
                     cursor.execute(statement)
     assert dump(source) == before
-    assert source.ensure_schema() == [1, 2, 3, 4, 5]
+    assert source.ensure_schema() == [version for version, _ in LATEST]
     assert dump(source) == before
 
 
@@ -124,7 +126,7 @@ def test_several_migrators_at_once_apply_each_migration_exactly_once(v1_source: 
     for thread in threads:
         thread.join(60)
     assert not errors, errors
-    assert sorted(v for applied in results for v in applied) == [1, 2, 3, 4, 5]
+    assert sorted(v for applied in results for v in applied) == [version for version, _ in LATEST]
     assert version_rows(source) == LATEST
     assert dump(source) == before
 
@@ -135,7 +137,7 @@ def test_the_printed_sql_run_by_the_mariadb_client_does_what_apply_does(
     source = v1_source
     before = dump(source)
     script = Migrator(source).script()
-    assert script.count("COMMIT;") == 5
+    assert script.count("COMMIT;") == len(LATEST)
     assert "GET_LOCK" in script
     assert "RELEASE_LOCK" in script
     assert len(split_statements(script)) > 4

@@ -43,6 +43,29 @@ def test_the_provider_info_validates_against_airflows_schemas() -> None:
     assert list(connection_type["conn-fields"]) == FORM_FIELDS
 
 
+def test_every_operator_and_trigger_module_is_listed() -> None:
+    """Each module of ticketsync.operators that defines an operator (and each trigger module) is in the provider
+    info, so Airflow's provider listing shows all of them."""
+    import importlib
+    import pkgutil
+
+    from airflow.sdk import BaseOperator
+    from airflow.triggers.base import BaseTrigger
+
+    def defining(package: str, base: type) -> set[str]:
+        found = set()
+        for module_info in pkgutil.iter_modules(importlib.import_module(package).__path__):
+            module = importlib.import_module(f"{package}.{module_info.name}")
+            if any(isinstance(value, type) and issubclass(value, base) and value.__module__ == module.__name__
+                   and ("execute" in vars(value) or "run" in vars(value)) for value in vars(module).values()):
+                found.add(module.__name__)
+        return found
+
+    info = get_provider_info()
+    assert defining("ticketsync.operators", BaseOperator) == set(info["operators"][0]["python-modules"])
+    assert defining("ticketsync.triggers", BaseTrigger) == set(info["triggers"][0]["python-modules"])
+
+
 def test_a_schema_violation_would_be_caught() -> None:
     """The check above can fail: a connection type without its hook class is refused by Airflow's schema."""
     info = get_provider_info()

@@ -150,6 +150,10 @@ class EmulatorProcess:
     def stats(self) -> dict[str, Any]:
         return dict(requests.get(f"{self.url}/_emulator/stats", timeout=5).json())
 
+    def requests(self) -> list[dict[str, Any]]:
+        """The last API requests, oldest first: when each was answered (UNIX time), its method and status."""
+        return list(requests.get(f"{self.url}/_emulator/requests", timeout=30).json()["result"])
+
     def records(self, table: str) -> list[dict[str, Any]]:
         payload = requests.get(f"{self.url}/_emulator/records/{table}", timeout=30).json()
         return list(payload["result"] if isinstance(payload, dict) else payload)

@@ -8,7 +8,7 @@ producers add rows meanwhile; the load's plan (its XCom, and the report's summar
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -93,16 +93,18 @@ def plan_chunk(
     max_attempts: int,
     twins: CaseTwins | None = None,
     resolver: ReferenceResolver | None = None,
+    transform: Callable[[SourceRow], PreparedCase | Rejection] = prepare,
 ) -> None:
-    """Transform the rows and look the valid ones up (GET only), adding each to the plan, with the load's rules
-    (:mod:`ticketsync.correlation`): ids equal to an earlier pending row's or an existing case's only up to case are
-    rejected; a row whose own look-up fails while the others succeed is planned to fail with that error. With
-    ``resolver``, the business keys of the rows a run would create are resolved too (GET only), and a key that does
-    not resolve puts its row under "reject" with the reason the run would write."""
+    """Transform the rows (``transform``: the loan's, or a definition's) and look the valid ones up (GET only),
+    adding each to the plan, with the load's rules (:mod:`ticketsync.correlation`): ids equal to an earlier pending
+    row's or an existing case's only up to case are rejected; a row whose own look-up fails while the others succeed
+    is planned to fail with that error. With ``resolver``, the business keys of the rows a run would create are
+    resolved too (GET only), and a key that does not resolve puts its row under "reject" with the reason the run
+    would write."""
     by_table: dict[str, list[PreparedCase]] = {}
     attempts = {}
     for row in rows:
-        prepared = prepare(row)
+        prepared = transform(row)
         earlier = twins.earlier_pending(row.id, prepared.correlation_id) if twins and not isinstance(
             prepared, Rejection) else None
         if isinstance(prepared, Rejection):

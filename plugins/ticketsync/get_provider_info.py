@@ -90,10 +90,13 @@ def get_provider_info() -> dict[str, Any]:
                     "ticketsync.operators.extract",
                     "ticketsync.operators.validate",
                     "ticketsync.operators.load",
+                    "ticketsync.operators.update",
+                    "ticketsync.operators.status",
                     "ticketsync.operators.report",
                 ],
             }
         ],
+        "triggers": [{"integration-name": "ServiceNow", "python-modules": ["ticketsync.triggers.resume"]}],
         "connection-types": [
             {
                 "connection-type": CONNECTION_TYPE,

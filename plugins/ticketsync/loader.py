@@ -29,6 +29,11 @@ storm, however long, never makes a row ``failed``.
 
 The window stays full: the next chunk is taken and looked up while at least two windows of POSTs are still queued
 or in flight, so neither a chunk boundary nor a look-up drains it.
+
+A 429 asking for a wait longer than ``defer_after`` (an hourly window exhausted) is not slept through: no request
+starts after it, the POSTs already on the wire finish and are written back, the rows still held keep their claim
+under a lease that outlasts the wait, and :meth:`CaseLoader.run` returns with :attr:`CaseLoader.deferral` set, so
+the task can free its worker and resume later with a new loader (docs/adr/0018).
 """
 
 from __future__ import annotations
@@ -64,10 +69,10 @@ from ticketsync.hooks.servicenow import (
     ServiceNowTransientError,
 )
 from ticketsync.models import FieldError, PreparedCase, Rejection, SourceRow, SyncAction, SyncStatus
-from ticketsync.progress import ProgressReporter, ProgressSnapshot
+from ticketsync.progress import ProgressReporter, ProgressSnapshot, duration
 from ticketsync.references import ReferenceResolver
 from ticketsync.source import Outcome, Shard, SourceTable, is_row_refusal, refusal_text
-from ticketsync.throttle import Throttle, backoff_delay
+from ticketsync.throttle import LongWait, Throttle, backoff_delay
 from ticketsync.transform import prepare
 from ticketsync.updates import created_snapshot
 
@@ -108,6 +113,9 @@ class LoadSettings:
     # passed since it was sent: an earlier look-up could miss a record still being written, and create a second.
     settle_seconds: float = 60.0
     progress_interval: float = 15.0  # seconds between progress lines in the task log
+    # A 429 asking for a longer wait than this (seconds) makes the load stop and defer instead of sleeping; None:
+    # always wait in the task.
+    defer_after: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("chunk_size", "max_in_flight", "max_attempts", "max_rate_limited_waits"):
@@ -137,6 +145,20 @@ class LoadCounts:
 
 
 @dataclass(frozen=True)
+class Deferral:
+    """Why and for how long a load stopped instead of waiting: resume it ``resume_in`` seconds from now.
+
+    :param resume_in: seconds from now until the instance takes requests again (and every timed-out POST settled).
+    :param held: rows the load still holds pending, their lease extended past the resume.
+    :param lease_seconds: how long from now those leases run.
+    """
+
+    resume_in: float
+    held: int
+    lease_seconds: float
+
+
+@dataclass(frozen=True)
 class _Posted:
     """What a worker thread reports back for one POST."""
 
@@ -145,6 +167,7 @@ class _Posted:
     record: CreatedRecord | None = None
     error: ServiceNowRequestError | ServiceNowTransientError | None = None
     sent_at: float = 0.0  # time.monotonic() when the last POST went out
+    held: bool = False  # not sent (again): the load is deferring
 
 
 class CaseLoader:
@@ -158,13 +181,21 @@ class CaseLoader:
         settings: LoadSettings,
         *,
         sleep: Callable[[float], None] = time.sleep,
+        counts: LoadCounts | None = None,
+        transform: Callable[[SourceRow], PreparedCase | Rejection] = prepare,
     ) -> None:
+        """:param counts: the counts of the load's earlier legs, when it resumes after a deferral (they go on)."""
         self.client = client
+        self._transform = transform
         self.source = source
         self.token = token
         self.settings = settings
-        self.counts = LoadCounts()
-        self.throttle = Throttle(settings.max_in_flight, rate_per_second=settings.rate_limit)
+        self.counts = LoadCounts(**counts.as_dict()) if counts else LoadCounts()
+        self._earlier = LoadCounts(**self.counts.as_dict())
+        self.deferral: Deferral | None = None  # set by run() when the load stopped to defer
+        self.throttle = Throttle(
+            settings.max_in_flight, rate_per_second=settings.rate_limit, defer_after=settings.defer_after
+        )
         self._sleep = sleep
         self._buffer: list[Outcome] = []
         self._last_flush = time.monotonic()
@@ -185,7 +216,12 @@ class CaseLoader:
     # ----------------------------------------------------------------------------------------------------------
 
     def run(self) -> LoadCounts:
-        self._claimed = self.source.held(self.token, shard=self.settings.shard)
+        """Load the token's rows; returns the counts (with those of earlier legs). When the instance asked for a
+        wait longer than ``defer_after``, the load stops at a safe point instead and sets :attr:`deferral`."""
+        earlier = self._earlier
+        self._claimed = self.source.held(self.token, shard=self.settings.shard) + (
+            earlier.created + earlier.adopted + earlier.rejected + earlier.failed
+        )
         progress = ProgressReporter(self.progress, interval=self.settings.progress_interval)
         pool = ThreadPoolExecutor(max_workers=self.settings.max_in_flight, thread_name_prefix="servicenow-post")
         self._writer = _OutcomeWriter(self.source.clone(), self.token)
@@ -195,6 +231,8 @@ class CaseLoader:
                 self._twins = CaseTwins(SourceTwin(*twin) for twin in self.source.case_twins())
                 self._first_pass(pool)
                 self._retry_rounds(pool)
+            except LongWait:
+                self._stop_sending()
             except BaseException as exc:
                 self._finish(pool, failing=exc)
                 if isinstance(exc, Exception):
@@ -202,13 +240,21 @@ class CaseLoader:
                 raise
             self._finish(pool, failing=self._auth_error)
         finally:
-            progress.stop()
+            progress.stop(deferred=self.deferral is not None)
         if self._auth_error is not None:
             raise self._auth_error
+        if self.deferral is not None:
+            return self.counts
         self.counts.still_pending = len(self._retry_ids)
         if self._retry_ids:
             self._settle()
         return self.counts
+
+    def _stop_sending(self) -> None:
+        """A long wait: POSTs not started yet are dropped (their rows stay pending, untouched); those on the wire
+        finish, and :meth:`_finish` harvests and writes them back before anything else happens."""
+        for future in self._in_flight:
+            future.cancel()
 
     def progress(self) -> ProgressSnapshot:
         """The load's counts and pacing now (read from another thread: a progress line, not a decision)."""
@@ -228,7 +274,8 @@ class CaseLoader:
             self._sleep(settle)
 
     def _finish(self, pool: ThreadPoolExecutor, *, failing: BaseException | None) -> None:
-        """Harvest what is in flight, write it back, end the leases. Every step runs even if one before it failed.
+        """Harvest what is in flight, write it back, end the leases (or, when the instance asked for a long wait,
+        extend them past it: see :meth:`_end_leases`). Every step runs even if one before it failed.
 
         When the load is already failing (``failing``), an error here (the source database is still gone, say) is
         logged and the original error propagates, so the task log shows the cause, not its echo. Otherwise the first
@@ -247,7 +294,7 @@ class CaseLoader:
             lambda: pool.shutdown(wait=True, cancel_futures=True),
             writer.close if writer is not None else lambda: None,
             lambda: self._note_held_back(failing),
-            lambda: self.source.release(self.token, shard=self.settings.shard),
+            lambda: self._end_leases(failing),
         )
         for step in steps:
             try:
@@ -257,11 +304,35 @@ class CaseLoader:
                     first = exc
                 else:
                     log.error("clean-up after %r failed too", failing or first, exc_info=True)
-        self.counts.rate_limited = self.throttle.rate_limited_count
+        self.counts.rate_limited = self._earlier.rate_limited + self.throttle.rate_limited_count
         if writer is not None:
             self._count_refused(writer)
         if first is not None:
             raise first
+
+    def _end_leases(self, failing: BaseException | None) -> None:
+        """Release the rows still held; or, when the instance asked for a wait longer than ``defer_after`` and the
+        load is not failing, keep them leased past the wait (its end, every timed-out POST settled, then a whole
+        lease) and set :attr:`deferral`, so no other run takes them before the next leg of this load."""
+        wait = self.throttle.long_wait()
+        if wait is None or failing is not None or self._auth_error is not None:
+            self.source.release(self.token, shard=self.settings.shard)
+            return
+        resume_in = max(wait, self._settle_until - time.monotonic(), 0.0) + 1.0  # the window has surely reset
+        keep_for = resume_in + self.settings.lease_seconds
+        held = self.source.extend_lease(self.token, keep_for, shard=self.settings.shard)
+        if not held:
+            return  # nothing left to do: no reason to come back
+        self.deferral = Deferral(resume_in=resume_in, held=held, lease_seconds=keep_for)
+        # Only the rows this leg finished count as taken: those still held are taken (and counted) by the next leg.
+        counts, earlier = self.counts, self._earlier
+        finished = sum(getattr(counts, name) - getattr(earlier, name)
+                       for name in ("created", "adopted", "rejected", "failed"))
+        counts.taken = earlier.taken + finished
+        log.info(
+            "the instance asked for a wait of %s: stopping here to defer (no POST was cut short); %d rows keep "
+            "their claim, leased for %s", duration(resume_in), held, duration(keep_for),
+        )
 
     @property
     def _queue_depth(self) -> int:
@@ -303,6 +374,7 @@ class CaseLoader:
         after = 0
         while self._auth_error is None:
             self._wait_until(max_queued=self._queue_depth)
+            self._check_long_wait()
             rows = self.source.take_chunk(
                 self.token, after=after, size=self.settings.chunk_size, lease_seconds=self.settings.lease_seconds,
                 shard=self.settings.shard,
@@ -318,6 +390,7 @@ class CaseLoader:
             self._drain(cancel=False)
             if not self._retry_ids or self._auth_error is not None:
                 return
+            self._check_long_wait()
             ids, self._retry_ids = self._retry_ids, []
             ready_at = {row_id: self._retry_ready.pop(row_id, 0.0) for row_id in ids}
             delay = backoff_delay(round_number, base=self.settings.backoff_base, cap=self.settings.backoff_cap)
@@ -331,6 +404,7 @@ class CaseLoader:
             self.counts.retried += len(ids)
             for ready, wave in _waves(ready_at, time.monotonic()):
                 self._wait_for(ready)  # rows whose timed-out POST the instance may still be writing
+                self._check_long_wait()
                 for start in range(0, len(wave), self.settings.chunk_size):
                     part = wave[start : start + self.settings.chunk_size]
                     rows = self.source.take_rows(
@@ -339,6 +413,12 @@ class CaseLoader:
                     self._submit_chunk(pool, rows)
                     self._wait_until(max_queued=self._queue_depth)
         self._drain(cancel=False)
+
+    def _check_long_wait(self) -> None:
+        """Stop taking work once the instance asked for a wait longer than ``defer_after``."""
+        wait = self.throttle.long_wait()
+        if wait is not None:
+            raise LongWait(wait)
 
     def _wait_for(self, moment: float) -> None:
         """Until ``moment`` (time.monotonic()): harvest the POSTs in flight meanwhile, then sleep the rest."""
@@ -362,7 +442,7 @@ class CaseLoader:
     def _submit_chunk(self, pool: ThreadPoolExecutor, rows: list[SourceRow]) -> None:
         by_table: dict[str, list[tuple[PreparedCase, SourceRow]]] = {}
         for row in rows:
-            prepared = _prepare(row)
+            prepared = _prepare(row, self._transform)
             if isinstance(prepared, PreparedCase) and self._twins:
                 earlier = self._twins.earlier_pending(row.id, prepared.correlation_id)
                 if earlier is not None:
@@ -386,7 +466,7 @@ class CaseLoader:
         """Resolve the business keys of the rows still to be sent (one look-up per reference table for the chunk),
         reject those whose keys do not resolve, and POST the rest."""
         resolved = self.references.resolve([case for case, _ in to_send])
-        self.counts.reference_lookups = self.references.lookups
+        self.counts.reference_lookups = self._earlier.reference_lookups + self.references.lookups
         for result, (_, row) in zip(resolved, to_send, strict=True):
             if isinstance(result, Rejection):
                 self._reject(row, result.reason)
@@ -531,6 +611,7 @@ class CaseLoader:
     def _post(self, case: PreparedCase, row: SourceRow) -> _Posted:
         """Runs on a worker thread: one POST, repeated only after a 429 (which did nothing)."""
         sent_at = time.monotonic()
+        last: ServiceNowTransientError | None = None
         for _ in range(self.settings.max_rate_limited_waits):
             try:
                 with self.throttle.slot():
@@ -538,9 +619,11 @@ class CaseLoader:
                     record = self.client.create_record(case.table, case.body.to_json(), ECHO_FIELDS)
                 self.throttle.succeeded()
                 return _Posted(case, row, record=record)
+            except LongWait:  # raised before the request started: nothing was sent
+                return _Posted(case, row, error=last, held=True)
             except ServiceNowRateLimited as exc:
                 self.throttle.rate_limited(exc.retry_after, exc.limit_per_hour)
-                last: ServiceNowTransientError = exc
+                last = exc
             except (ServiceNowRequestError, ServiceNowTransientError) as exc:
                 return _Posted(case, row, error=exc, sent_at=sent_at)
         return _Posted(case, row, error=last)
@@ -580,6 +663,8 @@ class CaseLoader:
         except ServiceNowConfigurationError as exc:  # 401 or a bad TLS certificate: stop, retrying cannot help
             self._auth_error = exc
             return
+        if posted.held and posted.error is None:
+            return  # never sent: the row stays pending as it was, for the next leg
         self.counts.posts += 1
         self._record(self._outcome(posted))
 
@@ -724,11 +809,14 @@ def _waves(ready_at: dict[int, float], now: float, spread: float = 1.0) -> list[
 _PROBE_ID = "ticketsync-lookup-probe"
 
 
-def _prepare(row: SourceRow) -> PreparedCase | Rejection:
-    """The pure transform; a row that makes it raise (a bug: every rule should name its column) is rejected with
-    the exception, logged with its traceback, instead of stopping every row behind it."""
+def _prepare(
+    row: SourceRow, transform: Callable[[SourceRow], PreparedCase | Rejection] = prepare
+) -> PreparedCase | Rejection:
+    """The pure transform (the loan's, or the load's definition's); a row that makes it raise (a bug: every rule
+    should name its column) is rejected with the exception, logged with its traceback, instead of stopping every row
+    behind it."""
     try:
-        return prepare(row)
+        return transform(row)
     except Exception as exc:
         log.exception("validating %s raised; the row is rejected", row.label)
         text = " ".join(str(exc).split())[:300]

@@ -210,9 +210,11 @@ KEY_COLUMNS: frozenset[str] = frozenset({"consumer_number", "account_number", "a
 
 
 class SourceRow(BaseModel):
-    """A ``ticket_requests`` row as read from the source database; nothing about its values is trusted yet."""
+    """A ``ticket_requests`` row as read from the source database; nothing about its values is trusted yet.
 
-    model_config = ConfigDict(frozen=True)
+    A sync definition's own columns (``description``…) are kept as extra attributes, read by its transform."""
+
+    model_config = ConfigDict(frozen=True, extra="allow")
 
     id: int
     request_id: Any = None

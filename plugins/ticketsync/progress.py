@@ -58,15 +58,22 @@ def pacing_reason(snapshot: ProgressSnapshot) -> str | None:
     return f"paced to {pace:.2f}/s, recovering after a 429"
 
 
-def progress_line(snapshot: ProgressSnapshot, rows_per_second: float, window: float, *, final: bool = False) -> str:
+def progress_line(
+    snapshot: ProgressSnapshot, rows_per_second: float, window: float, *, final: bool = False, deferred: bool = False
+) -> str:
     """One progress line.
 
     :param snapshot: the counts and pacing now.
     :param rows_per_second: rows done per second over the last ``window`` seconds.
     :param window: the seconds the rate was measured over.
     :param final: the line at the end of the load (no ETA).
+    :param deferred: the last line of a leg that stops to defer (final too).
     """
     remaining = max(0, snapshot.claimed - snapshot.done)
+    if deferred:
+        return progress_line(snapshot, rows_per_second, window, final=True).replace(
+            "load finished", "load deferred", 1
+        ).replace("rows left pending", "rows left for the next leg", 1)
     head = "load finished" if final else "progress"
     text = (
         f"{head}: {snapshot.done:,}/{snapshot.claimed:,} rows done (created {snapshot.created:,}, adopted "
@@ -112,21 +119,25 @@ class ProgressReporter:
         self._thread = threading.Thread(target=self._run, name="load-progress", daemon=True)
         self._started = 0.0
         self._last: tuple[float, int] = (0.0, 0)
+        self._done_at_start = 0
 
     def start(self) -> None:
         self._started = self._clock()
         self._last = (self._started, self._snapshot().done)
+        self._done_at_start = self._last[1]  # a resumed load's earlier legs are not this leg's rate
         self._thread.start()
 
-    def stop(self) -> None:
-        """Stop the thread and log the last line (the whole load's rate)."""
+    def stop(self, *, deferred: bool = False) -> None:
+        """Stop the thread and log the last line (the whole load's rate); ``deferred``: the load stops to defer."""
         if not self._thread.is_alive():
             return
         self._stop.set()
         self._thread.join()
         snapshot = self._snapshot()
         elapsed = max(1e-9, self._clock() - self._started)
-        log.info("%s", progress_line(snapshot, snapshot.done / elapsed, elapsed, final=True))
+        log.info("%s", progress_line(
+            snapshot, (snapshot.done - self._done_at_start) / elapsed, elapsed, final=True, deferred=deferred
+        ))
 
     def _run(self) -> None:
         while not self._stop.wait(self._interval):

@@ -9,6 +9,9 @@ up to 90 % of the pace the 429 interrupted, then additive increase (about 2.5 % 
 pre-429 pace is back within about five seconds, and a storm that keeps answering 429 keeps pulling it down. Once
 the pace is twice the interrupted one (and no rate was configured), pacing ends. The window grows back by about
 one place per window of successes.
+
+A wait longer than ``defer_after`` seconds (an hourly window exhausted) is not waited for: from then on no request
+starts (a slot raises :class:`LongWait`), so the load can stop at a safe point and defer itself.
 """
 
 from __future__ import annotations
@@ -32,6 +35,17 @@ def backoff_delay(attempt: int, *, base: float, cap: float, rng: random.Random |
     return (rng or random).uniform(0, ceiling)
 
 
+class LongWait(Exception):
+    """The instance asked for a wait longer than the throttle's ``defer_after``; no request starts any more.
+
+    :param seconds: how long the instance asked to wait, from now.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"the instance asked for a wait of {seconds:.0f} s")
+        self.seconds = seconds
+
+
 class Throttle:
     """A window of in-flight requests, an optional rate, and a common pause after a 429."""
 
@@ -43,6 +57,7 @@ class Throttle:
         default_pause: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
+        defer_after: float | None = None,
     ) -> None:
         if max_in_flight < 1:
             raise ValueError("max_in_flight must be at least 1")
@@ -66,6 +81,8 @@ class Throttle:
         self._clock = clock
         self._sleep = sleep
         self.rate_limited_count = 0
+        self._defer_after = defer_after
+        self.long_wait_until: float | None = None  # clock() when a wait longer than defer_after ends, once asked
 
     @property
     def window(self) -> int:
@@ -80,6 +97,11 @@ class Throttle:
     def pace(self) -> float | None:
         """The current pace in requests per second; None when unpaced."""
         return self._rate
+
+    def long_wait(self) -> float | None:
+        """Seconds left of a wait longer than ``defer_after`` the instance asked for, or None if it asked none."""
+        until = self.long_wait_until
+        return None if until is None else max(0.0, until - self._clock())
 
     def paused_for(self) -> float:
         """Seconds until the common pause after a 429 ends (0 when not paused)."""
@@ -100,6 +122,8 @@ class Throttle:
         with self._cond:
             while True:
                 now = self._clock()
+                if self.long_wait_until is not None:
+                    raise LongWait(self.long_wait_until - now)
                 if now < self._pause_until:
                     self._cond.wait(self._pause_until - now)
                 elif self._in_flight >= max(1, int(self._window)):
@@ -161,6 +185,7 @@ class Throttle:
 
         When the instance names its limit (``X-RateLimit-Limit``, per hour), the pace becomes that limit spread
         evenly over the hour for good; otherwise half the rate achieved just before, recovering as the module says.
+        A pause longer than ``defer_after`` makes every later slot raise :class:`LongWait`.
 
         :param retry_after: the instance's ``Retry-After`` in seconds, if it sent one.
         :param limit_per_hour: the instance's ``X-RateLimit-Limit``, if it sent one.
@@ -181,5 +206,7 @@ class Throttle:
                 self._last_decrease = now
             self._pause_until = max(self._pause_until, now + pause)
             self._grown_at = max(self._grown_at, self._pause_until)
+            if self._defer_after is not None and pause > self._defer_after:
+                self.long_wait_until = max(self.long_wait_until or 0.0, now + pause)
             self._cond.notify_all()
             return pause

@@ -18,7 +18,7 @@ from ticketsync.hooks.servicenow import (
     ServiceNowRequestError,
     ServiceNowTransientError,
 )
-from ticketsync.models import CaseBody, PreparedCase, Rejection
+from ticketsync.models import CaseBody, PreparedCase, Rejection, SourceRow
 from ticketsync.source.updates import UpdateOutcome, UpdateRow, UpdateRows
 from ticketsync.throttle import backoff_delay
 from ticketsync.transform import prepare
@@ -84,14 +84,16 @@ class UpdateCounts:
         }
 
 
-def plan_updates(rows: Sequence[UpdateRow]) -> dict[str, Any]:
+def plan_updates(
+    rows: Sequence[UpdateRow], transform: Callable[[SourceRow], PreparedCase | Rejection] = prepare
+) -> dict[str, Any]:
     """A dry run's plan of updates, from the source alone (no request): how many rows would be PATCHed with which
     fields and notes, how many change nothing or are invalid, and how many have no snapshot (their case would be
     read first, so their plan is an upper bound). Closed cases are only known once the case is read."""
     plan: dict[str, Any] = {"update_pending": len(rows), "would_update": 0, "unchanged": 0, "invalid": 0,
                             "without_snapshot": 0, "notes": 0, "fields": {}}
     for update in rows:
-        case = prepare(update.row)
+        case = transform(update.row)
         try:
             sent = Snapshot.from_json(update.sent_fields)
         except ValueError:
@@ -124,8 +126,10 @@ class CaseUpdater:
     def __init__(
         self, hook: ServiceNowHook, source: UpdateRows, token: str, settings: UpdateSettings, *,
         sleep: Callable[[float], None] = time.sleep, now: Callable[[], datetime] = lambda: datetime.now(UTC),
+        transform: Callable[[SourceRow], PreparedCase | Rejection] = prepare,
     ) -> None:
         self.hook, self.source, self.token, self.settings = hook, source, token, settings
+        self._transform = transform
         self._sleep, self._now = sleep, now
         self.counts = UpdateCounts()
 
@@ -148,7 +152,7 @@ class CaseUpdater:
         by_table: dict[str, list[str]] = {}
         prepared: dict[int, PreparedCase] = {}
         for update in chunk:
-            case = prepare(update.row)
+            case = self._transform(update.row)
             if isinstance(case, Rejection):
                 self._finish(update, "created", f"update not applied: {case.reason}; fix the row and set status "
                              "update_pending again")

@@ -14,7 +14,9 @@ import pytest
 import requests
 
 from tests.support.emulator import LOAN, PASSWORD, USER, create
+from tests.support.tls import make_server_cert
 from ticketsync_dev.emulator import EmulatorConfig, FaultConfig, RunningEmulator, start_emulator
+from ticketsync_dev.emulator.__main__ import build_parser, config_from_args
 
 DEV = Path(__file__).resolve().parents[2] / "dev"
 pytestmark = pytest.mark.integration
@@ -197,3 +199,23 @@ def test_tls_when_a_certificate_and_key_are_given(tmp_path: Path) -> None:
         assert response.status_code == 201
         assert response.headers["Location"].startswith("https://")
         assert time.monotonic() - started < 5
+
+
+def test_mutual_tls_requires_a_client_certificate_the_ca_signed(tmp_path: Path) -> None:
+    """servicenow.md: mutual TLS exists (a client certificate instead of a password)."""
+    tls = make_server_cert(tmp_path)
+    config = EmulatorConfig(user=USER, password=PASSWORD, tls_cert=str(tls.cert), tls_key=str(tls.key),
+                            tls_client_ca=str(tls.ca_bundle))
+    with start_emulator(config) as emulator:
+        url = f"{emulator.url}/api/now/table/{LOAN}"
+        with_cert = requests.post(url, json={"correlation_id": "mtls"}, auth=(USER, PASSWORD),
+                                  verify=str(tls.ca_bundle), cert=str(tls.client_pem), timeout=10)
+        with pytest.raises(requests.ConnectionError):
+            requests.post(url, json={"correlation_id": "no-cert"}, auth=(USER, PASSWORD),
+                          verify=str(tls.ca_bundle), timeout=10)
+        records = [r["correlation_id"] for r in emulator.store.records(LOAN)]
+
+    assert with_cert.status_code == 201
+    assert records == ["mtls"]
+    args = build_parser().parse_args(["--tls-client-ca", "ca.pem"])
+    assert config_from_args(args, {}).tls_client_ca == "ca.pem"

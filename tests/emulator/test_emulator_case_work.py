@@ -134,3 +134,24 @@ def test_admin_delete_removes_a_case(session: requests.Session, emulator: Runnin
 
     assert (deleted.status_code, again.status_code) == (204, 404)
     assert query(session, table_url, "correlation_id=REQ-1") == []
+
+
+def test_dates_compare_to_the_second_in_utc_also_through_gs_date_generate(
+    session: requests.Session, emulator: RunningEmulator, table_url: str
+) -> None:
+    """servicenow.md: `sys_updated_on>=2026-12-01 10:00:00`, or `javascript:gs.dateGenerate(...)`, to the second."""
+    stamps = ["2030-01-01 09:59:59", "2030-01-01 10:00:00", "2030-01-01 10:00:01"]
+    for index, stamp in enumerate(stamps):
+        sys_id = create(session, table_url, correlation_id=f"REQ-{index}")["sys_id"]
+        emulator.work(LOAN, sys_id, updated_on=stamp, state="10")
+
+    def ids(encoded: str) -> list[str]:
+        return [r["correlation_id"] for r in query(session, table_url, f"{encoded}^ORDERBYsys_updated_on")]
+
+    assert ids("sys_updated_on>=2030-01-01 10:00:00") == ["REQ-1", "REQ-2"]
+    assert ids("sys_updated_on>2030-01-01 10:00:00") == ["REQ-2"]  # the same second is not after it
+    assert ids("sys_updated_on<2030-01-01 10:00:00") == ["REQ-0"]
+    assert ids("sys_updated_on>=javascript:gs.dateGenerate('2030-01-01','10:00:00')") == ["REQ-1", "REQ-2"]
+    assert ids("sys_updated_on>javascript:gs.dateGenerate('2030-01-01','10:00:00')") == ["REQ-2"]
+    assert ids("sys_updated_on<=javascript:gs.dateGenerate('2030-01-01','start')") == []
+    assert ids("sys_updated_on<=javascript:gs.dateGenerate('2030-01-01','end')") == ["REQ-0", "REQ-1", "REQ-2"]

@@ -10,6 +10,7 @@ import requests
 
 from tests.support.emulator import LOAN, PASSWORD, USER, assert_envelope, query
 from ticketsync_dev.emulator import FaultConfig, FaultConfigError, RunningEmulator
+from ticketsync_dev.emulator.__main__ import build_parser, config_from_args
 from ticketsync_dev.emulator.replies import RATE_LIMIT_RULE
 
 pytestmark = pytest.mark.integration
@@ -32,6 +33,19 @@ def test_error_500_answers_the_json_envelope_and_commits_nothing(
     assert emulator.stats()["faults"]["error_500"] == 1
 
 
+def test_error_403_is_a_data_policy_refusal_and_commits_nothing(
+    emulator: RunningEmulator, session: requests.Session, table_url: str
+) -> None:
+    emulator.set_faults(error_403=1.0)
+
+    response = session.post(table_url, json={"correlation_id": "REQ-1"})
+
+    assert_envelope(response, 403, "Operation Failed",
+                    "Data Policy Exception: The following fields are mandatory: Assignment group")
+    assert committed(emulator) == 0
+    assert emulator.stats()["faults"]["error_403"] == 1
+
+
 @pytest.mark.parametrize("status", [502, 503, 504])
 def test_gateway_errors_answer_html_and_commit_nothing(
     emulator: RunningEmulator, session: requests.Session, table_url: str, status: int
@@ -43,6 +57,22 @@ def test_gateway_errors_answer_html_and_commit_nothing(
     assert response.status_code == status
     assert response.headers["Content-Type"].startswith("text/html")
     assert committed(emulator) == 0
+
+
+@pytest.mark.parametrize("status", [502, 503, 504])
+def test_gateway_errors_can_answer_an_empty_body(
+    emulator: RunningEmulator, session: requests.Session, table_url: str, status: int
+) -> None:
+    emulator.set_faults(**{f"error_{status}": 1.0}, empty_gateway_bodies=True)
+
+    response = session.post(table_url, json={"correlation_id": "REQ-1"})
+
+    assert (response.status_code, response.content) == (status, b"")
+    assert committed(emulator) == 0
+    emulator.set_faults(empty_gateway_bodies=False)  # the control: the HTML page again
+    assert session.post(table_url, json={}).text.startswith("<!DOCTYPE html>")
+    args = build_parser().parse_args(["--empty-gateway-bodies"])
+    assert config_from_args(args, {}).faults.empty_gateway_bodies is True
 
 
 def test_html_200_is_a_hibernating_page_and_commits_nothing(
@@ -80,6 +110,31 @@ def test_cut_after_commit_drops_the_connection_but_the_record_exists(
 
     emulator.set_faults(cut_after_commit=0.0)
     assert [r["correlation_id"] for r in query(session, table_url, "correlation_id=REQ-ambiguous")] == ["REQ-ambiguous"]
+
+
+def test_cut_then_commit_loses_the_connection_at_once_and_commits_later(
+    emulator: RunningEmulator, session: requests.Session, table_url: str
+) -> None:
+    """A lost connection does not stop the transaction: a look-up made at once misses a record written later."""
+    emulator.set_faults(cut_then_commit=1.0, slow_before_commit_ms=600, methods=("POST",))
+
+    started = time.monotonic()
+    with pytest.raises(requests.ConnectionError):
+        session.post(table_url, json={"correlation_id": "REQ-late"})
+    lost_after = time.monotonic() - started
+    at_once = query(session, table_url, "correlation_id=REQ-late")
+    time.sleep(0.9)
+    later = query(session, table_url, "correlation_id=REQ-late")
+
+    assert lost_after < 0.5
+    assert at_once == []
+    assert [r["correlation_id"] for r in later] == ["REQ-late"]
+    assert emulator.stats()["faults"]["cut_then_commit"] == 1
+    emulator.set_faults(transaction_quota_seconds=0.3)  # the control: past the quota it is cancelled, never written
+    with pytest.raises(requests.ConnectionError):
+        session.post(table_url, json={"correlation_id": "REQ-never"})
+    time.sleep(0.9)
+    assert query(session, table_url, "correlation_id=REQ-never") == []
 
 
 def test_slow_after_commit_commits_then_answers_late(
@@ -198,6 +253,36 @@ def test_rate_limit_answers_429_with_retry_after_and_rate_limit_headers(
     assert response.headers["X-RateLimit-Rule"]
     assert committed(emulator) == 0
     assert emulator.stats()["throttled"] == 2
+
+
+def test_an_exhausted_hourly_window_answers_429_until_it_resets(
+    emulator: RunningEmulator, session: requests.Session, table_url: str
+) -> None:
+    emulator.set_faults(rate_limit_per_window=3, rate_limit_window_seconds=4)
+
+    statuses = [session.get(table_url).status_code for _ in range(3)]
+    refused = session.post(table_url, json={"correlation_id": "REQ-window"})
+
+    assert statuses == [200, 200, 200]
+    assert_envelope(refused, 429, "Rate limit exceeded")
+    # The wait is the rest of the window (whole seconds), given both ways; the limit is per hour (3 per 4 s).
+    assert 1 <= int(refused.headers["Retry-After"]) <= 4
+    assert 0 < int(refused.headers["X-RateLimit-Reset"]) - time.time() <= 4
+    assert refused.headers["X-RateLimit-Limit"] == "2700"
+    assert committed(emulator) == 0
+    assert [entry["status"] for entry in emulator.requests()] == [200, 200, 200, 429]
+    time.sleep(float(refused.headers["Retry-After"]) + 0.1)
+    assert session.post(table_url, json={"correlation_id": "REQ-window"}).status_code == 201
+    assert committed(emulator) == 1
+
+
+def test_the_hourly_window_is_an_hour_by_default_and_off() -> None:
+    config = FaultConfig()
+    assert (config.rate_limit_per_window, config.rate_limit_window_seconds) == (0, 3600)
+    with pytest.raises(FaultConfigError, match="rate_limit_per_window must be an integer"):
+        config.with_changes({"rate_limit_per_window": 2.5})
+    with pytest.raises(FaultConfigError, match="rate_limit_window_seconds must be positive"):
+        config.with_changes({"rate_limit_window_seconds": 0})
 
 
 def test_concurrency_limit_turns_away_excess_requests_without_rate_limit_headers(

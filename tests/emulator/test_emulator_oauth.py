@@ -86,9 +86,43 @@ def test_a_wrong_client_is_refused_with_access_denied(emulator: RunningEmulator,
 
 
 def test_an_unknown_grant_is_a_400(emulator: RunningEmulator) -> None:
-    response = token_request(emulator, grant_type="refresh_token", refresh_token="x")
+    response = token_request(emulator, grant_type="no_such_grant", client_id=CLIENT_ID, client_secret=CLIENT_SECRET)
     assert response.status_code == 400
     assert response.json()["error"] == "unsupported_grant_type"
+
+
+def test_the_token_request_must_be_form_encoded_not_json(emulator: RunningEmulator) -> None:
+    form = {"grant_type": "client_credentials", "client_id": CLIENT_ID, "client_secret": CLIENT_SECRET}
+    as_json = requests.post(f"{emulator.url}/oauth_token.do", json=form, timeout=5)
+    assert as_json.status_code == 400
+    assert as_json.json()["error"] == "unsupported_grant_type"
+    assert token_request(emulator, **form).status_code == 200  # the control: the same fields, form-encoded
+
+
+def test_the_password_grant_returns_a_refresh_token_that_the_refresh_grant_exchanges(
+    emulator: RunningEmulator,
+) -> None:
+    first = token_request(emulator, grant_type="password", client_id=CLIENT_ID, client_secret=CLIENT_SECRET,
+                          username=USER, password=PASSWORD).json()
+    assert client_credentials(emulator).json().keys() == {"access_token", "scope", "token_type", "expires_in"}
+
+    refreshed = token_request(emulator, grant_type="refresh_token", client_id=CLIENT_ID, client_secret=CLIENT_SECRET,
+                              refresh_token=first["refresh_token"])
+    wrong = token_request(emulator, grant_type="refresh_token", client_id=CLIENT_ID, client_secret=CLIENT_SECRET,
+                          refresh_token="not-a-refresh-token")
+    wrong_client = token_request(emulator, grant_type="refresh_token", client_id=CLIENT_ID, client_secret="wrong",
+                                 refresh_token=first["refresh_token"])
+
+    assert refreshed.status_code == 200, refreshed.text
+    assert refreshed.json()["refresh_token"] == first["refresh_token"]
+    assert refreshed.json()["access_token"] != first["access_token"]
+    assert list_with(emulator, refreshed.json()["access_token"]).status_code == 200
+    assert (wrong.status_code, wrong_client.status_code) == (401, 401)
+    assert first["refresh_token"] in emulator.issued_tokens()
+    emulator.revoke_tokens()
+    again = token_request(emulator, grant_type="refresh_token", client_id=CLIENT_ID, client_secret=CLIENT_SECRET,
+                          refresh_token=first["refresh_token"])
+    assert again.status_code == 401  # revoking the client's tokens revokes its refresh tokens too
 
 
 def test_unknown_and_missing_bearer_tokens_get_the_401_envelope(emulator: RunningEmulator) -> None:
@@ -128,6 +162,21 @@ def test_admin_endpoints_revoke_and_change_the_lifetime(emulator: RunningEmulato
     assert list_with(emulator, token).status_code == 401
     refused = requests.put(f"{emulator.url}/_emulator/oauth", json={"token_lifetime": -1}, timeout=5)
     assert refused.status_code == 400
+
+
+def test_the_client_credentials_grant_can_be_disabled_as_an_instance_has_it_by_default() -> None:
+    config = EmulatorConfig(user=USER, password=PASSWORD, oauth_client_id=CLIENT_ID, oauth_client_secret=CLIENT_SECRET,
+                            oauth_client_credentials=False)
+    with start_emulator(config) as emulator:
+        refused = client_credentials(emulator)
+        password_grant = token_request(emulator, grant_type="password", client_id=CLIENT_ID,
+                                       client_secret=CLIENT_SECRET, username=USER, password=PASSWORD)
+    assert refused.status_code == 400
+    assert refused.json()["error"] == "unsupported_grant_type"
+    assert password_grant.status_code == 200  # the control: the other grants still work
+    args = build_parser().parse_args(["--no-oauth-client-credentials"])
+    assert config_from_args(args, {}).oauth_client_credentials is False
+    assert config_from_args(build_parser().parse_args([]), {}).oauth_client_credentials is True
 
 
 def test_oauth_is_off_without_a_client_secret() -> None:

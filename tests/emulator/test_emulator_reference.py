@@ -93,6 +93,25 @@ def test_the_dictionary_describes_case_and_reference_fields(
     assert [(g["max_length"], g["mandatory"]) for g in groups] == [("80", "true")]
 
 
+def test_the_choice_lists_are_readable_and_match_the_display_values(
+    emulator: RunningEmulator, session: requests.Session
+) -> None:
+    """servicenow.md: choices (`sys_choice`) describe every choice field and are readable through the Table API."""
+    case_choices = _url(emulator, "sys_choice")
+    states = query(session, case_choices, "name=sn_customerservice_case^element=state^ORDERBYsequence")
+    case = session.post(_url(emulator, LOAN), json={"state": "18"}).json()["result"]
+    shown = session.get(f"{_url(emulator, LOAN)}/{case['sys_id']}", params={"sysparm_display_value": "all"})
+
+    assert [(c["value"], c["label"]) for c in states] == [
+        ("1", "New"), ("10", "Open"), ("18", "Awaiting Info"), ("6", "Resolved"), ("3", "Closed"), ("7", "Cancelled"),
+    ]
+    assert shown.json()["result"]["state"] == {"display_value": "Awaiting Info", "value": "18"}
+    contact_types = query(session, case_choices, "name=task^element=contact_type")
+    assert {c["value"] for c in contact_types} == {"chat", "email", "phone", "social", "web"}
+    described = query(session, _url(emulator, "sys_dictionary"), "name=sys_choice^element=label")
+    assert [d["internal_type"] for d in described] == ["string"]
+
+
 def test_the_dictionary_lists_only_the_tables_served() -> None:
     config = EmulatorConfig(tables=(LOAN, "sys_dictionary"))
     with start_emulator(config) as emulator:
@@ -126,6 +145,7 @@ def test_without_seed_the_reference_tables_are_empty() -> None:
     with start_emulator(EmulatorConfig(reference_data=False)) as emulator:
         assert emulator.stats()["records"]["csm_consumer"] == 0
         assert emulator.stats()["records"]["sys_dictionary"] == 0
+        assert emulator.stats()["records"]["sys_choice"] == 0
 
 
 def test_stats_count_requests_by_table(emulator: RunningEmulator, session: requests.Session) -> None:

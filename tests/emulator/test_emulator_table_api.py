@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import re
 
 import pytest
@@ -36,6 +37,8 @@ def test_create_answers_201_with_location_and_generated_fields(session: requests
     assert response.headers["Location"] == f"{table_url}/{record['sys_id']}"
     assert record["number"] == "LSC0001001"
     assert TIMESTAMP.fullmatch(record["sys_created_on"])
+    created_on = datetime.datetime.strptime(record["sys_created_on"], "%Y-%m-%d %H:%M:%S").replace(tzinfo=datetime.UTC)
+    assert abs((datetime.datetime.now(datetime.UTC) - created_on).total_seconds()) < 5  # UTC, not local time
     assert record["sys_updated_on"] == record["sys_created_on"]
     assert record["sys_created_by"] == record["sys_updated_by"] == USER
     assert record["sys_mod_count"] == "0"
@@ -57,17 +60,54 @@ def test_sys_fields_and_unknown_fields_are_ignored_and_values_become_strings(
     assert (record["priority"], record["active"]) == ("2", "false")
 
 
+def test_mandatory_fields_dangling_references_and_overlong_strings_are_not_refused(
+    session: requests.Session, emulator: RunningEmulator
+) -> None:
+    """servicenow.md, "the instance does not protect you": validate on our side, the Table API will not."""
+    groups = f"{emulator.url}/api/now/table/sys_user_group"
+    no_name = session.post(groups, json={"description": "no name"})  # `name` is mandatory in the dictionary
+    mandatory = query(session, f"{emulator.url}/api/now/table/sys_dictionary", "name=sys_user_group^element=name")
+    case = create(session, f"{emulator.url}/api/now/table/{LOAN}", consumer="d" * 32, short_description="x" * 5000)
+
+    assert mandatory[0]["mandatory"] == "true"
+    assert no_name.status_code == 201
+    assert emulator.store.get("csm_consumer", "d" * 32) is None  # nothing it refers to
+    assert case["consumer"] == "d" * 32
+    assert len(case["short_description"]) == 5000  # not an error (the `truncate` fault stores it cut)
+
+
 def test_array_body_uses_only_the_first_object(session: requests.Session, table_url: str) -> None:
     response = session.post(table_url, json=[{"correlation_id": "first"}, {"correlation_id": "second"}])
 
     assert response.status_code == 201
     assert [r["correlation_id"] for r in query(session, table_url, "")] == ["first"]
+    sys_id = response.json()["result"]["sys_id"]
+    patched = session.patch(f"{table_url}/{sys_id}", json=[{"state": "10"}, {"state": "3"}])
+    assert patched.json()["result"]["state"] == "10"
 
 
 def test_invalid_json_body_is_400(session: requests.Session, table_url: str) -> None:
     response = session.post(table_url, data=b'{"short_description": ', headers={"Content-Type": "application/json"})
 
     assert_envelope(response, 400, "Exception while reading request", "The payload is not valid JSON.")
+
+
+def test_a_body_not_declared_as_json_is_415_and_an_accept_without_json_is_406(
+    session: requests.Session, emulator: RunningEmulator, table_url: str
+) -> None:
+    """servicenow.md: requests carry `Accept` and `Content-Type: application/json` (REST API HTTP response codes)."""
+    body = b'{"correlation_id": "REQ-1"}'
+    as_text = session.post(table_url, data=body, headers={"Content-Type": "text/plain"})
+    undeclared = session.post(table_url, data=body, headers={"Content-Type": ""})
+    html_only = session.get(table_url, headers={"Accept": "text/html"})
+
+    assert_envelope(as_text, 415, "Unsupported media type")
+    assert_envelope(undeclared, 415, "Unsupported media type")
+    assert_envelope(html_only, 406, "Not acceptable")
+    assert emulator.stats()["records"][LOAN] == 0
+    declared = session.post(table_url, data=body, headers={"Content-Type": "application/json; charset=utf-8"})
+    assert declared.status_code == 201  # the control
+    assert session.get(table_url, headers={"Accept": "*/*"}).status_code == 200
 
 
 def test_unknown_table_is_400(session: requests.Session, emulator: RunningEmulator) -> None:
@@ -186,6 +226,21 @@ def test_fields_limit_offset_total_count_and_link(session: requests.Session, tab
     assert "sysparm_query=short_description%3Dpage" in links["next"]
     following = session.get(links["next"]).json()["result"]
     assert following == [{"correlation_id": "REQ-4"}]
+
+
+def test_a_list_without_sysparm_limit_gets_at_most_10000_records(
+    session: requests.Session, emulator: RunningEmulator, table_url: str
+) -> None:
+    for index in range(10_001):
+        emulator.store.create(LOAN, {"correlation_id": f"REQ-{index}"}, USER)
+
+    response = session.get(table_url, params={"sysparm_fields": "correlation_id"})
+
+    assert response.status_code == 200
+    result = response.json()["result"]
+    assert (len(result), result[-1]["correlation_id"]) == (10_000, "REQ-9999")
+    assert response.headers["X-Total-Count"] == "10001"
+    assert "sysparm_offset=10000" in response.links["next"]["url"]
 
 
 def test_unpaginated_list_has_no_link_header(session: requests.Session, table_url: str) -> None:

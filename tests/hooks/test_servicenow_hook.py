@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -15,6 +16,7 @@ from ticketsync.hooks.servicenow import (
     ServiceNowRequestError,
     ServiceNowTransientError,
 )
+from ticketsync.hooks.servicenow.transport import Answer
 from ticketsync_dev.emulator import RunningEmulator
 
 TABLE = "sn_bom_loan_service"
@@ -122,6 +124,36 @@ def test_429_carries_retry_after(hook: ServiceNowHook, emulator: RunningEmulator
         hook.create_record(TABLE, BODY)
     assert caught.value.retry_after is not None
     assert caught.value.retry_after >= 1
+
+
+def test_an_exhausted_hourly_window_asks_for_the_rest_of_it(hook: ServiceNowHook, emulator: RunningEmulator) -> None:
+    emulator.set_faults(rate_limit_per_window=1, rate_limit_window_seconds=600)
+    hook.create_record(TABLE, BODY)
+    with pytest.raises(ServiceNowRateLimited) as caught:
+        hook.create_record(TABLE, BODY)
+    assert caught.value.retry_after is not None
+    assert 590 <= caught.value.retry_after <= 600
+    assert caught.value.limit_per_hour == 6
+
+
+@pytest.mark.parametrize(("headers", "low", "high"), [
+    ({"X-RateLimit-Reset": "{reset}"}, 1190, 1200),  # no Retry-After: the wait is until the window resets
+    ({"Retry-After": "30", "X-RateLimit-Reset": "{reset}"}, 30, 30),  # Retry-After wins
+    ({"X-RateLimit-Reset": "soon"}, None, None),
+])
+def test_a_429_without_retry_after_waits_until_the_rate_limit_reset(
+    headers: dict[str, str], low: float | None, high: float | None
+) -> None:
+    reset = str(int(time.time()) + 1200)
+    answer = Answer(429, "Too Many Requests", {k: v.format(reset=reset) for k, v in headers.items()}, b"{}")
+    with pytest.raises(ServiceNowRateLimited) as caught:
+        ServiceNowHook()._raise_for_status(answer)
+    wait = caught.value.retry_after
+    if low is None or high is None:
+        assert wait is None
+    else:
+        assert wait is not None
+        assert low <= wait <= high
 
 
 @pytest.mark.parametrize(("fault", "retry_after"), [("error_429", 0.5), ("error_429_busy", None)])

@@ -163,3 +163,20 @@ def test_the_load_task_fails_at_once_on_a_certificate_failure(
     context: Any = {"ti": SimpleNamespace(dag_id="tls_dag", run_id="run")}
     with pytest.raises(AirflowFailException, match="TLS certificate verification failed"):
         operator.execute(context)
+
+
+def test_the_cert_extra_presents_a_client_certificate_for_mutual_tls(
+    certs: ServerCert, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = EmulatorConfig(password=PASSWORD, tls_cert=str(certs.cert), tls_key=str(certs.key),
+                            tls_client_ca=str(certs.ca_bundle))
+    with start_emulator(config) as emulator:
+        hook = connect(monkeypatch, "sn_mtls", emulator.port, verify=str(certs.ca_bundle), cert=str(certs.client_pem))
+        created = hook.create_record(TABLE, BODY)
+        assert emulator.store.get(TABLE, created.sys_id) is not None
+        without = connect(monkeypatch, "sn_no_client_cert", emulator.port, verify=str(certs.ca_bundle))
+        # the control: without a client certificate the handshake is refused, which reaches the client as a
+        # dropped connection (so the hook sees a transient error)
+        with pytest.raises(ServiceNowTransientError, match="SSL"):
+            without.create_record(TABLE, {**BODY, "correlation_id": "REQ-2"})
+        assert [r["correlation_id"] for r in emulator.store.records(TABLE)] == ["REQ-1"]

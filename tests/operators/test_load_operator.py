@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 import time
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
+from airflow.sdk.exceptions import TaskDeferred
 
 from tests.support.loader_process import context
 from ticketsync.hooks.servicenow import ServiceNowHook
 from ticketsync.operators.load import ServiceNowLoadOperator
 from ticketsync.source import Dialect, Shard, SourceTable
+from ticketsync.triggers.resume import ResumeLoadTrigger
 from ticketsync_dev.emulator import RunningEmulator
 from ticketsync_dev.samples import sample_requests
 
@@ -77,3 +82,46 @@ def test_a_loader_sends_only_its_shard_at_its_share_of_the_connection_rate(
     created = sorted(int(record["correlation_id"][-7:]) for record in emulator.store.records("sn_bom_loan_service"))
     assert created == list(range(1, 41, 2)), "only the odd ids (shard 1 of 2) were sent"
     source.close()
+
+
+def test_a_long_wait_defers_the_task_and_execute_complete_finishes_the_claim(
+    emulator: RunningEmulator, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The operator's side of a deferral: ``execute`` raises TaskDeferred with a ResumeLoadTrigger carrying the counts
+    so far; the trigger fires at its moment with them; ``execute_complete`` loads the rest and returns both legs."""
+    path = tmp_path / "source.db"
+    source = SourceTable(lambda: sqlite3.connect(path), Dialect.SQLITE)
+    source.ensure_schema()
+    source.insert_requests(sample_requests(12))
+    source.claim("servicenow_ticket_sync:run-d", limit=100, chunk_size=100, lease_seconds=60)
+    monkeypatch.setenv("AIRFLOW_CONN_TICKET_SOURCE", json.dumps({"conn_type": "sqlite", "host": str(path)}))
+    set_servicenow(monkeypatch, emulator.port)
+    emulator.set_faults(rate_limit_per_window=8, rate_limit_window_seconds=4)  # a look-up and 7 POSTs, then 429
+    load = ServiceNowLoadOperator(task_id="load", max_in_flight=2, defer_after_seconds="1", progress_interval="0.5")
+    assert load.settings().progress_interval == 0.5
+
+    with pytest.raises(TaskDeferred) as deferred:
+        load.execute(context("run-d"))
+
+    trigger = deferred.value.trigger
+    assert isinstance(trigger, ResumeLoadTrigger)
+    assert deferred.value.method_name == "execute_complete"
+    assert 1 < (trigger.moment - datetime.now(UTC)).total_seconds() <= 5
+    assert trigger.counts["created"] == 7
+    classpath, kwargs = trigger.serialize()
+    assert classpath == "ticketsync.triggers.resume.ResumeLoadTrigger"
+    event = asyncio.run(_first_event(ResumeLoadTrigger(**kwargs)))
+    assert datetime.now(UTC) >= trigger.moment
+
+    counts = load.execute_complete(context("run-d"), event=event.payload)
+
+    assert (counts["created"], counts["taken"], counts["still_pending"]) == (12, 12, 0)
+    assert counts["lookups"] == 2
+    assert len(emulator.store.records("sn_bom_loan_service")) == 12
+    assert load.settings().defer_after == 1.0
+    assert ServiceNowLoadOperator(task_id="load", defer_after_seconds=0).settings().defer_after is None
+    source.close()
+
+
+async def _first_event(trigger: ResumeLoadTrigger) -> Any:
+    return await anext(trigger.run())

@@ -18,6 +18,7 @@ class ServerCert:
     ca_bundle: Path  # the CA certificate a client must trust
     cert: Path  # the server certificate (PEM)
     key: Path  # its private key (PEM, unencrypted)
+    client_pem: Path  # a client certificate the same CA signed, followed by its key (for mutual TLS)
 
 
 def _name(common_name: str) -> x509.Name:
@@ -31,7 +32,8 @@ def _write_key(key: ec.EllipticCurvePrivateKey, path: Path) -> None:
 
 
 def make_server_cert(directory: Path, *, names: tuple[str, ...] = ("localhost", "127.0.0.1")) -> ServerCert:
-    """A new CA and a server certificate it signed for ``names`` (DNS names or IP addresses), valid for a day."""
+    """A new CA, a server certificate it signed for ``names`` (DNS names or IP addresses) and a client certificate
+    it signed, all valid for a day."""
     directory.mkdir(parents=True, exist_ok=True)
     now = datetime.datetime.now(datetime.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
@@ -77,8 +79,25 @@ def make_server_cert(directory: Path, *, names: tuple[str, ...] = ("localhost", 
         )
         .sign(ca_key, hashes.SHA256())
     )
-    result = ServerCert(directory / "ca.pem", directory / "server.pem", directory / "server.key")
+    client_key = ec.generate_private_key(ec.SECP256R1())
+    client_cert = (
+        x509.CertificateBuilder()
+        .subject_name(_name("ticketsync integration user"))
+        .issuer_name(ca_cert.subject)
+        .public_key(client_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    result = ServerCert(directory / "ca.pem", directory / "server.pem", directory / "server.key",
+                        directory / "client.pem")
     result.ca_bundle.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
     result.cert.write_bytes(server_cert.public_bytes(serialization.Encoding.PEM))
     _write_key(server_key, result.key)
+    result.client_pem.write_bytes(client_cert.public_bytes(serialization.Encoding.PEM) + client_key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ))
     return result

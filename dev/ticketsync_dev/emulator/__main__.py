@@ -36,6 +36,7 @@ _RATE_FLAGS: dict[str, str] = {
     "--error-429": "error_429",
     "--error-429-busy": "error_429_busy",
     "--slow-before-commit": "slow_before_commit",
+    "--cut-then-commit": "cut_then_commit",
 }
 # flag -> (FaultConfig field, help) for the other numeric fault settings
 _NUMBER_FLAGS: dict[str, tuple[str, str]] = {
@@ -44,8 +45,18 @@ _NUMBER_FLAGS: dict[str, tuple[str, str]] = {
     "--rate-limit": ("rate_limit_per_second", "requests per second of the shared token bucket (0: off)"),
     "--rate-limit-burst": ("rate_limit_burst", "token bucket size (0: the rate)"),
     "--slow-after-commit-ms": ("slow_after_commit_ms", "how long a slow_after_commit answer waits, in ms"),
-    "--slow-before-commit-ms": ("slow_before_commit_ms", "how long a slow_before_commit write takes, in ms"),
+    "--slow-before-commit-ms": (
+        "slow_before_commit_ms", "how long a slow_before_commit or cut_then_commit write takes, in ms",
+    ),
     "--retry-after": ("retry_after_seconds", "the Retry-After of an --error-429 answer, in seconds (default 1)"),
+    "--transaction-quota": (
+        "transaction_quota_seconds",
+        "a Table API transaction still running after this many seconds is cancelled with a 500, nothing written "
+        "(the instance's quota rule; default 60, 0: off)",
+    ),
+    "--rate-limit-window": (
+        "rate_limit_window_seconds", "the window of --rate-limit-window-requests, in seconds (default 3600: an hour)"
+    ),
 }
 
 
@@ -75,11 +86,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--tls-cert", help="PEM certificate: serve HTTPS when given with --tls-key")
     parser.add_argument("--tls-key", help="PEM private key")
+    parser.add_argument(
+        "--tls-client-ca", help="PEM CA bundle: with TLS, require a client certificate it signed (mutual TLS)"
+    )
     parser.add_argument("--verbose", action="store_true", help="log every request to stderr")
     oauth = parser.add_argument_group("OAuth 2.0 (POST /oauth_token.do; off without a client secret)")
     oauth.add_argument("--oauth-client-id", default="ticketsync")
     oauth.add_argument("--oauth-client-secret", help=f"used when ${CLIENT_SECRET_ENV} is unset")
     oauth.add_argument("--oauth-token-lifetime", type=float, default=1799.0, metavar="SECONDS")
+    oauth.add_argument(
+        "--no-oauth-client-credentials", dest="oauth_client_credentials", action="store_false",
+        help="refuse the client_credentials grant, as an instance does until it is enabled",
+    )
     sessions = parser.add_argument_group("sessions (the session synchroniser; on by default)")
     sessions.add_argument(
         "--session-transactions", type=int, choices=(0, 1, 2), default=1,
@@ -98,8 +116,15 @@ def build_parser() -> argparse.ArgumentParser:
         default = float(getattr(FaultConfig(), name))
         faults.add_argument(flag, dest=name, type=float, default=default, metavar="N", help=help_text)
     faults.add_argument("--concurrency-limit", type=int, default=0, help="429 beyond this many requests at once")
+    faults.add_argument(
+        "--rate-limit-window-requests", dest="rate_limit_per_window", type=int, default=0, metavar="N",
+        help="a rate-limit rule: at most N API requests per window, then 429 until it resets (0: off)",
+    )
     for flag, name in _RATE_FLAGS.items():
         faults.add_argument(flag, dest=name, type=_rate, default=0.0, metavar="RATE")
+    faults.add_argument(
+        "--empty-gateway-bodies", action="store_true", help="answer 502/503/504 with an empty body, not an HTML page"
+    )
     faults.add_argument("--fault-methods", default="GET,POST,PATCH,PUT,DELETE", help="methods random faults hit")
     faults.add_argument("--fault-tables", default="", help="tables random faults hit (comma-separated; default all)")
     faults.add_argument("--seed", type=int, help="seed of the random fault draws")
@@ -108,11 +133,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> EmulatorConfig:
     """The emulator configuration a command line asks for (raises FaultConfigError on bad fault settings)."""
-    fault_fields = [*_RATE_FLAGS.values(), *(name for name, _ in _NUMBER_FLAGS.values()), "concurrency_limit", "seed"]
+    fault_fields = [
+        *_RATE_FLAGS.values(), *(name for name, _ in _NUMBER_FLAGS.values()), "concurrency_limit",
+        "rate_limit_per_window", "seed",
+    ]
     faults = FaultConfig().with_changes(
         {
             **{name: getattr(args, name) for name in fault_fields},
             "methods": args.fault_methods,
+            "empty_gateway_bodies": args.empty_gateway_bodies,
             "tables": args.fault_tables,
         }
     )
@@ -127,10 +156,12 @@ def config_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> Em
         reference_data=args.reference_data,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
+        tls_client_ca=args.tls_client_ca,
         verbose=args.verbose,
         oauth_client_id=args.oauth_client_id,
         oauth_client_secret=environ.get(CLIENT_SECRET_ENV) or args.oauth_client_secret or "",
         oauth_token_lifetime=args.oauth_token_lifetime,
+        oauth_client_credentials=args.oauth_client_credentials,
         sessions=SessionPolicy(
             transactions=args.session_transactions,
             max_waiters=args.session_max_waiters,

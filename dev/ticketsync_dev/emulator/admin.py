@@ -1,5 +1,5 @@
-"""Admin endpoints under `/_emulator/` (no auth): health, stats, faults, reset, raw records, OAuth tokens, and an
-agent's work on a case (`POST work/{table}/{sys_id}`: change fields, add journal entries; `DELETE
+"""Admin endpoints under `/_emulator/` (no auth): health, stats, the last requests, faults, reset, raw records, OAuth
+tokens, and an agent's work on a case (`POST work/{table}/{sys_id}`: change fields, add journal entries; `DELETE
 records/{table}/{sys_id}`: delete it)."""
 
 from __future__ import annotations
@@ -37,6 +37,8 @@ class AdminTarget(Protocol):
     def update_faults(self, changes: dict[str, Any]) -> FaultConfig: ...
 
     def stats_snapshot(self) -> dict[str, Any]: ...
+
+    def request_log(self) -> list[dict[str, Any]]: ...
 
     def reset(self, *, reset_faults: bool = False) -> None: ...
 
@@ -154,6 +156,7 @@ def _delete(target: AdminTarget, table: str, sys_id: str) -> Reply:
 _ROUTES: dict[tuple[str, str], Callable[[AdminTarget, bytes], Reply]] = {
     ("GET", "health"): lambda _target, _body: Reply(200, {"status": "ok"}),
     ("GET", "stats"): lambda target, _body: Reply(200, target.stats_snapshot()),
+    ("GET", "requests"): lambda target, _body: Reply(200, {"result": target.request_log()}),
     ("GET", "faults"): lambda target, _body: Reply(200, target.fault_config.to_dict()),
     ("PUT", "faults"): _put_faults,
     ("PATCH", "faults"): _put_faults,

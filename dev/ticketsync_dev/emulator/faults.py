@@ -31,16 +31,21 @@ POST_COMMIT_FAULTS: tuple[str, ...] = (
     "missing_sys_id",
     "garbled_json",
     "slow_before_commit",
+    "cut_then_commit",
 )
 RANDOM_FAULTS: tuple[str, ...] = PRE_COMMIT_FAULTS + POST_COMMIT_FAULTS
 # Deterministic faults, counted in the stats next to the random ones.
-OTHER_FAULTS: tuple[str, ...] = ("fail_auth", "rate_limit", "concurrency_limit", "rule", "truncate")
+OTHER_FAULTS: tuple[str, ...] = (
+    "fail_auth", "rate_limit", "concurrency_limit", "rule", "truncate", "transaction_quota",
+)
 ALL_METHODS: tuple[str, ...] = ("GET", "POST", "PATCH", "PUT", "DELETE")
 
 _FLOAT_FIELDS = frozenset({
     "latency_ms", "latency_jitter_ms", "rate_limit_per_second", "rate_limit_burst", "slow_after_commit_ms",
-    "retry_after_seconds", "slow_before_commit_ms",
+    "retry_after_seconds", "slow_before_commit_ms", "transaction_quota_seconds", "rate_limit_window_seconds",
 })
+DEFAULT_TRANSACTION_QUOTA = 60.0  # the base system's "REST Table API request timeout" quota rule, in seconds
+_BOOL_FIELDS = frozenset({"fail_auth", "empty_gateway_bodies"})
 _EPSILON = 1e-9
 
 
@@ -110,6 +115,12 @@ class FaultConfig:
     concurrency_limit: int = 0
     rate_limit_per_second: float = 0
     rate_limit_burst: float = 0
+    # A rate-limit rule as the instance counts it: at most `rate_limit_per_window` API requests in each window of
+    # `rate_limit_window_seconds` (an hour, as on the instance; tests shorten it). Once a window is exhausted every
+    # request is answered 429 until it resets, with `Retry-After` and `X-RateLimit-Reset` at the window's end and
+    # `X-RateLimit-Limit` the limit per hour. A window opens with the first request after the last one ended. 0: off.
+    rate_limit_per_window: int = 0
+    rate_limit_window_seconds: float = 3600
     error_403: float = 0
     error_500: float = 0
     error_502: float = 0
@@ -132,7 +143,12 @@ class FaultConfig:
     # A write that takes longer than the client waits: the client times out, the insert is applied afterwards.
     slow_before_commit: float = 0
     slow_before_commit_ms: float = 0
+    # The connection is lost at once (a gateway or network cut) while the transaction goes on: the write is applied
+    # `slow_before_commit_ms` later, within the transaction quota, and no answer is ever sent.
+    cut_then_commit: float = 0
     fail_auth: bool = False
+    # 502/503/504 answer with an empty body instead of an HTML page (gateways and maintenance send either).
+    empty_gateway_bodies: bool = False
     methods: tuple[str, ...] = ALL_METHODS
     tables: tuple[str, ...] = ()  # random faults hit only requests to these tables; empty: every table
     seed: int | None = None
@@ -141,6 +157,9 @@ class FaultConfig:
     # Fields the instance stores shorter than ticketsync allows, as (field, max length): a written value longer than
     # that is cut silently (ServiceNow does not answer an error for an overlong string).
     truncate: tuple[tuple[str, int], ...] = ()
+    # Not a fault but the instance's transaction quota ("REST Table API request timeout", 60 s in the base system):
+    # a Table API transaction still running after this many seconds is cancelled, nothing written, 500. 0: off.
+    transaction_quota_seconds: float = DEFAULT_TRANSACTION_QUOTA
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "methods", tuple(method.upper() for method in self.methods))
@@ -155,6 +174,10 @@ class FaultConfig:
                 raise FaultConfigError(f"{name} must not be negative")
         if self.concurrency_limit < 0:
             raise FaultConfigError("concurrency_limit must not be negative")
+        if self.rate_limit_per_window < 0:
+            raise FaultConfigError("rate_limit_per_window must not be negative")
+        if self.rate_limit_window_seconds <= 0:
+            raise FaultConfigError("rate_limit_window_seconds must be positive")
         unknown = set(self.methods) - set(ALL_METHODS)
         if unknown:
             raise FaultConfigError(f"unknown methods in methods: {sorted(unknown)}")
@@ -202,17 +225,17 @@ _STRUCTURED: dict[str, Callable[[Any], Any]] = {}
 def _coerce(name: str, value: Any) -> Any:
     if name in _STRUCTURED:
         return _STRUCTURED[name](value)
-    if name == "fail_auth":
+    if name in _BOOL_FIELDS:
         if not isinstance(value, bool):
-            raise FaultConfigError("fail_auth must be a boolean")
+            raise FaultConfigError(f"{name} must be a boolean")
         return value
     if name == "seed":
         if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
             raise FaultConfigError("seed must be an integer or null")
         return value
-    if name == "concurrency_limit":
+    if name in {"concurrency_limit", "rate_limit_per_window"}:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise FaultConfigError("concurrency_limit must be an integer")
+            raise FaultConfigError(f"{name} must be an integer")
         return value
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise FaultConfigError(f"{name} must be a number")
@@ -278,6 +301,31 @@ class TokenBucket:
             return (1 - self._tokens) / rate
 
 
+class FixedWindow:
+    """A rate-limit rule's counter: at most `limit` requests per window of `seconds`, opened by the first request
+    after the previous window ended."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._opened: float | None = None
+        self._count = 0
+
+    def reset(self) -> None:
+        with self._lock:
+            self._opened, self._count = None, 0
+
+    def take(self, limit: int, seconds: float) -> float:
+        """Count one request. Returns 0 when it is within the limit, else the seconds until the window resets."""
+        with self._lock:
+            now = time.monotonic()
+            if self._opened is None or now >= self._opened + seconds:
+                self._opened, self._count = now, 0
+            if self._count < limit:
+                self._count += 1
+                return 0.0
+            return self._opened + seconds - now
+
+
 class ConcurrencyGate:
     """Admits at most `limit` requests at once; the rest are turned away at once, not queued."""
 
@@ -305,6 +353,7 @@ class FaultInjector:
         self._rng = random.Random(config.seed)
         self._lock = threading.Lock()
         self.bucket = TokenBucket()
+        self.window = FixedWindow()
         self.gate = ConcurrencyGate()
 
     @property
@@ -319,6 +368,8 @@ class FaultInjector:
                 self._rng.seed(new.seed)
             if {"rate_limit_per_second", "rate_limit_burst"} & set(changes):
                 self.bucket.reset()
+            if {"rate_limit_per_window", "rate_limit_window_seconds"} & set(changes):
+                self.window.reset()
             self._config = new
             return new
 
@@ -327,6 +378,7 @@ class FaultInjector:
             self._config = config
             self._rng.seed(config.seed)
             self.bucket.reset()
+            self.window.reset()
 
     def draw(self, method: str, table: str | None = None) -> str | None:
         """At most one random fault for this request: one uniform draw against the cumulative rates."""
@@ -352,9 +404,15 @@ class FaultInjector:
             jitter = self._rng.uniform(-config.latency_jitter_ms, config.latency_jitter_ms)
         return max(0.0, config.latency_ms + jitter) / 1000
 
-    def rate_limit_wait(self) -> float:
-        """0 when the request may go on, else the seconds until the bucket has a token again."""
+    def rate_limit_wait(self) -> tuple[float, float]:
+        """``(0, 0)`` when the request may go on, else the seconds until it may (the hourly window's reset, or the
+        bucket's next token) and the limit that refused it, in requests per second."""
         config = self._config
+        if config.rate_limit_per_window > 0:
+            wait = self.window.take(config.rate_limit_per_window, config.rate_limit_window_seconds)
+            if wait > 0:
+                return wait, config.rate_limit_per_window / config.rate_limit_window_seconds
         if config.rate_limit_per_second <= 0:
-            return 0.0
-        return self.bucket.take(config.rate_limit_per_second, config.rate_limit_burst)
+            return 0.0, 0.0
+        wait = self.bucket.take(config.rate_limit_per_second, config.rate_limit_burst)
+        return wait, config.rate_limit_per_second

@@ -6,6 +6,8 @@ dropped silently, as ServiceNow does; a query with nothing left in it matches ev
 
 String conditions compare without regard to case, as the instance does (`correlation_idINabc` finds `ABC`): each
 condition holds its value case-folded, and rows are tested (and indexed, see the store) by their folded values.
+Dates are stored as `YYYY-MM-DD HH:MM:SS` in UTC, so `<`, `<=`, `>`, `>=` compare them to the second; a value
+`javascript:gs.dateGenerate('2026-12-01','10:00:00')` is evaluated to `2026-12-01 10:00:00` first.
 """
 
 from __future__ import annotations
@@ -38,6 +40,9 @@ _LIST_OPERATORS = frozenset({"IN", "NOT IN"})
 _UNARY_OPERATORS = frozenset({"ISEMPTY", "ISNOTEMPTY"})
 _FIELD = re.compile(r"[a-z_][a-z0-9_]*")
 _ESCAPED_CARET = "\x00"
+# `javascript:gs.dateGenerate('2026-12-01','10:00:00')` ('start' and 'end' for the first and last second of the day)
+_DATE_GENERATE = re.compile(r"javascript:gs\.dateGenerate\(\s*'(\d{4}-\d{2}-\d{2})'\s*,\s*'([^']*)'\s*\)")
+_DAY_BOUNDS = {"start": "00:00:00", "end": "23:59:59"}
 
 
 def _as_number(text: str) -> float | None:
@@ -136,11 +141,21 @@ def parse_condition(term: str, positions: Mapping[str, int]) -> Condition | None
     operator = next((op for op in OPERATORS if rest.startswith(op)), None)
     if operator is None:
         return None
-    value = rest[len(operator) :]
+    value = _evaluated(rest[len(operator) :])
     if operator in _UNARY_OPERATORS and value:
         return None
     values = frozenset(fold(value).split(",")) if operator in _LIST_OPERATORS else frozenset()
     return Condition(name, positions[name], operator, value, values, fold(value))
+
+
+def _evaluated(value: str) -> str:
+    """The value of a `javascript:gs.dateGenerate(date, time)` term as the instance computes it (the emulator's
+    users are in UTC), else the value as written (other scripts are not evaluated)."""
+    match = _DATE_GENERATE.fullmatch(value.strip())
+    if match is None:
+        return value
+    day, moment = match.groups()
+    return f"{day} {_DAY_BOUNDS.get(moment, moment)}"
 
 
 def _parse_order(term: str, positions: Mapping[str, int]) -> tuple[int, bool] | None:

@@ -148,7 +148,8 @@ def session_busy() -> Reply:
     return error_reply(429, "Rejecting request", "Too many transactions are waiting for this session")
 
 
-def server_error() -> Reply:
+def transaction_cancelled() -> Reply:
+    """500 of a transaction the quota manager cancelled (the transaction quota ran out): nothing was written."""
     return error_reply(
         500,
         "Transaction cancelled: maximum execution time exceeded",
@@ -166,7 +167,7 @@ def data_policy_refusal() -> Reply:
 def rule_refusal(status: int, field_name: str, contains: str) -> Reply:
     """What the instance answers, every time, to a request whose data a rule of the instance refuses."""
     if status == 500:
-        return server_error()
+        return transaction_cancelled()
     if status == 403:
         detail = (
             f"Error during insert of sn_bom_loan_service: a business rule aborted it ({field_name} holds {contains!r})"
@@ -177,17 +178,23 @@ def rule_refusal(status: int, field_name: str, contains: str) -> Reply:
     return error_reply(status, "Request refused", f"{field_name} holds {contains!r}")
 
 
-def pre_commit_fault(kind: str, retry_after: float = 1.0) -> Reply | None:
-    """The answer of a fault that strikes before anything is written; None means: cut the connection."""
+def pre_commit_fault(kind: str, retry_after: float = 1.0, *, empty_gateway_bodies: bool = False) -> Reply | None:
+    """The answer of a fault that strikes before anything is written; None means: cut the connection.
+
+    :param kind: the fault drawn.
+    :param retry_after: the `Retry-After` of an `error_429` answer.
+    :param empty_gateway_bodies: answer 502/503/504 with an empty body instead of an HTML page.
+    """
     fixed: dict[str, Callable[[], Reply]] = {
         "error_429": lambda: storm_rate_limited(retry_after),
         "error_429_busy": concurrency_exceeded,
         "error_403": data_policy_refusal,
-        "error_500": server_error,
+        "error_500": transaction_cancelled,
         "html_200": lambda: html_reply(200),
     }
     if kind in fixed:
         return fixed[kind]()
     if kind.startswith("error_"):
-        return html_reply(int(kind.removeprefix("error_")))
+        status = int(kind.removeprefix("error_"))
+        return Reply(status, html="") if empty_gateway_bodies else html_reply(status)
     return None

@@ -22,6 +22,7 @@ from urllib.parse import parse_qsl
 from ticketsync_dev.emulator import admin, table_api
 from ticketsync_dev.emulator.faults import PRE_COMMIT_FAULTS, FaultConfig, FaultInjector
 from ticketsync_dev.emulator.oauth import TokenIssuer, token_reply
+from ticketsync_dev.emulator.quota import TransactionClock
 from ticketsync_dev.emulator.replies import (
     Reply,
     concurrency_exceeded,
@@ -30,9 +31,10 @@ from ticketsync_dev.emulator.replies import (
     rate_limited,
     rule_refusal,
     session_busy,
+    transaction_cancelled,
     unauthorized,
 )
-from ticketsync_dev.emulator.sessions import SessionPolicy, SessionSynchronizer, session_cookie
+from ticketsync_dev.emulator.sessions import Admission, SessionPolicy, SessionSynchronizer, session_cookie
 from ticketsync_dev.emulator.stats import Stats
 from ticketsync_dev.emulator.store import DEFAULT_TABLES, Store
 
@@ -51,11 +53,16 @@ class EmulatorConfig:
     tables: tuple[str, ...] = DEFAULT_TABLES
     tls_cert: str | None = None
     tls_key: str | None = None
+    # Mutual TLS: with TLS on, require a client certificate signed by this CA bundle (PEM).
+    tls_client_ca: str | None = None
     verbose: bool = False
     # OAuth 2.0 (`POST /oauth_token.do`): off while the client secret is empty.
     oauth_client_id: str = "ticketsync"
     oauth_client_secret: str = field(default="", repr=False)
     oauth_token_lifetime: float = 1799.0
+    # The client-credentials grant: on here because the client's tests use it; an instance has it off until
+    # `glide.oauth.inbound.client.credential.grant_type.enabled` is true (then it answers like an unknown grant).
+    oauth_client_credentials: bool = True
     # The session synchroniser: on by default, one transaction at a time per session (see sessions.py).
     sessions: SessionPolicy = field(default_factory=SessionPolicy)
     # Fill the reference tables and sys_dictionary at start and after every reset (ticketsync_dev.emulator.reference).
@@ -110,6 +117,9 @@ class EmulatorServer(ThreadingHTTPServer):
         if config.tls:
             context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             context.load_cert_chain(str(config.tls_cert), str(config.tls_key))
+            if config.tls_client_ca:
+                context.verify_mode = ssl.CERT_REQUIRED
+                context.load_verify_locations(cafile=config.tls_client_ca)
             self.socket = context.wrap_socket(self.socket, server_side=True, do_handshake_on_connect=False)
 
     def server_bind(self) -> None:
@@ -160,6 +170,9 @@ class EmulatorServer(ThreadingHTTPServer):
             "oauth": self._oauth.snapshot(),
         }
 
+    def request_log(self) -> list[dict[str, Any]]:
+        return self.stats.requests()
+
     def reset(self, *, reset_faults: bool = False) -> None:
         self._store.clear()
         if self.config.reference_data:
@@ -172,6 +185,7 @@ class EmulatorServer(ThreadingHTTPServer):
             self.faults.replace(self.config.faults)
         else:
             self.faults.bucket.reset()
+            self.faults.window.reset()
 
     # connection bookkeeping, so that stop() also ends idle keep-alive connections
     def track(self, connection: socket.socket) -> None:
@@ -250,7 +264,7 @@ class EmulatorHandler(BaseHTTPRequestHandler):
             config = self.server.config
             reply = token_reply(
                 self.server.oauth, body, client_id=config.oauth_client_id, client_secret=config.oauth_client_secret,
-                user=config.user, password=config.password,
+                user=config.user, password=config.password, client_credentials=config.oauth_client_credentials,
             )
         elif path.startswith(admin.PREFIX):
             reply = admin.handle(self.server, method, path, body)
@@ -265,7 +279,7 @@ class EmulatorHandler(BaseHTTPRequestHandler):
         try:
             reply = self._api_reply(method)
         finally:  # counted before the client can see the answer, so stats read right after it are exact
-            stats.end(None if reply is None else reply.status)
+            stats.end(None if reply is None else reply.status, method)
         if reply is None:
             self.close_connection = True
         else:
@@ -275,40 +289,48 @@ class EmulatorHandler(BaseHTTPRequestHandler):
         body = self._read_body()
         if body is None:
             return error_reply(400, "Bad request framing")
+        clock = TransactionClock(self.server.faults.config.transaction_quota_seconds)
         user = self._authenticate()
         if user is None:
             return unauthorized()
         sessions = self.server.sessions
         session, created = sessions.open(session_cookie(self.headers.get("Cookie")), user)
         cookies = session.cookies(secure=self.server.config.tls) if created else ()
-        if not sessions.enter(session):
+        admission = sessions.enter(session, clock.remaining())
+        if admission is Admission.REFUSED:
             return session_busy().with_cookies(cookies)
+        if admission is Admission.TIMED_OUT:
+            return self._cancelled().with_cookies(cookies)
         try:
-            reply = self._in_transaction(method, body, user)
+            reply = self._in_transaction(method, body, user, clock)
         finally:
             sessions.leave(session)
         return None if reply is None else reply.with_cookies(cookies)
 
-    def _in_transaction(self, method: str, body: bytes, user: str) -> Reply | None:
+    def _cancelled(self) -> Reply:
+        """The transaction quota ran out: the quota manager cancelled the transaction before it wrote anything."""
+        self.server.stats.fault("transaction_quota")
+        return transaction_cancelled()
+
+    def _in_transaction(self, method: str, body: bytes, user: str, clock: TransactionClock) -> Reply | None:
         """The request's transaction, once the session synchroniser let it run."""
         injector = self.server.faults
-        wait = injector.rate_limit_wait()
+        wait, per_second = injector.rate_limit_wait()
         if wait > 0:
             self.server.stats.fault("rate_limit")
-            return rate_limited(wait, injector.config.rate_limit_per_second)
+            return rate_limited(wait, per_second)
         if not injector.gate.try_enter(injector.config.concurrency_limit):
             self.server.stats.fault("concurrency_limit")
             return concurrency_exceeded()
         try:
-            return self._admitted(method, body, user)
+            return self._admitted(method, body, user, clock)
         finally:
             injector.gate.leave()
 
-    def _admitted(self, method: str, body: bytes, user: str) -> Reply | None:
+    def _admitted(self, method: str, body: bytes, user: str, clock: TransactionClock) -> Reply | None:
         injector = self.server.faults
-        delay = injector.latency_seconds()
-        if delay > 0:
-            time.sleep(delay)
+        if not clock.spend(injector.latency_seconds()):
+            return self._cancelled()
         path, _, query = self.path.partition("?")
         params = dict(parse_qsl(query))
         config = injector.config
@@ -321,12 +343,18 @@ class EmulatorHandler(BaseHTTPRequestHandler):
         if kind is not None:
             self.server.stats.fault(kind)
         if kind in PRE_COMMIT_FAULTS:
-            return pre_commit_fault(kind, config.retry_after_seconds)
-        if kind == "slow_before_commit":
-            time.sleep(config.slow_before_commit_ms / 1000)
+            return pre_commit_fault(kind, config.retry_after_seconds, empty_gateway_bodies=config.empty_gateway_bodies)
+        if kind == "cut_then_commit":
+            self._hang_up()
+        slow = config.slow_before_commit_ms / 1000 if kind in ("slow_before_commit", "cut_then_commit") else 0.0
+        if not clock.spend(slow) or clock.exceeded():
+            return self._cancelled()
         if config.truncate and method in ("POST", "PUT", "PATCH"):
             body = self._truncated(body, dict(config.truncate))
-        request = table_api.ApiRequest(method, path, params, body, self._base_url(), user)
+        request = table_api.ApiRequest(
+            method, path, params, body, self._base_url(), user,
+            content_type=self.headers.get("Content-Type", ""), accept=self.headers.get("Accept", ""),
+        )
         reply = table_api.handle(self.server.store, request)
         if rule is not None and rule.answer_correlation_id is not None:
             reply = reply.with_result_field("correlation_id", rule.answer_correlation_id)
@@ -345,8 +373,16 @@ class EmulatorHandler(BaseHTTPRequestHandler):
         self.server.stats.fault("truncate")
         return json.dumps({**data, **cut}, ensure_ascii=False).encode("utf-8")
 
+    def _hang_up(self) -> None:
+        """Cut the client's connection now; the transaction goes on (a gateway or the network lost it)."""
+        self.close_connection = True
+        try:
+            self.request.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            return
+
     def _after_commit(self, kind: str, reply: Reply) -> Reply | None:
-        if kind == "cut_after_commit":
+        if kind in ("cut_after_commit", "cut_then_commit"):
             return None
         if kind == "slow_after_commit":
             time.sleep(self.server.faults.config.slow_after_commit_ms / 1000)
@@ -487,6 +523,10 @@ class RunningEmulator:
 
     def stats(self) -> dict[str, Any]:
         return self._server.stats_snapshot()
+
+    def requests(self) -> list[dict[str, Any]]:
+        """The last API requests, oldest first: when each was answered (UNIX time), its method and status."""
+        return self._server.request_log()
 
     @property
     def session_policy(self) -> SessionPolicy:

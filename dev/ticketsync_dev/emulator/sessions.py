@@ -14,11 +14,20 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any
 
 SESSION_COOKIE = "JSESSIONID"
 ROUTE_COOKIE = "glide_user_route"
 _SWEEP_EVERY = 5.0  # seconds between sweeps of expired sessions
+
+
+class Admission(Enum):
+    """What the session synchroniser did with a request."""
+
+    ENTERED = "entered"
+    REFUSED = "refused"  # too many requests of the session were waiting already
+    TIMED_OUT = "timed_out"  # the request's transaction quota ran out while it waited
 
 
 class SessionPolicyError(ValueError):
@@ -130,22 +139,31 @@ class SessionSynchronizer:
             self._created += 1
             return session, True
 
-    def enter(self, session: Session) -> bool:
-        """Wait until the session may run one more transaction; False when too many are waiting already."""
+    def enter(self, session: Session, timeout: float | None = None) -> Admission:
+        """Wait until the session may run one more transaction.
+
+        :param session: the request's session.
+        :param timeout: seconds the request may wait (what is left of its transaction quota); None: no limit.
+        :return: ENTERED, REFUSED when too many requests of the session wait already, or TIMED_OUT.
+        """
+        deadline = None if timeout is None else self._clock() + timeout
         with self._lock:
             while self._policy.transactions and session.running >= self._policy.transactions:
                 if session.waiting >= self._policy.max_waiters:
                     self._refused += 1
-                    return False
+                    return Admission.REFUSED
+                left = None if deadline is None else deadline - self._clock()
+                if left is not None and left <= 0:
+                    return Admission.TIMED_OUT
                 session.waiting += 1
                 try:
-                    session.condition.wait()
+                    session.condition.wait(left)
                 finally:
                     session.waiting -= 1
             session.running += 1
             self._running += 1
             self._max_running = max(self._max_running, self._running)
-            return True
+            return Admission.ENTERED
 
     def leave(self, session: Session) -> None:
         """The session's transaction ended: the next waiting request of that session may run."""

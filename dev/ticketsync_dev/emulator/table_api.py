@@ -27,6 +27,8 @@ class ApiRequest:
     body: bytes
     base_url: str
     user: str
+    content_type: str = "application/json"
+    accept: str = "application/json"
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,9 @@ def handle(store: Store, request: ApiRequest) -> Reply:
     match = _PATH.fullmatch(request.path)
     if match is None:
         return error_reply(400, "Requested URI does not represent any resource")
+    refusal = _media_refusal(request)
+    if refusal is not None:
+        return refusal
     target = Target(unquote(match["table"]), match["sys_id"] and unquote(match["sys_id"]), match["version"])
     if not store.has_table(target.table):
         return error_reply(400, f"Invalid table {target.table}")
@@ -74,6 +79,26 @@ def handle(store: Store, request: ApiRequest) -> Reply:
     if handler is None:
         return error_reply(405, "Method not Supported", f"{request.method} is not supported for this resource")
     return handler(store, request, target)
+
+
+_JSON_RANGES = frozenset({"application/json", "application/*", "*/*"})
+
+
+def _media_refusal(request: ApiRequest) -> Reply | None:
+    """406 when the `Accept` header allows no JSON answer, 415 when a body is not declared as JSON.
+
+    The instance also speaks XML; the emulator answers JSON only, so it refuses XML (stricter, never laxer). A
+    missing `Accept` means any type; a body without a `Content-Type` is refused.
+    """
+    ranges = {part.split(";")[0].strip().lower() for part in request.accept.split(",")} if request.accept else set()
+    if ranges and not ranges & _JSON_RANGES:
+        return error_reply(406, "Not acceptable",
+                           "The endpoint does not support the response format specified in the request Accept header")
+    declared = request.content_type.split(";")[0].strip().lower()
+    if request.body.strip() and declared != "application/json":
+        detail = "The endpoint does not support the format of the request body"
+        return error_reply(415, "Unsupported media type", detail)
+    return None
 
 
 def _int_param(params: Mapping[str, str], name: str, default: int) -> int:

@@ -26,7 +26,9 @@ __all__ = [
     "SyncDefinition",
     "load_definition",
     "load_definitions",
+    "load_named_definitions",
     "packaged_definition",
+    "packaged_definition_files",
     "packaged_definitions",
     "parse_definition",
 ]
@@ -67,10 +69,13 @@ def load_definition(path: Path | Traversable) -> SyncDefinition:
     return parse_definition(path.read_text(encoding="utf-8"), str(path))
 
 
-def load_definitions(paths: Iterable[Path | Traversable]) -> list[SyncDefinition]:
-    """The definitions of the given files, in name order; two files with one dag_id are an error naming both."""
+def load_named_definitions(
+    paths: Iterable[Path | Traversable], *, by_name: bool = True
+) -> list[tuple[str, SyncDefinition]]:
+    """(file, definition) of the given files, in name order (``by_name``) or as given; two files with one dag_id are
+    an error naming both, the later one first."""
     found: dict[str, tuple[str, SyncDefinition]] = {}
-    for path in sorted(paths, key=lambda p: p.name):
+    for path in sorted(paths, key=lambda p: p.name) if by_name else paths:
         definition = load_definition(path)
         if definition.dag_id in found:
             raise DefinitionError(
@@ -78,13 +83,22 @@ def load_definitions(paths: Iterable[Path | Traversable]) -> list[SyncDefinition
                 f"{found[definition.dag_id][0]}"
             )
         found[definition.dag_id] = (str(path), definition)
-    return [definition for _, definition in found.values()]
+    return list(found.values())
+
+
+def load_definitions(paths: Iterable[Path | Traversable]) -> list[SyncDefinition]:
+    """The definitions of the given files, in name order; two files with one dag_id are an error naming both."""
+    return [definition for _, definition in load_named_definitions(paths)]
+
+
+def packaged_definition_files() -> list[Traversable]:
+    """The definition files shipped in this package."""
+    return [item for item in resources.files(__name__).iterdir() if item.name.endswith(".yaml")]
 
 
 def packaged_definitions() -> list[SyncDefinition]:
     """The definitions shipped in this package."""
-    folder = resources.files(__name__)
-    return load_definitions(item for item in folder.iterdir() if item.name.endswith(".yaml"))
+    return load_definitions(packaged_definition_files())
 
 
 def packaged_definition(target_table: str) -> SyncDefinition:

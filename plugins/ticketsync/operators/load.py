@@ -10,10 +10,12 @@ from airflow.sdk import Context
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 from ticketsync.hooks.servicenow import ServiceNowConfigurationError, ServiceNowHook, ServiceNowRequestError
-from ticketsync.loader import CaseLoader, LoadSettings, ServiceNowUnavailable
+from ticketsync.loader import CaseLoader, LoadCounts, LoadSettings, ServiceNowUnavailable
 from ticketsync.operators.base import claim_token
 from ticketsync.operators.runinfo import LoadRunInfoOperator
+from ticketsync.progress import duration
 from ticketsync.source import Shard, SourceTable
+from ticketsync.triggers.resume import ResumeLoadTrigger
 from ticketsync.typed import flag, id_list, optional_positive
 
 
@@ -40,6 +42,12 @@ class ServiceNowLoadOperator(LoadRunInfoOperator):
     never take the same row, and a retry of loader ``i`` takes shard ``i`` again. Unmapped (``shard_index`` None),
     one loader takes the whole claim.
 
+    Long waits: when the instance asks for a wait longer than ``defer_after_seconds`` (an hourly rate-limit window
+    exhausted: ``Retry-After`` or ``X-RateLimit-Reset`` far away), the load stops taking work, lets the POSTs on the
+    wire finish and writes them back, extends the lease of the rows it still holds past the wait, and defers to
+    :class:`~ticketsync.triggers.resume.ResumeLoadTrigger`, freeing its worker. :meth:`execute_complete` resumes it
+    with the same claim: every row still held is looked up first, then sent; counts add up over the legs.
+
     Pace: ``rate_limit`` (requests per second) overrides the connection's ``rate_limit`` extra; either is the total
     for the integration user, so each of the N loaders keeps to ``rate_limit / N``. ``max_in_flight`` is per
     loader: N loaders keep up to ``N * max_in_flight`` requests in flight.
@@ -60,6 +68,9 @@ class ServiceNowLoadOperator(LoadRunInfoOperator):
     :param shard_count: the number of shards (templated).
     :param settle_seconds: on a retry after a dead try, wait this long since its POSTs before any look-up
         (templated).
+    :param defer_after_seconds: a wait the instance asks for longer than this defers the task instead of sleeping
+        in the worker; empty or 0: never defer (templated).
+    :param progress_interval: seconds between progress lines in the task log (templated).
     """
 
     template_fields = (
@@ -76,6 +87,8 @@ class ServiceNowLoadOperator(LoadRunInfoOperator):
         "shard_index",
         "shard_count",
         "settle_seconds",
+        "defer_after_seconds",
+        "progress_interval",
     )
     ui_color = "#e6f5e6"
 
@@ -96,6 +109,8 @@ class ServiceNowLoadOperator(LoadRunInfoOperator):
         shard_index: int | str | None = None,
         shard_count: int | str = 1,
         settle_seconds: float | str = 60.0,
+        defer_after_seconds: float | str | None = 300.0,
+        progress_interval: float | str = 15.0,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -113,6 +128,8 @@ class ServiceNowLoadOperator(LoadRunInfoOperator):
         self.shard_index = shard_index
         self.shard_count = shard_count
         self.settle_seconds = settle_seconds
+        self.defer_after_seconds = defer_after_seconds
+        self.progress_interval = progress_interval
 
     def shard(self) -> Shard | None:
         """This loader's share of the claim, or None for the whole of it (an unmapped load)."""
@@ -135,6 +152,8 @@ class ServiceNowLoadOperator(LoadRunInfoOperator):
             backoff_base=self.backoff_base,
             shard=shard,
             settle_seconds=float(self.settle_seconds),
+            defer_after=optional_positive(self.defer_after_seconds, name="defer_after_seconds"),
+            progress_interval=float(self.progress_interval),
         )
 
     def _settle_after_a_dead_try(self, context: Context, source: SourceTable, settings: LoadSettings) -> None:
@@ -153,6 +172,17 @@ class ServiceNowLoadOperator(LoadRunInfoOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         if flag(self.is_dry_run, name="is_dry_run"):
             return self.dry_run_load(context, id_list(self.request_ids, name="request_ids"))
+        return self._load(context, None, 1)
+
+    def execute_complete(self, context: Context, event: dict[str, Any] | None = None, **_: Any) -> dict[str, Any]:
+        """The next leg of a deferred load: the same claim, its rows looked up first, the counts going on."""
+        if not isinstance(event, dict) or not isinstance(event.get("counts"), dict):
+            raise AirflowException(f"the load resumed without its counts (event {event!r}); the task retry redoes it")
+        legs = int(event.get("legs") or 1) + 1
+        self.log.info("resuming the load (leg %d) after the wait the instance asked for", legs)
+        return self._load(context, LoadCounts(**event["counts"]), legs)
+
+    def _load(self, context: Context, earlier: LoadCounts | None, legs: int) -> dict[str, Any]:
         token = claim_token(context)
         hook = ServiceNowHook(self.servicenow_conn_id, pool_size=int(self.max_in_flight))
         started, loader = datetime.now(UTC), None
@@ -164,8 +194,9 @@ class ServiceNowLoadOperator(LoadRunInfoOperator):
                 settings.max_in_flight, f"{settings.rate_limit:g}/s" if settings.rate_limit else "unlimited",
             )
             with self.open_source() as source:
-                self._settle_after_a_dead_try(context, source, settings)
-                loader = CaseLoader(hook, source, token, settings)
+                if earlier is None:
+                    self._settle_after_a_dead_try(context, source, settings)
+                loader = CaseLoader(hook, source, token, settings, counts=earlier, transform=self.transform())
                 counts = loader.run()
                 summary = source.shard_summary(token, shard=settings.shard)
         except ServiceNowConfigurationError as exc:  # 401, refused OAuth token, failed TLS verification
@@ -183,6 +214,17 @@ class ServiceNowLoadOperator(LoadRunInfoOperator):
         finally:
             self.remember_load(context, hook, loader.counts.as_dict() if loader else None, started)
             hook.close()
+        if loader.deferral is not None:
+            deferral = loader.deferral
+            moment = datetime.now(UTC) + timedelta(seconds=deferral.resume_in)
+            self.log.info(
+                "deferring the load of %s until %s (in %s; leg %d): %d rows keep their claim, counts so far %s",
+                token, moment.isoformat(), duration(deferral.resume_in), legs, deferral.held, counts.as_dict(),
+            )
+            self.defer(
+                trigger=ResumeLoadTrigger(moment=moment, counts=counts.as_dict(), legs=legs),
+                method_name="execute_complete",
+            )
         self.log.info("load of %s: %s", token, counts.as_dict())
         if counts.unwritable:
             raise AirflowException(

@@ -30,13 +30,18 @@ class LoadRunInfoOperator(SourceTaskOperator):
     """
 
     operator_extra_links: Any = (ServiceNowRecordsLink(),)
-    target_table = DEFAULT_TARGET_TABLE  # the table the link and the lineage name (the only one supported so far)
     servicenow_conn_id: str
     limit: int | str
     records_url: str | None = None
     _lineage_counts: dict[str, Any] | None = None
     _lineage_base_url: str | None = None
     _lineage_dry_run: bool = False
+
+    @property
+    def target_table(self) -> str:
+        """The ServiceNow table the link, the lineage and the Asset event name: the definition's."""
+        definition = self.sync_definition()
+        return definition.target_table if definition else DEFAULT_TARGET_TABLE
 
     def settings(self, connection_rate_limit: float | None = None) -> LoadSettings:
         """The loader's settings (the subclass's)."""
@@ -146,9 +151,10 @@ class LoadRunInfoOperator(SourceTaskOperator):
                                           request_ids=request_ids)
                 twins = CaseTwins(SourceTwin(*twin) for twin in source.case_twins())
                 resolver = ReferenceResolver(hook.find_by_keys)
+                transform = self.transform()
                 for rows in chunks:
                     dryrun.plan_chunk(hook, rows, plan, max_attempts=settings.max_attempts, twins=twins,
-                                      resolver=resolver)
+                                      resolver=resolver, transform=transform)
         finally:
             hook.close()
         result = plan.as_dict()

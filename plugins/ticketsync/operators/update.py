@@ -72,7 +72,7 @@ class ServiceNowUpdateOperator(SourceTaskOperator):
                     self.log.info("dry run: %s is not at schema version %d yet: no update to plan", source.table,
                                   migrator.latest)
                     return {"dry_run": True, "update_pending": 0}
-                plan = plan_updates(source.pending_updates(limit=int(self.limit)))
+                plan = plan_updates(source.pending_updates(limit=int(self.limit)), self.transform())
             self.log.info("dry run: updates planned from the source, nothing claimed or sent: %s", plan)
             return {"dry_run": True, **plan}
         settings = self.settings()
@@ -80,7 +80,7 @@ class ServiceNowUpdateOperator(SourceTaskOperator):
         hook = ServiceNowHook(self.servicenow_conn_id, pool_size=2)
         try:
             with self.open_source() as source:
-                counts = CaseUpdater(hook, source, token, settings).run().as_dict()
+                counts = CaseUpdater(hook, source, token, settings, transform=self.transform()).run().as_dict()
         except ServiceNowConfigurationError as exc:
             raise AirflowFailException(str(exc)) from exc
         finally:

@@ -9,7 +9,6 @@ from airflow.sdk import Context
 from ticketsync.models import Rejection, SyncStatus
 from ticketsync.operators.base import SourceTaskOperator, claim_token
 from ticketsync.source import Outcome
-from ticketsync.transform import prepare
 from ticketsync.typed import flag
 
 
@@ -37,6 +36,7 @@ class ValidateRequestsOperator(SourceTaskOperator):
             return {"valid": 0, "rejected": 0}
         token = claim_token(context)
         valid = rejected = 0
+        prepare = self.transform()
         with self.open_source() as source:
             for rows in source.iter_claimed(token, chunk_size=int(self.chunk_size)):
                 outcomes = []

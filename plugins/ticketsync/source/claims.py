@@ -13,7 +13,7 @@ from typing import Any
 from ticketsync.models import SourceRow
 from ticketsync.source.connection import SourceConnection, reconnecting
 from ticketsync.source.dialects import lease_param, placeholders
-from ticketsync.source.rows import ROW_COLUMNS, source_row
+from ticketsync.source.rows import source_row
 
 
 @dataclass(frozen=True)
@@ -73,14 +73,14 @@ class Claims(SourceConnection):
 
     @reconnecting
     def _claimed_after(self, token: str, after: int, size: int) -> list[SourceRow]:
-        columns = ", ".join(ROW_COLUMNS)
+        columns = ", ".join(self.row_columns)
         statement = self._q(
             f"SELECT {columns} FROM {self.table} WHERE claim_token = ? AND status = 'pending' AND id > ? "
             "ORDER BY id LIMIT ?"
         )
         with self._transaction() as cursor:
             cursor.execute(statement, (token, after, size))
-            return [source_row(values) for values in cursor.fetchall()]
+            return [source_row(values, self.row_columns) for values in cursor.fetchall()]
 
     @reconnecting
     def take_chunk(
@@ -103,9 +103,9 @@ class Claims(SourceConnection):
                 f"lease_expires_at = {sql.lease_until}, updated_at = {sql.now}",
                 (lease_param(lease_seconds, self.dialect),),
                 guard=" AND claim_token = ? AND status = 'pending'", guard_params=(token,),
-                returning=", ".join(ROW_COLUMNS),
+                returning=", ".join(self.row_columns),
             )
-        return sorted((source_row(values) for values in rows), key=lambda row: row.id)
+        return sorted((source_row(values, self.row_columns) for values in rows), key=lambda row: row.id)
 
     @reconnecting
     def take_rows(
@@ -122,9 +122,9 @@ class Claims(SourceConnection):
                 (lease_param(lease_seconds, self.dialect),),
                 f"claim_token = ? AND status = 'pending' AND id IN ({placeholders(len(ids))}){in_shard}",
                 (token, *ids, *shard_params),
-                returning=", ".join(ROW_COLUMNS),
+                returning=", ".join(self.row_columns),
             )
-        return sorted((source_row(values) for values in rows), key=lambda row: row.id)
+        return sorted((source_row(values, self.row_columns) for values in rows), key=lambda row: row.id)
 
     @reconnecting
     def release(self, token: str, *, shard: Shard | None = None) -> int:
@@ -138,6 +138,19 @@ class Claims(SourceConnection):
         )
         with self._transaction() as cursor:
             cursor.execute(statement, (token, *shard_params))
+            return int(cursor.rowcount or 0)
+
+    @reconnecting
+    def extend_lease(self, token: str, seconds: float, *, shard: Shard | None = None) -> int:
+        """Lease every row the token (or its ``shard``) still holds pending for ``seconds`` from now: a load that
+        defers keeps its claim until it resumes, so no other run takes those rows meanwhile. Returns how many."""
+        in_shard, shard_params = self._shard_filter(shard)
+        statement = self._q(
+            f"UPDATE {self.table} SET lease_expires_at = {self._sql.lease_until}, updated_at = {self._sql.now} "
+            f"WHERE claim_token = ? AND status = 'pending'{in_shard}"
+        )
+        with self._transaction() as cursor:
+            cursor.execute(statement, (lease_param(seconds, self.dialect), token, *shard_params))
             return int(cursor.rowcount or 0)
 
     @reconnecting

@@ -8,11 +8,12 @@ from __future__ import annotations
 import functools
 import logging
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Concatenate, ParamSpec, Protocol, Self, TypeVar
 
 from ticketsync.source.dialects import SQL, Dialect, validate_identifier
+from ticketsync.source.rows import ROW_COLUMNS
 
 log = logging.getLogger(__name__)
 
@@ -110,19 +111,24 @@ class SourceConnection:
     :param connect: opens a new DB-API connection (called again after a loss)
     :param dialect: the database's dialect
     :param table: the table's name, a plain SQL identifier
+    :param extra_columns: producer columns read beside the ``ticket_requests`` ones (a sync definition's, such as
+        ``description``); none for the loan contract
     """
 
     def __init__(
-        self, connect: Callable[[], DBAPIConnection], dialect: Dialect, table: str = "ticket_requests"
+        self, connect: Callable[[], DBAPIConnection], dialect: Dialect, table: str = "ticket_requests",
+        *, extra_columns: Sequence[str] = (),
     ) -> None:
         self._connect = connect
         self.dialect = Dialect(dialect)
         self.table = validate_identifier(table)
         self._sql = SQL[self.dialect]
         self._conn: DBAPIConnection | None = None
+        self.extra_columns = tuple(validate_identifier(column) for column in extra_columns)
+        self.row_columns: tuple[str, ...] = (*ROW_COLUMNS, *self.extra_columns)
 
     @classmethod
-    def from_conn_id(cls, conn_id: str, table: str = "ticket_requests") -> Self:
+    def from_conn_id(cls, conn_id: str, table: str = "ticket_requests", *, extra_columns: Sequence[str] = ()) -> Self:
         """Build from an Airflow connection: ``postgres``, ``mysql`` (MariaDB or MySQL) or ``sqlite`` (the embedded
         default)."""
         from airflow.sdk import BaseHook
@@ -132,7 +138,7 @@ class SourceConnection:
         if conn_type == "mysql":
             from ticketsync.source.mysql import connector
 
-            return cls(connector(connection), Dialect.MYSQL, table)
+            return cls(connector(connection), Dialect.MYSQL, table, extra_columns=extra_columns)
         if conn_type in ("postgres", "postgresql"):
             from airflow.providers.postgres.hooks.postgres import PostgresHook
 
@@ -141,11 +147,12 @@ class SourceConnection:
                 ignored_extra_options = PostgresHook.ignored_extra_options | set(TICKETSYNC_EXTRAS)
 
             connect: Callable[[], Any] = SourcePostgresHook(postgres_conn_id=conn_id).get_conn
-            return cls(connect, Dialect.POSTGRES, table)
+            return cls(connect, Dialect.POSTGRES, table, extra_columns=extra_columns)
         if conn_type == "sqlite":
             from airflow.providers.sqlite.hooks.sqlite import SqliteHook
 
-            return cls(SqliteHook(sqlite_conn_id=conn_id).get_conn, Dialect.SQLITE, table)  # type: ignore[no-untyped-call]
+            return cls(SqliteHook(sqlite_conn_id=conn_id).get_conn, Dialect.SQLITE, table,  # type: ignore[no-untyped-call]
+                       extra_columns=extra_columns)
         raise ValueError(
             f"connection {conn_id!r} has conn_type {conn_type!r}; ticketsync supports postgres, mysql and sqlite"
         )

@@ -9,7 +9,7 @@ from typing import Any
 from ticketsync.models import SourceRow, SyncStatus
 from ticketsync.source.connection import SourceConnection, reconnecting
 from ticketsync.source.dialects import lease_param, placeholders, validate_identifier
-from ticketsync.source.rows import ROW_COLUMNS, source_row
+from ticketsync.source.rows import source_row
 
 
 @dataclass(frozen=True)
@@ -60,13 +60,13 @@ class Replay(SourceConnection):
         """The next ``size`` rows after id ``after`` that a claim would take now; reads only (a dry run)."""
         sql = self._sql
         statement = self._q(
-            f"SELECT {', '.join(ROW_COLUMNS)} FROM {self.table} WHERE status = 'pending' AND id > ? "
+            f"SELECT {', '.join(self.row_columns)} FROM {self.table} WHERE status = 'pending' AND id > ? "
             f"AND (claim_token IS NULL OR lease_expires_at IS NULL OR lease_expires_at <= {sql.now}) "
             "ORDER BY id LIMIT ?"
         )
         with self._transaction() as cursor:
             cursor.execute(statement, (after, size))
-            return [source_row(values) for values in cursor.fetchall()]
+            return [source_row(values, self.row_columns) for values in cursor.fetchall()]
 
     @reconnecting
     def find_requests(self, request_ids: Sequence[str]) -> list[StoredRequest]:
@@ -76,7 +76,7 @@ class Replay(SourceConnection):
         statement = self._q(self._find_requests_sql(len(request_ids), lock=False))
         with self._transaction() as cursor:
             cursor.execute(statement, tuple(request_ids))
-            return [_stored(values) for values in cursor.fetchall()]
+            return [_stored(values, self.row_columns) for values in cursor.fetchall()]
 
     def replay(self, token: str, request_ids: Sequence[str], *, lease_seconds: float) -> ReplayResult:
         """Make the given rows claimable again and claim them for ``token``, in one transaction.
@@ -105,7 +105,7 @@ class Replay(SourceConnection):
              WHERE id = ?""")
         with self._transaction() as cursor:
             cursor.execute(self._q(self._find_requests_sql(len(request_ids), lock=True)), tuple(request_ids))
-            stored = [_stored(values) for values in cursor.fetchall()]
+            stored = [_stored(values, self.row_columns) for values in cursor.fetchall()]
             unknown = sorted(set(request_ids) - {row.request_id for row in stored})
             if unknown:
                 raise ValueError(f"request_ids not found in {self.table}: {', '.join(unknown[:20])}")
@@ -129,15 +129,15 @@ class Replay(SourceConnection):
         lock_clause = self._sql.lock_for_update if lock else ""
         live = f"CASE WHEN lease_expires_at > {self._sql.now} THEN 1 ELSE 0 END"
         return (
-            f"SELECT {', '.join(ROW_COLUMNS)}, status, sys_id, number, sync_action, claim_token, {live} "
+            f"SELECT {', '.join(self.row_columns)}, status, sys_id, number, sync_action, claim_token, {live} "
             f"FROM {self.table} WHERE request_id IN ({placeholders(count)}) ORDER BY id {lock_clause}"
         )
 
 
-def _stored(values: Sequence[Any]) -> StoredRequest:
-    width = len(ROW_COLUMNS)
+def _stored(values: Sequence[Any], columns: Sequence[str]) -> StoredRequest:
+    width = len(columns)
     status, sys_id, number, sync_action, token, live = values[width:]
     return StoredRequest(
-        row=source_row(values[:width]), status=str(status), sys_id=sys_id, number=number, sync_action=sync_action,
-        claim_token=token, lease_live=bool(live),
+        row=source_row(values[:width], columns), status=str(status), sys_id=sys_id, number=number,
+        sync_action=sync_action, claim_token=token, lease_live=bool(live),
     )

@@ -10,11 +10,13 @@ from ticketsync.models import PRODUCER_COLUMNS, SourceRow
 ROW_COLUMNS: tuple[str, ...] = ("id", *PRODUCER_COLUMNS, "attempts", "error")
 
 
-def source_row(values: Sequence[Any]) -> SourceRow:
-    """A row read as ``ROW_COLUMNS`` (bytes from a bytea/blob ``notes`` are passed on for validation to reject)."""
-    data = dict(zip(ROW_COLUMNS, values, strict=True))
-    if isinstance(data.get("notes"), memoryview):
-        data["notes"] = bytes(data["notes"])
+def source_row(values: Sequence[Any], columns: Sequence[str] = ROW_COLUMNS) -> SourceRow:
+    """A row read as ``columns`` (``ROW_COLUMNS``, then a definition's own columns; bytes from a bytea/blob column are
+    passed on for validation to reject)."""
+    data = dict(zip(columns, values, strict=True))
+    for column in ("notes", *columns[len(ROW_COLUMNS):]):
+        if isinstance(data.get(column), memoryview):
+            data[column] = bytes(data[column])
     return SourceRow.model_validate(data)
 
 

@@ -39,6 +39,8 @@ class Schema(SourceConnection):
         rows = list(requests)
         # The business-key columns (migration 4) only when a request gives one: a producer on an older schema works.
         used = [c for c in PRODUCER_COLUMNS if c not in KEY_COLUMNS or any(r.get(c) is not None for r in rows)]
+        # A definition's own columns (``extra_columns``, migration 6) likewise only when a request gives one.
+        used += [c for c in self.extra_columns if any(r.get(c) is not None for r in rows)]
         statement = self._q(f"INSERT INTO {self.table} ({', '.join(used)}) VALUES ({placeholders(len(used))})")
         params = [
             tuple(request.get(c, "sn_bom_loan_service" if c == "target_table" else None) for c in used)

@@ -6,13 +6,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ticketsync.models import PRODUCER_COLUMNS, SourceRow
+from ticketsync.models import SourceRow
 from ticketsync.source.claims import Claims
 from ticketsync.source.connection import reconnecting
 from ticketsync.source.dialects import Dialect, lease_param
-from ticketsync.source.rows import ROW_COLUMNS, source_row
+from ticketsync.source.rows import source_row
 
-UPDATE_COLUMNS: tuple[str, ...] = (*ROW_COLUMNS, "sys_id", "number", "sent_fields")
+UPDATE_COLUMNS: tuple[str, ...] = ("sys_id", "number", "sent_fields")  # read after the row's own columns
+NOT_PRODUCERS = frozenset({"id", "attempts", "error"})  # of the row's columns, those the sync writes
 # "column equals the parameter", NULL-safe, per dialect
 _SAME = {
     Dialect.POSTGRES: "{column} IS NOT DISTINCT FROM ?",
@@ -33,7 +34,7 @@ class UpdateRow:
     sys_id: str | None
     number: str | None
     sent_fields: str | None
-    read: tuple[Any, ...] = ()  # the producer's columns (PRODUCER_COLUMNS) exactly as read, for the write's guard
+    read: tuple[Any, ...] = ()  # the producer's columns exactly as read, for the write's guard
 
 
 @dataclass(frozen=True)
@@ -80,28 +81,30 @@ class UpdateRows(Claims):
                 f"lease_expires_at = {sql.lease_until}, updated_at = {sql.now}",
                 (lease_param(lease_seconds, self.dialect),),
                 guard=" AND claim_token = ? AND status = 'update_pending'", guard_params=(token,),
-                returning=", ".join(UPDATE_COLUMNS),
+                returning=", ".join((*self.row_columns, *UPDATE_COLUMNS)),
             )
         found = []
-        width, producer = len(ROW_COLUMNS), slice(1, 1 + len(PRODUCER_COLUMNS))  # ROW_COLUMNS: id, producer's, …
+        width = len(self.row_columns)
+        producer = [index for index, name in enumerate(self.row_columns) if name not in NOT_PRODUCERS]
         for values in rows:
             sys_id, number, sent = values[width:]
-            found.append(UpdateRow(source_row(values[:width]), _text(sys_id), _text(number), _text(sent),
-                                   tuple(_param(value) for value in values[producer])))
+            found.append(UpdateRow(source_row(values[:width], self.row_columns), _text(sys_id), _text(number),
+                                   _text(sent), tuple(_param(values[index]) for index in producer)))
         return sorted(found, key=lambda update: update.row.id)
 
     @reconnecting
     def pending_updates(self, *, limit: int) -> list[UpdateRow]:
         """Up to ``limit`` ``update_pending`` rows in id order, read only (a dry run's plan: no claim)."""
         statement = self._q(
-            f"SELECT {', '.join(UPDATE_COLUMNS)} FROM {self.table} WHERE status = 'update_pending' ORDER BY id LIMIT ?"
+            f"SELECT {', '.join((*self.row_columns, *UPDATE_COLUMNS))} FROM {self.table} "
+            "WHERE status = 'update_pending' ORDER BY id LIMIT ?"
         )
         with self._transaction() as cursor:
             cursor.execute(statement, (limit,))
-            width = len(ROW_COLUMNS)
+            width = len(self.row_columns)
             return [
-                UpdateRow(source_row(values[:width]), _text(values[width]), _text(values[width + 1]),
-                          _text(values[width + 2]))
+                UpdateRow(source_row(values[:width], self.row_columns), _text(values[width]),
+                          _text(values[width + 1]), _text(values[width + 2]))
                 for values in cursor.fetchall()
             ]
 
@@ -118,7 +121,9 @@ class UpdateRows(Claims):
         done = (f"sent_fields = COALESCE(?, sent_fields), synced_at = {now}, updated_at = {now}, "
                 f"lease_expires_at = {now}")
         held = "WHERE id = ? AND claim_token = ? AND status = 'update_pending'"
-        same = "".join(f" AND {_SAME[self.dialect].format(column=name)}" for name in PRODUCER_COLUMNS[:len(read)])
+        producers = [name for name in self.row_columns if name not in NOT_PRODUCERS]
+        assert not read or len(read) == len(producers), "read must hold the producer's columns as take_updates read"
+        same = "".join(f" AND {_SAME[self.dialect].format(column=name)}" for name in producers[:len(read)])
         with self._transaction() as cursor:
             cursor.execute(self._q(f"UPDATE {self.table} SET status = ?, error = ?, {done} {held}{same}"),
                            (outcome.status, _cut(outcome.error), outcome.sent_fields, outcome.row_id, token, *read))

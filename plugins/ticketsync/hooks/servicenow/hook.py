@@ -10,6 +10,7 @@ import json
 import os
 import re
 import threading
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -288,7 +289,7 @@ class ServiceNowHook(HttpHook):
         if status == 429:
             raise ServiceNowRateLimited(
                 f"429 {message}" + (f": {detail}" if detail else ""),
-                retry_after=_seconds(response, "Retry-After"),
+                retry_after=_retry_after(response),
                 rule=response.headers.get("X-RateLimit-Rule"),
                 limit_per_hour=_seconds(response, "X-RateLimit-Limit"),
             )
@@ -626,6 +627,16 @@ def _seconds(response: Answer, header: str) -> float | None:
         return max(0.0, float(value))
     except ValueError:
         return None
+
+
+def _retry_after(response: Answer) -> float | None:
+    """The wait a 429 asks for: ``Retry-After`` (seconds), else the seconds until ``X-RateLimit-Reset`` (the UNIX
+    time the rate-limit window resets), else None."""
+    retry_after = _seconds(response, "Retry-After")
+    if retry_after is not None:
+        return retry_after
+    reset = _seconds(response, "X-RateLimit-Reset")
+    return None if reset is None else max(0.0, reset - time.time())
 
 
 def _error_fields(response: Answer) -> tuple[str, str | None]:
