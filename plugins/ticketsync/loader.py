@@ -21,8 +21,9 @@ A 429 is retried in place (nothing was done). Any other transient failure (5xx, 
 that is not JSON, a 201 without sys_id) may have created the record, so the row goes to a retry round that starts
 with the look-up again. Rows still failing after the rounds stay ``pending`` with the error and their attempt
 count; once a row has used ``max_attempts`` it becomes ``failed``, but only after a look-up confirmed that no
-record exists. A POST that timed out may still be committed by the instance after the client gave up: that row
-is looked up again only once ``settle_seconds`` (ServiceNow's transaction quota) have passed since it was sent;
+record exists. A POST that timed out, lost its connection or got a gateway's 502 / 504 may still be committed by
+the instance after the client gave up (:func:`in_doubt`): that row is looked up again only once ``settle_seconds``
+(ServiceNow's transaction quota) have passed since it was sent;
 the other rows of its retry round go ahead without waiting for it. A POST still refused with 429 after
 ``max_rate_limited_waits`` waits stays ``pending`` without using an attempt (nothing was done), so a rate-limit
 storm, however long, never makes a row ``failed``.
@@ -62,6 +63,7 @@ from ticketsync.hooks.servicenow import (
     CreatedRecord,
     ExistingRecord,
     ServiceNowConfigurationError,
+    ServiceNowConnectionLost,
     ServiceNowError,
     ServiceNowRateLimited,
     ServiceNowRequestError,
@@ -693,7 +695,7 @@ class CaseLoader:
                            resolved=_resolved(posted.case))
         self._retry_ids.append(row.id)
         attempt = row.attempts + 1
-        if isinstance(error, ServiceNowTimeout):
+        if in_doubt(error):
             settled = posted.sent_at + self.settings.settle_seconds
             self._settle_until = max(self._settle_until, settled)
             self._retry_ready[row.id] = settled
@@ -789,6 +791,15 @@ class _OutcomeWriter:
                 self._error = exc
             finally:
                 self._queue.task_done()
+
+
+def in_doubt(error: BaseException | None) -> bool:
+    """Whether the instance may still be working on a request that got this error, and commit it later: a timeout,
+    a connection lost after the request may have been sent, or a gateway's 502 / 504 (its upstream may still run).
+    Such a POST's row is looked up only once ``settle_seconds`` have passed since it was sent."""
+    if isinstance(error, ServiceNowTimeout | ServiceNowConnectionLost):
+        return True
+    return isinstance(error, ServiceNowTransientError) and error.status in (502, 504)
 
 
 def _waves(ready_at: dict[int, float], now: float, spread: float = 1.0) -> list[tuple[float, list[int]]]:

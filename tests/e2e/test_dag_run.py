@@ -139,7 +139,9 @@ def run_sync_twice(airflow_home: Path, source: SourceTable, conn: str, tmp_path:
             transport = {"type": "file", "log_file_path": str(lineage), "append": True}
             airflow.extra_env["AIRFLOW__OPENLINEAGE__TRANSPORT"] = json.dumps(transport)
         before = last_event_id(airflow_home)
-        code = airflow.run_dag(tmp_path / "run1.log")
+        # settle_seconds: the emulator's writes are done before it answers; 2 s stands in for ServiceNow's 60 s quota
+        # (a POST whose connection was cut is looked up only after it).
+        code = airflow.run_dag(tmp_path / "run1.log", conf={"settle_seconds": 2})
         airflow.extra_env.pop("AIRFLOW__OPENLINEAGE__TRANSPORT", None)
         assert code == 0, (tmp_path / "run1.log").read_text()[-5000:]
         outcome = check_exactly_once(source, emulator, requests, invalid_ids)
@@ -157,7 +159,7 @@ def run_sync_twice(airflow_home: Path, source: SourceTable, conn: str, tmp_path:
 
         updated = request_updates(source, emulator)
         before = last_event_id(airflow_home)
-        code = airflow.run_dag(tmp_path / "run2.log", conf={"limit": 100_000})
+        code = airflow.run_dag(tmp_path / "run2.log", conf={"limit": 100_000, "settle_seconds": 2})
         assert code == 0, (tmp_path / "run2.log").read_text()[-5000:]
         assert emulator.stats()["by_method"].get("POST", 0) == posts, "the second run sent a POST"
         assert check_exactly_once(source, emulator, requests, invalid_ids) == outcome

@@ -84,6 +84,11 @@ CASES = [
          ("slow_before_commit",), adopts=True, timeout=0.3),
     Case("connection cut before commit", {"cut_before_commit": 0.2}, ("cut_before_commit",)),
     Case("connection cut after commit", {"cut_after_commit": 0.2}, ("cut_after_commit",), adopts=True),
+    # The connection is lost at once while the instance goes on writing (it commits 0.7 s later): the row must wait
+    # settle_seconds like a timed-out POST before its look-up, or the retry would create a second case.
+    Case("connection cut, the write lands later", {"cut_then_commit": 0.2, "slow_before_commit_ms": 700,
+                                                   "methods": ["POST"]},
+         ("cut_then_commit",), adopts=True),
     Case("truncated JSON body", {"malformed_json": 0.2}, ("malformed_json",), adopts=True),
     Case("malformed (non-JSON) body", {"garbled_json": 0.2}, ("garbled_json",), adopts=True),
     Case("200 HTML page", {"html_200": 0.2}, ("html_200",)),

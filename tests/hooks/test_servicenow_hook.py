@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import time
 from collections.abc import Iterator
 
@@ -11,6 +12,7 @@ import requests
 
 from ticketsync.hooks.servicenow import (
     ServiceNowAuthError,
+    ServiceNowConnectionLost,
     ServiceNowHook,
     ServiceNowRateLimited,
     ServiceNowRequestError,
@@ -175,8 +177,9 @@ def test_a_429_storm_answer_is_rate_limited_with_or_without_retry_after(
         ("error_503", "503"),
         ("error_504", "504"),
         ("html_200", "instead of JSON"),
-        ("cut_before_commit", "connection failed"),
-        ("cut_after_commit", "connection failed"),
+        ("cut_before_commit", "connection lost without an answer"),
+        ("cut_after_commit", "connection lost without an answer"),
+        ("cut_then_commit", "connection lost without an answer"),
         ("malformed_json", "malformed JSON"),
         ("garbled_json", "malformed JSON"),
         ("missing_sys_id", "without a sys_id"),
@@ -187,6 +190,32 @@ def test_unknown_outcomes_are_transient(hook: ServiceNowHook, emulator: RunningE
     emulator.set_faults(**{fault: 1.0})
     with pytest.raises(ServiceNowTransientError, match=expected):
         hook.create_record(TABLE, BODY)
+
+
+def test_a_lost_connection_is_in_doubt_and_a_refused_one_is_not(
+    hook: ServiceNowHook, emulator: RunningEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A connection lost after the request was sent may still be committed (the loader settles before its look-up);
+    a connection that could not be opened sent nothing."""
+    emulator.set_faults(cut_then_commit=1.0, slow_before_commit_ms=300, methods=("POST",))
+    with pytest.raises(ServiceNowConnectionLost):
+        hook.create_record(TABLE, BODY)
+    emulator.set_faults(cut_then_commit=0.0)
+    time.sleep(0.6)
+    assert len(emulator.store.records(TABLE)) == 1  # it was committed after the client lost the connection
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]  # bound, not listening: connecting is refused
+        monkeypatch.setenv("AIRFLOW_CONN_REFUSED", json.dumps({
+            "conn_type": "http", "host": "127.0.0.1", "port": port, "schema": "http", "login": "a", "password": "b",
+        }))
+        refused = ServiceNowHook("refused", pool_size=1)
+        try:
+            with pytest.raises(ServiceNowTransientError, match="connection failed") as caught:
+                refused.create_record(TABLE, BODY)
+        finally:
+            refused.close()
+    assert not isinstance(caught.value, ServiceNowConnectionLost)
 
 
 def test_a_timeout_after_commit_is_transient_and_the_record_exists(hook: ServiceNowHook,

@@ -9,6 +9,7 @@ from ticketsync.hooks.servicenow.config import AUTH_TYPES, DEFAULT_TIMEOUT, Serv
 from ticketsync.hooks.servicenow.errors import (
     ServiceNowAuthError,
     ServiceNowConfigurationError,
+    ServiceNowConnectionLost,
     ServiceNowError,
     ServiceNowInvalidConnection,
     ServiceNowRateLimited,
@@ -30,6 +31,7 @@ __all__ = [
     "OAuthSettings",
     "ServiceNowAuthError",
     "ServiceNowConfigurationError",
+    "ServiceNowConnectionLost",
     "ServiceNowError",
     "ServiceNowExtras",
     "ServiceNowHook",

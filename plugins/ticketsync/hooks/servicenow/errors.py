@@ -53,6 +53,11 @@ class ServiceNowTimeout(ServiceNowTransientError):
     """The client stopped waiting for the answer: the instance may still be working on the request, and commit it."""
 
 
+class ServiceNowConnectionLost(ServiceNowTransientError):
+    """The connection ended after the request may have reached the instance, without an answer (reset, closed, cut
+    by a proxy): like a timeout, the instance may still be working on the request, and commit it later."""
+
+
 class ServiceNowRateLimited(ServiceNowTransientError):
     """429: the instance refused the request before doing anything. ``retry_after`` is in seconds, if given."""
 

@@ -31,6 +31,7 @@ from urllib3.util import parse_url
 
 from ticketsync.hooks.servicenow.errors import (
     NOT_RETRIED,
+    ServiceNowConnectionLost,
     ServiceNowError,
     ServiceNowTimeout,
     ServiceNowTLSError,
@@ -227,9 +228,12 @@ class PooledTransport:
             )
         reason = exc.reason if isinstance(exc, urllib3.exceptions.MaxRetryError) else exc
         timed_out = isinstance(reason, urllib3.exceptions.TimeoutError | TimeoutError)
-        if timed_out and not isinstance(reason, urllib3.exceptions.NewConnectionError):
+        if isinstance(reason, urllib3.exceptions.NewConnectionError):  # no connection: nothing was sent
+            return ServiceNowTransientError(f"{method} connection failed ({short(exc)})")
+        if timed_out:
             return ServiceNowTimeout(f"{method} timed out ({type(reason).__name__})")
-        return ServiceNowTransientError(f"{method} connection failed ({short(exc)})")
+        # Reset, closed or cut after the request may have been sent: the instance may still commit it.
+        return ServiceNowConnectionLost(f"{method} connection lost without an answer ({short(exc)})")
 
 
 def _basic_authorization(auth: Any) -> str | None:
