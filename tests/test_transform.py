@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from ticketsync.models import CaseBody, PreparedCase, Rejection, SourceRow
-from ticketsync.transform import prepare
+from ticketsync.models import TARGETS, CaseBody, PreparedCase, Rejection, SourceRow, ValidatedRequest
+from ticketsync.transform import BODY_SOURCES, prepare
 from ticketsync_dev.samples import INVALID_CHANGES, sample_requests
 
 CONSUMER = "0f2c6e1a9b3d4c5e8f7a6b5c4d3e2f1a"
@@ -212,3 +212,35 @@ def test_business_keys_are_checked_like_any_column() -> None:
         "consumer_number: is 41 characters long, at most 40 allowed"
     )
     assert reason(assignment_group_name="g" * 81) == "assignment_group_name: is 81 characters long, at most 80 allowed"
+
+
+def test_each_body_field_has_the_rules_of_the_request_field_it_is_filled_from() -> None:
+    """``to_body`` does not validate the body again: that is only sound while each body field has the type (the
+    rules) of its source field."""
+    for spec in TARGETS.values():
+        body_fields, request_fields = spec.body_model.model_fields, ValidatedRequest.model_fields
+        assert set(body_fields) == set(BODY_SOURCES)
+        for name, source in BODY_SOURCES.items():
+            assert (body_fields[name].annotation, body_fields[name].metadata) == (
+                request_fields[source].annotation, request_fields[source].metadata), name
+    # the control: fields with other rules compare unequal
+    assert CaseBody.model_fields["category"].metadata != ValidatedRequest.model_fields["consumer"].metadata
+
+
+@pytest.mark.parametrize("changes", [
+    {}, {"notes": "\tline one\nline two\r\n", "category": "Issue", "contact_type": " EMAIL "},
+    {"short_description": "  padded  ", "consumer": CONSUMER.upper(), "source_system": " "},
+    {"notes": "日本語 🎉 ü", "category": 2, "product": None, "assignment_group_name": " Collections "},
+])
+def test_the_body_and_its_json_are_what_validating_and_dumping_give(changes: dict[str, Any]) -> None:
+    """The body is built without a second validation and its JSON without ``model_dump``: both give what the
+    validating and dumping path gives."""
+    rows = [row(**changes), *(SourceRow(id=i, **r) for i, r in enumerate(sample_requests(50), start=1))]
+    for source_row in rows:
+        prepared = prepare(source_row)
+        assert isinstance(prepared, PreparedCase)
+        validated = CaseBody(**prepared.body.model_dump())
+        assert prepared.body == validated
+        assert prepared.body.model_fields_set == validated.model_fields_set
+        assert prepared.body.to_json() == validated.model_dump(exclude_none=True)
+        assert list(prepared.body.to_json()) == list(validated.model_dump(exclude_none=True))

@@ -72,13 +72,6 @@ def preview(value: str, limit: int = 40) -> str:
     return repr(shown)
 
 
-def _blank_to_none(value: Any) -> Any:
-    """Empty or whitespace-only text means "not given"."""
-    if isinstance(value, str) and not value.strip():
-        return None
-    return value
-
-
 def _clean_text(value: str) -> str:
     """Refuse text that ServiceNow or a JSON reader downstream would mangle: control characters, lone surrogates."""
     found = _FORBIDDEN_CHARACTER.search(value)
@@ -163,7 +156,8 @@ def _rule(*steps: Callable[[Any], Any], required: bool = False) -> PlainValidato
     """
 
     def validate(value: Any) -> Any:
-        value = _blank_to_none(value)
+        if isinstance(value, str) and not value.strip():  # empty or whitespace-only text means "not given"
+            value = None
         if value is None:
             if required:
                 raise ValueError("is required and must not be blank")
@@ -293,8 +287,12 @@ class CaseBody(BaseModel):
     work_notes: Journal = None
 
     def to_json(self) -> dict[str, str]:
-        """The body as sent: unset fields are left out so the instance's defaults apply."""
-        return {key: value for key, value in self.model_dump(exclude_none=True).items()}
+        """The body as sent: unset fields are left out so the instance's defaults apply.
+
+        Every field is text or None and has no serializer, so this is ``model_dump(exclude_none=True)`` read
+        straight from the fields (a test holds them equal), at a tenth of its cost: it runs three times per row.
+        """
+        return {key: value for key, value in self.__dict__.items() if value is not None}
 
 
 @dataclass(frozen=True)
@@ -330,7 +328,10 @@ class TargetSpec:
     keys: tuple[BusinessKey, ...] = ()
 
     def key_for(self, field_name: str) -> BusinessKey | None:
-        return next((key for key in self.keys if key.field == field_name), None)
+        for key in self.keys:
+            if key.field == field_name:
+                return key
+        return None
 
 
 def target_spec(definition: SyncDefinition) -> TargetSpec:

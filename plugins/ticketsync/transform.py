@@ -93,25 +93,35 @@ def validate_row(row: SourceRow) -> ValidatedRequest | Rejection:
         errors.extend(e for e in extra if e.column not in already)
     if errors or request is None:
         return Rejection(row_id=row.id, errors=tuple(sorted(errors, key=_column_order)))
+    if request.target_table == table:  # already the table's name as given: the copy would be equal
+        return request
     return request.model_copy(update={"target_table": table})
 
 
+# Each body field and the request field it is filled from. Both have the same type (the same rules: a test holds
+# them equal), so a value that passed the request's rules passes the body's unchanged.
+BODY_SOURCES: dict[str, str] = {
+    "correlation_id": "request_id",
+    "correlation_display": "source_system",
+    "short_description": "short_description",
+    "consumer": "consumer",
+    "sold_product": "sold_product",
+    "assignment_group": "assignment_group",
+    "contact_type": "contact_type",
+    "product": "product",
+    "service_definition": "service_definition",
+    "category": "category",
+    "work_notes": "notes",
+}
+
+
 def to_body(request: ValidatedRequest) -> CaseBody:
-    """Map source names to ServiceNow names: request_id → correlation_id, notes → work_notes, and so on."""
+    """Map source names to ServiceNow names: request_id → correlation_id, notes → work_notes, and so on.
+
+    The values are not validated a second time: they passed the same rules as ``request``'s fields.
+    """
     spec = TARGETS[request.target_table or DEFAULT_TARGET_TABLE]
-    return spec.body_model(
-        correlation_id=request.request_id,
-        correlation_display=request.source_system,
-        short_description=request.short_description,
-        consumer=request.consumer,
-        sold_product=request.sold_product,
-        assignment_group=request.assignment_group,
-        contact_type=request.contact_type,
-        product=request.product,
-        service_definition=request.service_definition,
-        category=request.category,
-        work_notes=request.notes,
-    )
+    return spec.body_model.model_construct(**{name: getattr(request, source) for name, source in BODY_SOURCES.items()})
 
 
 def prepare(row: SourceRow) -> PreparedCase | Rejection:

@@ -23,6 +23,7 @@ UPDATABLE_FIELDS: tuple[str, ...] = (
     "category",
 )
 CLOSED_STATES: tuple[str, ...] = ("3", "7")  # CSM Closed, Cancelled
+_JSON = json.JSONEncoder(ensure_ascii=False)  # json.dumps(..., ensure_ascii=False) without a new encoder each time
 
 
 @dataclass(frozen=True)
@@ -33,7 +34,7 @@ class Snapshot:
     note: str | None = None
 
     def to_json(self) -> str:
-        return json.dumps({"fields": dict(sorted(self.fields.items())), "note": self.note}, ensure_ascii=False)
+        return _JSON.encode({"fields": dict(sorted(self.fields.items())), "note": self.note})
 
     @classmethod
     def from_json(cls, text: str | None) -> Snapshot | None:

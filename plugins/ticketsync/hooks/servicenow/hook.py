@@ -49,6 +49,8 @@ TABLE_NAME = re.compile(r"[a-z0-9_]{1,80}")
 SYS_ID = re.compile(r"[0-9a-f]{32}")
 LOOKUP_PAGE = 1000
 TEST_TABLE = "sn_bom_loan_service"  # "Test" reads one sys_id of it: the table the load writes
+_REMEMBERED_URLS = 64  # POST URLs kept, one per table and echo list: a few; the bound only guards against misuse
+_JSON = json.JSONEncoder(ensure_ascii=False)  # json.dumps(body, ensure_ascii=False), without a new encoder each time
 
 
 @dataclass(frozen=True)
@@ -102,6 +104,7 @@ class ServiceNowHook(HttpHook):
         self._tokens = TokenCache()
         self._shared_session = shared_session
         self._connect_lock = threading.Lock()
+        self._create_urls: dict[tuple[str, tuple[str, ...]], str] = {}  # (table, echo) -> the POST URL
 
     # ----------------------------------------------------------------------------------------------------------
     # the connection and the session
@@ -191,6 +194,7 @@ class ServiceNowHook(HttpHook):
         if self._transport is not None:
             self._transport.close()
             self._transport = None
+        self._create_urls.clear()
 
     # ----------------------------------------------------------------------------------------------------------
     # one request
@@ -206,8 +210,24 @@ class ServiceNowHook(HttpHook):
     ) -> Answer:
         """One request; an OAuth token refused with 401 is renewed once (nothing was done with a 401)."""
         transport = self._connect()  # reads the connection, OAuth settings included, on first use
-        url = self.url_from_endpoint(path) + (f"?{urlencode(params)}" if params else "")
-        data = json.dumps(body, ensure_ascii=False).encode("utf-8") if body is not None else None
+        return self._send_to(transport, method, self._url(path, params), body)
+
+    def _url(self, path: str, params: Mapping[str, str] | None) -> str:
+        """The absolute URL of ``path`` with ``params`` as its query (``,`` left as is: it needs no escape there)."""
+        return self.url_from_endpoint(path) + (f"?{urlencode(params, safe=',')}" if params else "")
+
+    def _url_remembered(self, path: str, params: Mapping[str, str]) -> str:
+        """:meth:`_url` for a URL that will be sent again and again: the transport parses it once."""
+        transport = self._connect()  # the base URL is known once connected
+        url = self._url(path, params)
+        transport.remember(url)
+        return url
+
+    def _send_to(
+        self, transport: PooledTransport, method: str, url: str, body: Mapping[str, Any] | None
+    ) -> Answer:
+        """One request to an absolute URL; an OAuth token refused with 401 is renewed once."""
+        data = _JSON.encode(body).encode("utf-8") if body is not None else None
         token = self._access_token() if self._oauth is not None else None
         answer = transport.exchange(method, url, data, token=token)
         if answer.status_code == 401 and token is not None:
@@ -298,8 +318,15 @@ class ServiceNowHook(HttpHook):
         :param body: the record's field values, as strings.
         :param echo: fields to read back from the answer, as the instance stored them, into ``values``.
         """
-        params = {"sysparm_fields": ",".join(("sys_id", "number", *echo)), "sysparm_exclude_reference_link": "true"}
-        response = self._send("POST", self.table_path(table), params=params, body=body)
+        key = (table, tuple(echo))
+        url = self._create_urls.get(key)
+        if url is None:  # the same for every record of the table: built, and parsed by the transport, once
+            path = self.table_path(table)
+            params = {"sysparm_fields": ",".join(("sys_id", "number", *echo)), "sysparm_exclude_reference_link": "true"}
+            url = self._url_remembered(path, params)
+            if len(self._create_urls) < _REMEMBERED_URLS:
+                self._create_urls[key] = url
+        response = self._send_to(self._connect(), "POST", url, body)
         result = _json_result(response)
         sys_id = result.get("sys_id") if isinstance(result, dict) else None
         if not isinstance(sys_id, str) or not sys_id:
@@ -308,7 +335,7 @@ class ServiceNowHook(HttpHook):
                 status=response.status_code,
             )
         number = result.get("number")
-        values = {name: str(result[name]) for name in echo if isinstance(result.get(name), str | int | float)}
+        values = {name: str(result[name]) for name in echo if isinstance(result.get(name), (str, int, float))}
         return CreatedRecord(sys_id=sys_id, number=str(number) if number else None, values=values)
 
     def list_records(

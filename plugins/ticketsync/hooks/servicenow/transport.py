@@ -1,9 +1,11 @@
 """How the hook's requests travel: urllib3's ``PoolManager`` (or ``ProxyManager``), through its public API.
 
-The pool is built once from the session ``HttpHook`` configured (TLS verification and CA bundle, client certificate,
-basic auth, headers, proxies from the environment when ``trust_env``), and every request is one ``urlopen`` on it:
-no ``requests`` machinery per call (see ADR 14 for the measurements). Failures below HTTP become typed errors
-without secrets.
+The pool manager is built once from the session ``HttpHook`` configured (TLS verification and CA bundle, client
+certificate, basic auth, headers, proxies from the environment when ``trust_env``), and the instance's connection
+pool is taken from it once (``connection_from_url``): every request is one ``urlopen`` on that pool with the request
+target (path and query), parsed once per URL and remembered for the URLs that repeat (a table's POST URL), so no
+``requests`` machinery and no URL parsing per call (see ADR 14 for the measurements). Failures below HTTP become
+typed errors without secrets.
 
 Each thread that sends is a *lane* with cookies of its own, so it holds its own ServiceNow session
 (``JSESSIONID``): the instance runs one transaction at a time per session, so requests in flight on separate lanes
@@ -25,6 +27,7 @@ import requests
 import urllib3
 from requests.auth import HTTPBasicAuth
 from requests.utils import get_environ_proxies
+from urllib3.util import parse_url
 
 from ticketsync.hooks.servicenow.errors import (
     NOT_RETRIED,
@@ -38,6 +41,7 @@ from ticketsync.hooks.servicenow.errors import (
 # requests' own policy: no retries below HTTP (a POST must never be repeated blindly), no read retries.
 _RETRIES = urllib3.Retry(total=0, read=False, redirect=False, raise_on_redirect=False)
 _CA_BUNDLE_ENV = ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
+_REMEMBERED_URLS = 64  # a table's POST URL per table and echo list: a few; the bound only guards against misuse
 
 
 class Answer:
@@ -68,12 +72,11 @@ class LaneCookies:
 
     def __init__(self) -> None:
         self._values: dict[str, str] = {}
+        self._header: str | None = None  # the values as a Cookie header, kept in step with them
 
     def header(self) -> str | None:
         """The ``Cookie`` request header, or None when the lane holds no cookie yet."""
-        if not self._values:
-            return None
-        return "; ".join(f"{name}={value}" for name, value in self._values.items())
+        return self._header
 
     def keep(self, set_cookies: Iterable[str]) -> bool:
         """Store the ``Set-Cookie`` values of an answer; True when one of them started a new session."""
@@ -89,6 +92,7 @@ class LaneCookies:
                 continue
             new_session |= name == "JSESSIONID" and self._values.get(name) != value
             self._values[name] = value
+        self._header = "; ".join(f"{name}={value}" for name, value in self._values.items()) or None
         return new_session
 
     def as_dict(self) -> dict[str, str]:
@@ -97,6 +101,7 @@ class LaneCookies:
     def clear(self) -> None:
         """Forget the session: the lane's next request starts a new one."""
         self._values.clear()
+        self._header = None
 
 
 class PooledTransport:
@@ -122,9 +127,19 @@ class PooledTransport:
         self.conn_id = conn_id
         self.shared_session = shared_session
         self._headers = {name: _text_header(value) for name, value in session.headers.items()}
-        self._basic = _basic_authorization(session.auth)
+        basic = _basic_authorization(session.auth)
+        # what every request sends unless told otherwise: the session's headers and its basic auth
+        self._base_headers = {**self._headers, **({"Authorization": basic} if basic is not None else {})}
         self._timeout = urllib3.Timeout(connect=timeouts[0], read=timeouts[1])
-        self._pool = _pool_manager(session, base_url, max(1, pool_size))
+        self._manager = _pool_manager(session, base_url, max(1, pool_size))
+        origin = parse_url(base_url)
+        self._origin_key = (origin.scheme, origin.host, origin.port)
+        # A forward proxy (plain http through a proxy) needs the absolute URL and proxy headers on each request:
+        # the manager's urlopen adds them. Otherwise (direct, or https through a CONNECT tunnel) the instance's pool
+        # takes the request target alone, as the manager's urlopen would hand it over.
+        self._forwarded = isinstance(self._manager, urllib3.ProxyManager) and origin.scheme == "http"
+        self._origin = self._manager.connection_from_url(base_url)
+        self._targets: dict[str, str] = {}  # absolute URL -> request target, for the URLs that repeat
         self._lanes = threading.local()
         self._shared = LaneCookies()
         self._sessions_lock = threading.Lock()
@@ -142,18 +157,20 @@ class PooledTransport:
         :param token: an OAuth bearer token; without it the session's basic auth is used.
         :param headers: headers on top of the session's.
         """
-        sent = {**self._headers, **(headers or {})}
+        sent = self._base_headers.copy()
+        if headers:
+            sent.update(headers)
         if token is not None:
             sent["Authorization"] = f"Bearer {token}"
-        elif self._basic is not None:
-            sent["Authorization"] = self._basic
         cookies = self.cookies()
         cookie = cookies.header()
         if cookie is not None:
             sent["Cookie"] = cookie
+        target = self._targets.get(url) or self._target(url)
+        pool = self._origin if target[0] == "/" else self._manager
         try:
-            raw = self._pool.urlopen(
-                method, url, body=body, headers=sent, redirect=False, assert_same_host=False, retries=_RETRIES,
+            raw = pool.urlopen(
+                method, target, body=body, headers=sent, redirect=False, assert_same_host=False, retries=_RETRIES,
                 timeout=self._timeout, preload_content=True, decode_content=True,
             )
         except (urllib3.exceptions.HTTPError, OSError) as exc:
@@ -168,6 +185,23 @@ class PooledTransport:
                 self.sessions_started += 1
         return Answer(raw.status, raw.reason or "", raw.headers, raw.data)
 
+    def remember(self, url: str) -> None:
+        """Parse a URL that will be sent again and again (a table's POST URL) once, not on every request.
+
+        :param url: the absolute URL, query string included.
+        """
+        if len(self._targets) < _REMEMBERED_URLS:
+            self._targets[url] = self._target(url)
+
+    def _target(self, url: str) -> str:
+        """What the instance's pool is asked for: the request target (path and query), as the pool manager's
+        ``urlopen`` would hand it over; the absolute URL itself for a forward proxy or another origin (the
+        manager's ``urlopen`` then picks the pool)."""
+        parsed = parse_url(url)
+        if self._forwarded or (parsed.scheme, parsed.host, parsed.port) != self._origin_key:
+            return url
+        return parsed.request_uri
+
     def cookies(self) -> LaneCookies:
         """The calling thread's cookies: its lane's ServiceNow session (one set for all when shared)."""
         if self.shared_session:
@@ -179,7 +213,8 @@ class PooledTransport:
 
     def close(self) -> None:
         """Close the pooled connections; every lane starts a new ServiceNow session afterwards."""
-        self._pool.clear()
+        self._manager.clear()
+        self._origin = self._manager.connection_from_url(self.base_url)
         self._lanes = threading.local()
         self._shared = LaneCookies()
 
