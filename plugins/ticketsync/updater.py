@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -31,12 +31,18 @@ from ticketsync.updates import (
     is_closed,
     plan_update,
     still_missing,
+    updatable_fields,
 )
 
 LOST_PREFIX = "update answer lost"
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
-CASE_FIELDS: tuple[str, ...] = ("sys_id", "number", "state", "active", *UPDATABLE_FIELDS)
+CASE_FIELDS: tuple[str, ...] = ("sys_id", "number", "state", "active", *UPDATABLE_FIELDS)  # of a loan case
+
+
+def case_fields(updatable: Iterable[str]) -> tuple[str, ...]:
+    """The fields an update reads of a case: its identity, state, and the fields the update may change."""
+    return ("sys_id", "number", "state", "active", *updatable)
 
 
 @dataclass(frozen=True)
@@ -150,6 +156,7 @@ class CaseUpdater:
     def _chunk(self, chunk: Sequence[UpdateRow]) -> None:
         cases: dict[str, dict[str, Any]] = {}
         by_table: dict[str, list[str]] = {}
+        fields: dict[str, tuple[str, ...]] = {}  # what to read of each table's cases (the definition's fields)
         prepared: dict[int, PreparedCase] = {}
         for update in chunk:
             case = self._transform(update.row)
@@ -164,10 +171,12 @@ class CaseUpdater:
             else:
                 prepared[update.row.id] = case
                 by_table.setdefault(case.table, []).append(update.sys_id)
+                known = fields.get(case.table, ())
+                fields[case.table] = (*known, *(f for f in updatable_fields(case.body) if f not in known))
         for table, sys_ids in by_table.items():  # one sys_idIN read per chunk and table: state, active, fields
             query = "sys_idIN" + ",".join(sys_ids)
             found = self._read(f"read {len(sys_ids)} cases of {table}", partial(
-                self.hook.list_records, table, query=query, fields=CASE_FIELDS, limit=len(sys_ids)))
+                self.hook.list_records, table, query=query, fields=case_fields(fields[table]), limit=len(sys_ids)))
             for record in found:
                 cases[str(record.get("sys_id"))] = {key: str(value or "") for key, value in record.items()}
         for update in chunk:
@@ -190,7 +199,7 @@ class CaseUpdater:
             sys_id = update.sys_id
             entries = self._read(f"read the journal of {sys_id}", lambda: self.hook.journal_entries(table, sys_id))
             journal = [e["value"] for e in entries]
-            sent = sent or baseline(case, journal, None)
+            sent = sent or baseline(case, journal, None, updatable_fields(body))
             plan = plan_update(update.row.id, update.sys_id, table, body, sent)
             plan = still_missing(plan, case, journal)  # what an earlier run's lost answer applied is not sent
         else:
@@ -256,7 +265,7 @@ class CaseUpdater:
         since = (started - timedelta(seconds=self.settings.clock_skew_seconds)).strftime("%Y-%m-%d %H:%M:%S")
         try:
             case = self._read(f"read case {plan.sys_id}", lambda: self.hook.get_record(
-                plan.table, plan.sys_id, CASE_FIELDS))
+                plan.table, plan.sys_id, case_fields(plan.desired.fields)))
             journal = self._read(f"read the journal of {plan.sys_id}", lambda: self.hook.journal_entries(
                 plan.table, plan.sys_id, since=since)) if plan.note else []
         except ServiceNowTransientError:
