@@ -19,6 +19,7 @@ from ticketsync.hooks.servicenow import (
     ServiceNowTransientError,
 )
 from ticketsync.models import CaseBody, PreparedCase, Rejection, SourceRow
+from ticketsync.references import ReferenceResolver
 from ticketsync.source.updates import UpdateOutcome, UpdateRow, UpdateRows
 from ticketsync.throttle import backoff_delay
 from ticketsync.transform import prepare
@@ -137,6 +138,7 @@ class CaseUpdater:
         self.hook, self.source, self.token, self.settings = hook, source, token, settings
         self._transform = transform
         self._sleep, self._now = sleep, now
+        self.references = ReferenceResolver(self._find_keys)
         self.counts = UpdateCounts()
 
     def run(self) -> UpdateCounts:
@@ -153,23 +155,46 @@ class CaseUpdater:
             self.source.release_updates(self.token)
         return self.counts
 
-    def _chunk(self, chunk: Sequence[UpdateRow]) -> None:
-        cases: dict[str, dict[str, Any]] = {}
-        by_table: dict[str, list[str]] = {}
-        fields: dict[str, tuple[str, ...]] = {}  # what to read of each table's cases (the definition's fields)
+    def _prepare(self, chunk: Sequence[UpdateRow]) -> dict[int, PreparedCase]:
+        """Each row's case as it wants it now, by row id: transformed, its business keys resolved (one look-up per
+        reference table per chunk, cached for the run, as the load does: a key-given reference is compared as the
+        sys_id it names, never as empty). A row that fails either goes back to ``created`` with the reason."""
         prepared: dict[int, PreparedCase] = {}
+        by_id = {update.row.id: update for update in chunk}
         for update in chunk:
             case = self._transform(update.row)
             if isinstance(case, Rejection):
-                self._finish(update, "created", f"update not applied: {case.reason}; fix the row and set status "
-                             "update_pending again")
-                self.counts.refused += 1
+                self._refuse(update, case.reason)
             elif update.sys_id is None:
                 self._finish(update, "failed", "status update_pending without a case (sys_id is NULL): set status "
                              "pending to create one")
                 self.counts.refused += 1
             else:
                 prepared[update.row.id] = case
+        for resolved in self.references.resolve(list(prepared.values())):
+            if isinstance(resolved, Rejection):
+                del prepared[resolved.row_id]
+                self._refuse(by_id[resolved.row_id], resolved.reason)
+            else:
+                prepared[resolved.row_id] = resolved
+        return prepared
+
+    def _refuse(self, update: UpdateRow, reason: str) -> None:
+        self._finish(update, "created", f"update not applied: {reason}; fix the row and set status update_pending "
+                     "again")
+        self.counts.refused += 1
+
+    def _find_keys(self, table: str, key_field: str, keys: list[str]) -> dict[str, list[str]]:
+        return self._read(f"look up {key_field} in {table}", lambda: self.hook.find_by_keys(table, key_field, keys))
+
+    def _chunk(self, chunk: Sequence[UpdateRow]) -> None:
+        cases: dict[str, dict[str, Any]] = {}
+        by_table: dict[str, list[str]] = {}
+        fields: dict[str, tuple[str, ...]] = {}  # what to read of each table's cases (the definition's fields)
+        prepared = self._prepare(chunk)
+        for update in chunk:
+            case = prepared.get(update.row.id)
+            if case is not None and update.sys_id is not None:
                 by_table.setdefault(case.table, []).append(update.sys_id)
                 known = fields.get(case.table, ())
                 fields[case.table] = (*known, *(f for f in updatable_fields(case.body) if f not in known))
