@@ -4,12 +4,14 @@
 2. starts the ServiceNow emulator as a process with about 10 % of requests faulted (mixed kinds) and a rate limit;
 3. runs the DAG (`airflow dags test`, one run claims everything) and SIGKILLs its whole process group mid-load, twice
    (at about 20 % and 55 % of the backlog written back);
-4. runs the DAG again until no row is pending (at most ``--max-runs`` runs), waiting out the dead runs' leases;
+4. runs the DAG again until no row is pending (at most ``--max-runs`` runs); a run after a kill is started so that
+   its claim comes after the dead run's leases ran out (half the first run's start-up before they do);
 5. checks: 0 duplicates (records per correlation id in the emulator, read through the Table API), 0 lost (every
    source row created / rejected / failed, or pending with a reason; every created row linked to its own record),
    and prints peak memory (RSS of the DAG run's process group), runtime, API requests and faults injected.
 
-Exit code 0 when every check passed. ``--rows 10000`` is the CI version (tests/faults/test_soak.py).
+Exit code 0 when every check passed. ``--rows 5000 --lease-seconds 15`` is the CI version
+(tests/faults/test_soak.py).
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ FAULTS = (
     "--rate-limit", "600", "--rate-limit-burst", "50", "--latency-ms", "2",
 )
 CLIENT_TIMEOUT = 2.0
-LEASE_SECONDS = 30
+LEASE_SECONDS = 30  # the default; above settle_seconds (5), as docs/configuration.md asks
 KILL_AT = (0.20, 0.55)
 NO_FAULTS = {name: 0.0 for name in RANDOM_FAULTS} | {"rate_limit_per_second": 0.0}
 
@@ -64,6 +66,7 @@ class Figures:
     runs: list[dict[str, Any]] = field(default_factory=list)
     peak_rss_group: int = 0
     peak_rss_process: int = 0
+    claim_after: float = 0.0  # seconds from the first run's start to its claim (Airflow starting, the extract)
 
 
 class MemoryWatch(threading.Thread):
@@ -99,15 +102,25 @@ def status_counts(conn: psycopg.Connection[Any]) -> Counter[str]:
     return Counter({str(status): int(count) for status, count in rows})
 
 
+def lease_left(conn: psycopg.Connection[Any]) -> float:
+    """Seconds until the last live lease on a pending row runs out (0 when none is live)."""
+    row = conn.execute("SELECT EXTRACT(EPOCH FROM max(lease_expires_at) - now()) FROM ticket_requests "
+                       "WHERE status = 'pending' AND lease_expires_at > now()").fetchone()
+    return float(row[0]) if row and row[0] is not None else 0.0
+
+
 def run_dag(airflow: LocalAirflow, log: Path, figures: Figures, conf: dict[str, Any], *,
             kill_when: int | None, conn: psycopg.Connection[Any]) -> dict[str, Any]:
-    """One DAG run; SIGKILL its process group once ``kill_when`` rows are written back as created, if given."""
+    """One DAG run; SIGKILL its process group once ``kill_when`` rows are written back as created, if given. The
+    first run also measures how long after its start it claimed rows (``figures.claim_after``)."""
     started = time.monotonic()
     process = airflow.start_dag_run(log, conf)
     watch = MemoryWatch(process.pid)
     watch.start()
     killed = False
     while process.poll() is None:
+        if not figures.runs and not figures.claim_after and lease_left(conn) > 0:
+            figures.claim_after = time.monotonic() - started
         if kill_when is not None and status_counts(conn)["created"] >= kill_when:
             os.killpg(process.pid, signal.SIGKILL)
             killed = True
@@ -119,7 +132,8 @@ def run_dag(airflow: LocalAirflow, log: Path, figures: Figures, conf: dict[str, 
     figures.peak_rss_group = max(figures.peak_rss_group, watch.peak_group)
     figures.peak_rss_process = max(figures.peak_rss_process, watch.peak_process)
     run = {"log": log.name, "exit": code, "killed": killed, "seconds": round(time.monotonic() - started, 1),
-           "table": dict(status_counts(conn)), "peak_rss_mb": round(watch.peak_group / 2**20)}
+           "table": dict(status_counts(conn)), "peak_rss_mb": round(watch.peak_group / 2**20),
+           "lease_left": round(lease_left(conn), 1)}
     figures.runs.append(run)
     print(f"  run {len(figures.runs)}: {'SIGKILLed' if killed else f'exit {code}'} after {run['seconds']} s; "
           f"table {run['table']}; peak RSS {run['peak_rss_mb']} MB", flush=True)
@@ -231,6 +245,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--max-runs", type=int, default=8, help="normal runs after the kills, at most")
+    parser.add_argument("--lease-seconds", type=int, default=LEASE_SECONDS,
+                        help=f"the runs' lease, waited out after each kill (default {LEASE_SECONDS}; at least 10)")
     parser.add_argument("--pg-dsn", default=os.environ.get("TICKETSYNC_TEST_PG_DSN",
                                                            "host=127.0.0.1 port=5432 user=postgres dbname=postgres"))
     parser.add_argument("--workdir", type=Path, help="where logs go (default: a temporary directory, kept)")
@@ -249,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     airflow = LocalAirflow(home=args.airflow_home or work / "airflow")
     airflow.migrate()
     # settle_seconds: the emulator's slowest write (2.5 s) stands in for ServiceNow's 60 s transaction quota.
-    conf = {"limit": args.rows + 1, "lease_seconds": LEASE_SECONDS, "settle_seconds": 5}
+    conf = {"limit": args.rows + 1, "lease_seconds": args.lease_seconds, "settle_seconds": 5}
     try:
         with EmulatorProcess(work / "emulator", *FAULTS, "--seed", "20261128") as emulator, \
                 psycopg.connect(**params, autocommit=True) as conn:
@@ -258,7 +274,10 @@ def main(argv: list[str] | None = None) -> int:
             valid = args.rows - len(invalid)
             for number, share in enumerate(KILL_AT, start=1):
                 run_dag(airflow, work / f"killed-{number}.log", figures, conf, kill_when=int(valid * share), conn=conn)
-                time.sleep(LEASE_SECONDS + 1)  # the dead run's rows come back when its lease runs out
+                # The dead run's rows come back when its lease runs out. The next run claims about claim_after
+                # seconds after its start (Airflow starting): start it half of that before the last lease ends. Its
+                # claim takes only rows whose lease has run out, whenever it comes; a later run takes any left.
+                time.sleep(max(0.0, lease_left(conn) + 1 - figures.claim_after / 2))
             for number in range(1, args.max_runs + 1):
                 run = run_dag(airflow, work / f"run-{number}.log", figures, conf, kill_when=None, conn=conn)
                 if run["exit"] == 0 and not status_counts(conn)["pending"]:
@@ -275,6 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     print(summary(figures, result, stats, emulator_rss))
     if args.json:
         args.json.write_text(json.dumps({**result, "runs": figures.runs, "stats": stats,
+                                         "claim_after": round(figures.claim_after, 1),
                                          "peak_rss_group": figures.peak_rss_group,
                                          "peak_rss_process": figures.peak_rss_process,
                                          "seconds": round(time.monotonic() - figures.started, 1)}, indent=1))

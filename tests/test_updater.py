@@ -300,6 +300,25 @@ def test_a_change_made_while_its_update_is_sent_is_not_lost(
     assert execute(source, f"SELECT status, error FROM {source.table}") == [("created", None)]
 
 
+@pytest.mark.parametrize(("settle", "expected"), [(1.5, 1), (0.0, 2)], ids=["settled", "control-checked-too-soon"])
+def test_a_patch_whose_connection_was_lost_is_checked_only_after_it_could_have_landed(
+    source: SourceTable, hook: ServiceNowHook, emulator: RunningEmulator, settle: float, expected: int
+) -> None:
+    """The connection is lost at once while the instance goes on and applies the PATCH 0.7 s later. Checked after
+    settle_seconds, the note is found and not sent again; checked at once (the control), it is not there yet, the
+    PATCH is sent again and the note lands twice."""
+    cases = create_cases(source, hook, 1)
+    request_update(source, 1, notes="Applied late")
+    emulator.set_faults(methods=("PATCH",), cut_then_commit=1.0, slow_before_commit_ms=700, seed=1)
+    settings = UpdateSettings(max_attempts=2, settle_seconds=settle, backoff_base=0.01)
+
+    CaseUpdater(hook, source, "r:update", settings).run()
+
+    emulator.set_faults(cut_then_commit=0)
+    time.sleep(1.0)  # let a late PATCH land
+    assert notes(hook, cases[1]).count("Applied late") == expected
+
+
 CARD = packaged_definition("sn_bom_credit_card_service")
 
 

@@ -80,6 +80,12 @@ def retry_delay() -> timedelta:
     return timedelta(seconds=float(os.environ.get("TICKETSYNC_RETRY_DELAY_SECONDS", "30")))
 
 
+def backoff_base() -> float:
+    """Seconds of the load's first backoff after a transient failure (doubling, full jitter); tests shorten it too.
+    From the environment: no I/O at parse time."""
+    return float(os.environ.get("TICKETSYNC_BACKOFF_BASE_SECONDS", "1"))
+
+
 def sync_params(definition: SyncDefinition) -> dict[str, Param]:
     """The trigger form of a sync DAG."""
     replays = f"{definition.source.table}_replays"
@@ -123,8 +129,8 @@ def sync_params(definition: SyncDefinition) -> dict[str, Param]:
         ),
         "settle_seconds": Param(
             60, type="number", minimum=0, title="Settle (seconds)",
-            description="How long ServiceNow may still write a POST that timed out (its transaction quota); such a "
-            "row is looked up again only after that",
+            description="How long ServiceNow may still apply a POST or PATCH whose answer was lost (its transaction "
+            "quota); such a row is looked up, or its case read, only after that",
         ),
         "defer_after_seconds": Param(
             300, type="number", minimum=0, title="Defer after (seconds)",
@@ -200,7 +206,7 @@ def sync_dag(definition: SyncDefinition) -> DAG:
             max_in_flight="{{ params.max_in_flight }}",
             max_attempts="{{ params.max_attempts }}",
             lease_seconds="{{ params.lease_seconds }}",
-            settle_seconds="{{ params.settle_seconds }}",
+            settle_seconds="{{ params.settle_seconds }}", backoff_base=backoff_base(),
             defer_after_seconds="{{ params.defer_after_seconds }}",
             is_dry_run="{{ params.dry_run }}", limit="{{ params.limit }}", request_ids="{{ params.request_ids }}",
             inlets=[source_asset(source.conn_id, source.table)],
@@ -212,7 +218,8 @@ def sync_dag(definition: SyncDefinition) -> DAG:
         update = ServiceNowUpdateOperator(
             task_id="update", closed_policy="{{ params.closed_policy }}", limit="{{ params.limit }}",
             chunk_size="{{ params.chunk_size }}", lease_seconds="{{ params.lease_seconds }}",
-            max_attempts="{{ params.max_attempts }}", is_dry_run="{{ params.dry_run }}", **on_source,
+            max_attempts="{{ params.max_attempts }}", settle_seconds="{{ params.settle_seconds }}",
+            is_dry_run="{{ params.dry_run }}", **on_source,
         )
         report = SyncReportOperator(
             task_id="report", load_task_id="load", shards_task_id="extract", is_dry_run="{{ params.dry_run }}",

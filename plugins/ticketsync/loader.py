@@ -22,9 +22,9 @@ that is not JSON, a 201 without sys_id) may have created the record, so the row 
 with the look-up again. Rows still failing after the rounds stay ``pending`` with the error and their attempt
 count; once a row has used ``max_attempts`` it becomes ``failed``, but only after a look-up confirmed that no
 record exists. A POST that timed out, lost its connection or got a gateway's 502 / 504 may still be committed by
-the instance after the client gave up (:func:`in_doubt`): that row is looked up again only once ``settle_seconds``
-(ServiceNow's transaction quota) have passed since it was sent;
-the other rows of its retry round go ahead without waiting for it. A POST still refused with 429 after
+the instance after the client gave up (:func:`~ticketsync.hooks.servicenow.errors.in_doubt`): that row is looked
+up again only once ``settle_seconds`` (ServiceNow's transaction quota) have passed since it was sent; the other rows
+of its retry round go ahead without waiting for it. A POST still refused with 429 after
 ``max_rate_limited_waits`` waits stays ``pending`` without using an attempt (nothing was done), so a rate-limit
 storm, however long, never makes a row ``failed``.
 
@@ -63,12 +63,11 @@ from ticketsync.hooks.servicenow import (
     CreatedRecord,
     ExistingRecord,
     ServiceNowConfigurationError,
-    ServiceNowConnectionLost,
     ServiceNowError,
     ServiceNowRateLimited,
     ServiceNowRequestError,
-    ServiceNowTimeout,
     ServiceNowTransientError,
+    in_doubt,
 )
 from ticketsync.models import FieldError, PreparedCase, Rejection, SourceRow, SyncAction, SyncStatus
 from ticketsync.progress import ProgressReporter, ProgressSnapshot, duration
@@ -791,15 +790,6 @@ class _OutcomeWriter:
                 self._error = exc
             finally:
                 self._queue.task_done()
-
-
-def in_doubt(error: BaseException | None) -> bool:
-    """Whether the instance may still be working on a request that got this error, and commit it later: a timeout,
-    a connection lost after the request may have been sent, or a gateway's 502 / 504 (its upstream may still run).
-    Such a POST's row is looked up only once ``settle_seconds`` have passed since it was sent."""
-    if isinstance(error, ServiceNowTimeout | ServiceNowConnectionLost):
-        return True
-    return isinstance(error, ServiceNowTransientError) and error.status in (502, 504)
 
 
 def _waves(ready_at: dict[int, float], now: float, spread: float = 1.0) -> list[tuple[float, list[int]]]:

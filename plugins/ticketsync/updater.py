@@ -17,6 +17,7 @@ from ticketsync.hooks.servicenow import (
     ServiceNowRateLimited,
     ServiceNowRequestError,
     ServiceNowTransientError,
+    in_doubt,
 )
 from ticketsync.models import CaseBody, PreparedCase, Rejection, SourceRow
 from ticketsync.references import ReferenceResolver
@@ -62,7 +63,7 @@ class UpdateSettings:
     max_attempts: int = 5
     closed_policy: Literal["skip", "note_only"] = "skip"
     closed_states: tuple[str, ...] = CLOSED_STATES
-    settle_seconds: float = 5.0
+    settle_seconds: float = 60.0
     clock_skew_seconds: float = 300.0
     backoff_base: float = 0.5
     backoff_cap: float = 30.0
@@ -272,7 +273,10 @@ class CaseUpdater:
             except ServiceNowTransientError as exc:
                 self.counts.lost_answers += 1
                 lost = str(exc)
-                self._sleep(s.settle_seconds + s.backoff_base * 2 ** (attempt - 1))
+                # The instance may still be applying it (a timeout, a lost connection, a gateway's 502/504): wait
+                # until it could have finished before reading the case; an error it answered itself ended it.
+                settle = s.settle_seconds if in_doubt(exc) else 0.0
+                self._sleep(settle + s.backoff_base * 2 ** (attempt - 1))
                 checked = self._check(remaining, started) if s.verify else remaining
                 if checked is None:  # unknown whether it landed: never send again blind
                     break

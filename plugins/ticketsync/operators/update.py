@@ -30,7 +30,8 @@ class ServiceNowUpdateOperator(SourceTaskOperator):
     :param chunk_size: rows per state read (templated).
     :param lease_seconds: how long the claim holds a row (templated).
     :param max_attempts: PATCH attempts per row in this run (templated).
-    :param settle_seconds: wait after a lost answer before checking the case (templated).
+    :param settle_seconds: after a PATCH whose answer was lost while the instance may still apply it (a timeout,
+        a lost connection, a gateway's 502/504), the wait before its case is read (templated; the DAG's param).
     :param is_dry_run: update nothing, send nothing (templated).
     """
 
@@ -42,7 +43,7 @@ class ServiceNowUpdateOperator(SourceTaskOperator):
     def __init__(
         self, *, servicenow_conn_id: str = ServiceNowHook.default_conn_name, closed_policy: str = "skip",
         limit: int | str = 10_000, chunk_size: int | str = 100, lease_seconds: float | str = 900,
-        max_attempts: int | str = 5, settle_seconds: float | str = 5.0, is_dry_run: bool | str = False, **kwargs: Any,
+        max_attempts: int | str = 5, settle_seconds: float | str = 60.0, is_dry_run: bool | str = False, **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.servicenow_conn_id = servicenow_conn_id

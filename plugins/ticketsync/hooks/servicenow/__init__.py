@@ -17,6 +17,7 @@ from ticketsync.hooks.servicenow.errors import (
     ServiceNowTimeout,
     ServiceNowTLSError,
     ServiceNowTransientError,
+    in_doubt,
 )
 from ticketsync.hooks.servicenow.hook import LOOKUP_PAGE, TABLE_NAME, CreatedRecord, ExistingRecord, ServiceNowHook
 
@@ -41,4 +42,5 @@ __all__ = [
     "ServiceNowTLSError",
     "ServiceNowTimeout",
     "ServiceNowTransientError",
+    "in_doubt",
 ]

@@ -68,3 +68,12 @@ class ServiceNowRateLimited(ServiceNowTransientError):
         self.retry_after = retry_after
         self.rule = rule
         self.limit_per_hour = limit_per_hour
+
+
+def in_doubt(error: BaseException | None) -> bool:
+    """Whether the instance may still be working on a request that got this error, and commit it later: a timeout,
+    a connection lost after the request may have been sent, or a gateway's 502 / 504 (its upstream may still run).
+    A write that got one is checked only once ``settle_seconds`` have passed since it was sent (docs/adr/0005)."""
+    if isinstance(error, ServiceNowTimeout | ServiceNowConnectionLost):
+        return True
+    return isinstance(error, ServiceNowTransientError) and error.status in (502, 504)
