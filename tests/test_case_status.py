@@ -4,7 +4,9 @@ PostgreSQL): paged reads, idempotent write-back, the watermark and its overlap, 
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,9 +20,12 @@ from ticketsync.casestatus.models import (
     window_start,
 )
 from ticketsync.casestatus.puller import CaseStatusPuller, StatusSettings
+from ticketsync.definitions import packaged_definition
+from ticketsync.definitions.transform import transform_for
 from ticketsync.hooks.servicenow import ServiceNowHook
 from ticketsync.loader import CaseLoader, LoadSettings
-from ticketsync.source import SourceTable
+from ticketsync.models import PRODUCER_COLUMNS
+from ticketsync.source import Dialect, SourceTable
 from ticketsync_dev.emulator import RunningEmulator
 from ticketsync_dev.samples import sample_requests
 
@@ -291,3 +296,36 @@ def test_the_operator_parses_its_templated_arguments_once_and_names_a_bad_one() 
         CaseStatusOperator(task_id="b", page_size="abc").settings()
     with pytest.raises(InvalidValue, match="overlap_seconds must be a number of seconds, at least 0, got -1"):
         CaseStatusOperator(task_id="c", overlap_seconds=-1).settings()
+
+
+def test_a_definitions_pull_reads_its_own_target_table_for_every_row(
+    hook: ServiceNowHook, emulator: RunningEmulator, tmp_path: Path
+) -> None:
+    """Card rows do not name their table (their target_table column keeps the loan contract's default): the card
+    status pull reads the definition's table; read as the loan's rows are, it would find none of their cases."""
+    card = packaged_definition("sn_bom_credit_card_service")
+    own = [column for column in card.source_columns() if column not in PRODUCER_COLUMNS]
+    path = tmp_path / "cards.db"
+    with SourceTable(lambda: sqlite3.connect(path), Dialect.SQLITE, card.source.table, extra_columns=own) as cards:
+        cards.ensure_schema()
+        cards.insert_requests([
+            {"request_id": f"CARD-{n}", "short_description": "Card blocked", "consumer_number": f"C-{n:04d}",
+             "account_number": f"CC-4000{n:02d}", "priority": "low"} for n in (1, 2, 3)
+        ])
+        cards.claim("t1", limit=3, chunk_size=500, lease_seconds=600)
+        loaded = CaseLoader(hook, cards, "t1", FAST, sleep=lambda _: None, transform=transform_for(card)).run()
+        assert loaded.as_dict()["created"] == 3
+        sys_ids = [r["sys_id"] for r in emulator.store.records(card.target_table)]
+        emulator.work(card.target_table, sys_ids[0], state="10")
+
+        as_loan = CaseStatusPuller(hook, cards, "servicenow_default", StatusSettings()).run().as_dict()  # control
+        assert (as_loan["cases_read"], as_loan["rows_changed"]) == (0, 0)
+        assert {row["case_state"] for row in rows(cards).values()} == {None}
+
+        puller = CaseStatusPuller(hook, cards, "servicenow_default", StatusSettings(), target_table=card.target_table)
+        counts = puller.run().as_dict()
+        assert puller.tables() == [card.target_table]
+        assert (counts["cases_read"], counts["rows_changed"], counts["verified"], counts["not_found"]) == (3, 3, 3, 0)
+        states = {row["sys_id"]: (row["case_state"], row["case_state_label"]) for row in rows(cards).values()}
+        assert states == {sys_ids[0]: ("10", "Open"), sys_ids[1]: ("1", "New"), sys_ids[2]: ("1", "New")}
+        assert cards.status_pull(f"servicenow_default/{card.target_table}").watermark is not None

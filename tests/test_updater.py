@@ -6,6 +6,7 @@ is appended twice (the control)."""
 from __future__ import annotations
 
 import json
+import sqlite3
 import threading
 import time
 from collections.abc import Iterator
@@ -15,14 +16,18 @@ from typing import Any
 import pytest
 
 from tests.conftest import new_source
+from ticketsync.definitions import packaged_definition
+from ticketsync.definitions.transform import transform_for
 from ticketsync.hooks.servicenow import ServiceNowHook, ServiceNowTransientError
 from ticketsync.loader import CaseLoader, LoadSettings
+from ticketsync.models import PRODUCER_COLUMNS
 from ticketsync.source import Dialect, SourceTable
 from ticketsync.source.updates import CHANGED_DURING_UPDATE
 from ticketsync.updater import CaseUpdater, UpdateSettings, plan_updates
 from ticketsync.updates import UPDATABLE_FIELDS as UPDATABLE
 from ticketsync.updates import Snapshot
 from ticketsync_dev.emulator import RunningEmulator
+from ticketsync_dev.emulator.reference import seeded_sys_id
 from ticketsync_dev.samples import sample_requests
 
 TABLE = "sn_bom_loan_service"
@@ -312,3 +317,72 @@ def test_a_patch_whose_connection_was_lost_is_checked_only_after_it_could_have_l
     emulator.set_faults(cut_then_commit=0)
     time.sleep(1.0)  # let a late PATCH land
     assert notes(hook, cases[1]).count("Applied late") == expected
+
+
+CARD = packaged_definition("sn_bom_credit_card_service")
+
+
+@pytest.fixture
+def card_source(tmp_path: Path) -> Iterator[SourceTable]:
+    """The credit card definition's source table (its own columns description and priority), on SQLite."""
+    own = [column for column in CARD.source_columns() if column not in PRODUCER_COLUMNS]
+    path = tmp_path / "cards.db"
+    table = SourceTable(lambda: sqlite3.connect(path), Dialect.SQLITE, CARD.source.table, extra_columns=own)
+    table.ensure_schema()
+    yield table
+    table.close()
+
+
+def card_request(n: int) -> dict[str, str]:
+    """A card request by business keys only (no sys_id), as the card producer writes it."""
+    return {
+        "request_id": f"CARD-{n}", "source_system": "cards-crm", "short_description": f"Card blocked ({n})",
+        "description": "Declined abroad", "consumer_number": f"C-{n:04d}", "account_number": f"CC-4000{n:02d}",
+        "assignment_group_name": "Card Services", "contact_type": "phone", "priority": "High", "notes": "Called in",
+    }
+
+
+def test_a_card_rows_changed_description_is_patched_alone_with_its_definitions_fields(
+    card_source: SourceTable, hook: ServiceNowHook, emulator: RunningEmulator
+) -> None:
+    transform = transform_for(CARD)
+    card_source.insert_requests([card_request(1), card_request(2)])
+    card_source.claim("t1", limit=2, chunk_size=500, lease_seconds=600)
+    assert CaseLoader(hook, card_source, "t1", FAST, sleep=lambda _: None, transform=transform).run().as_dict()[
+        "created"] == 2
+    ids = {str(r[0]): (int(r[1]), str(r[2])) for r in execute(card_source, "SELECT request_id, id, sys_id FROM "
+                                                                           f"{card_source.table}")}
+    row_id, sys_id = ids["CARD-1"]
+    sent = Snapshot.from_json(execute(card_source, f"SELECT sent_fields FROM {card_source.table} WHERE id = ?",
+                                      (row_id,))[0][0])
+    assert sent is not None
+    assert set(sent.fields) == set(CARD.updatable_fields())  # the definition's fields, not the loan's
+    assert {"description", "priority"} <= set(sent.fields)
+    assert not {"category", "product", "work_notes"} & set(sent.fields)  # a constant, unmapped, a journal input
+    # an agent changes what the row did not: an update that sent those fields (or the key-given references as
+    # empty) would overwrite the agent's work or clear the case's consumer
+    emulator.work(CARD.target_table, sys_id, short_description="Card blocked, customer abroad", priority="1")
+    before = hook.get_record(CARD.target_table, sys_id)
+    request_update(card_source, row_id, description="Declined abroad; the card is now blocked")
+    methods = dict(emulator.stats()["by_method"])
+
+    counts = CaseUpdater(hook, card_source, "u1:update", QUICK, transform=transform).run().as_dict()
+
+    by_method = emulator.stats()["by_method"]
+    assert (counts["updated"], counts["patches"], counts["refused"]) == (1, 1, 0), counts
+    assert by_method.get("PATCH", 0) == methods.get("PATCH", 0) + 1
+    assert by_method.get("POST", 0) == methods.get("POST", 0)  # no case created
+    after = hook.get_record(CARD.target_table, sys_id)
+    assert after["description"] == "Declined abroad; the card is now blocked"
+    unchanged = [k for k in before if k == "sys_id" or not k.startswith("sys_")]  # the instance stamps sys_ fields
+    assert len(unchanged) > 10
+    assert {k: after[k] for k in unchanged if k != "description"} == {
+        k: before[k] for k in unchanged if k != "description"}
+    assert (after["priority"], after["short_description"]) == ("1", "Card blocked, customer abroad")
+    assert after["consumer"] == seeded_sys_id("csm_consumer", "C-0001")
+    [(status, error)] = execute(card_source, f"SELECT status, error FROM {card_source.table} WHERE id = ?", (row_id,))
+    assert (status, error) == ("created", None)
+    # a changed priority (a label the definition maps) is the definition's field too: PATCHed by its value
+    request_update(card_source, row_id, priority="low")
+    assert CaseUpdater(hook, card_source, "u2:update", QUICK, transform=transform).run().as_dict()["updated"] == 1
+    assert hook.get_record(CARD.target_table, sys_id)["priority"] == "4"

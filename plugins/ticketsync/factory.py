@@ -1,6 +1,7 @@
-"""The DAG factory: one sync DAG per sync definition (docs/definitions.md, docs/adr/0017).
+"""The DAG factory: one sync DAG and one status DAG per sync definition (docs/definitions.md, docs/adr/0017).
 
-Called at DAG-parse time by ``dags/servicenow_ticket_sync.py``. The only I/O is reading the definition files: the
+Called at DAG-parse time by ``dags/servicenow_ticket_sync.py`` (the sync DAGs) and ``dags/servicenow_case_status.py``
+(the status DAGs). The only I/O is reading the definition files: the
 ones shipped in :mod:`ticketsync.definitions`, and those of the folder named by the environment variable
 ``TICKETSYNC_DEFINITIONS_DIR`` if it is set. No connection, Variable or database is read here. An invalid
 definition raises :class:`~ticketsync.definitions.DefinitionError` naming the file, the field and the rule, which
@@ -16,7 +17,7 @@ from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
-from airflow.sdk import DAG, Param
+from airflow.sdk import DAG, AssetOrTimeSchedule, CronTriggerTimetable, Param
 
 from ticketsync.alerts import TicketSyncFailureNotifier
 from ticketsync.assets import cases_created_alias, servicenow_asset, source_asset
@@ -31,6 +32,7 @@ from ticketsync.models import PRODUCER_COLUMNS
 from ticketsync.operators.extract import ClaimRequestsOperator
 from ticketsync.operators.load import ServiceNowLoadOperator
 from ticketsync.operators.report import SyncReportOperator
+from ticketsync.operators.status import CaseStatusOperator
 from ticketsync.operators.update import ServiceNowUpdateOperator
 from ticketsync.operators.validate import ValidateRequestsOperator
 
@@ -229,6 +231,85 @@ def sync_dag(definition: SyncDefinition) -> DAG:
     return dag
 
 
+STATUS_DOC = """
+### ServiceNow case status: {target_table}
+
+The state of the `{target_table}` cases that `{sync_dag_id}` created flows back into their `{source_table}` rows
+(connection `{source_conn_id}`): `case_state` (the value, e.g. `10`), `case_state_label` (e.g. `Open`),
+`case_updated_at` (the case's `sys_updated_on`, UTC) and `case_checked_at` (when this DAG wrote it).
+
+Every 5 minutes, and whenever the sync DAG created cases (its outlet Asset `{cases_asset}`), `pull` reads the cases
+changed since its watermark less an overlap, in pages, and writes a row only when its case changed; the watermark
+moves in the same transaction as each page's write-back. It then checks that a slice of the stored cases still
+exists: a case deleted on the instance is reported in its row's `error`, its last known state kept.
+Built from the sync definition `{sync_dag_id}`; docs/case-status.md has the details.
+"""
+
+
+def status_params() -> dict[str, Param]:
+    """The trigger form of a status DAG."""
+    return {
+        "page_size": Param(1000, type="integer", minimum=1, maximum=10_000, title="Page size",
+                           description="Cases per list request"),
+        "overlap_seconds": Param(
+            600, type="integer", minimum=0, title="Overlap (seconds)",
+            description="How far before its watermark each pull starts again, so that a change stamped in a "
+            "second already read, or committed late, is not lost",
+        ),
+        "max_pages": Param(100, type="integer", minimum=1, title="Pages per run",
+                           description="Most pages per instance table and run; the next run goes on"),
+        "verify_batch": Param(
+            1000, type="integer", minimum=0, title="Existence check",
+            description="Stored cases one run checks still exist on the instance (0: none)",
+        ),
+    }
+
+
+def status_dag(definition: SyncDefinition) -> DAG:
+    """The status DAG of one definition: the states of its target table's cases back into its source rows, every
+    5 minutes and on its sync DAG's cases Asset; lineage: the instance table in, the source table out."""
+    source = definition.source
+    conn_id = ServiceNowHook.default_conn_name
+    cases = servicenow_asset(conn_id, definition.target_table)
+    with DAG(
+        dag_id=definition.status_id(),
+        description=f"ServiceNow {definition.target_table} case states -> their {source.table} rows",
+        doc_md=STATUS_DOC.format(
+            target_table=definition.target_table, source_table=source.table, source_conn_id=source.conn_id,
+            sync_dag_id=definition.dag_id, cases_asset=cases.uri,
+        ),
+        schedule=AssetOrTimeSchedule(
+            timetable=CronTriggerTimetable("*/5 * * * *", timezone="UTC"), assets=cases
+        ),
+        start_date=datetime(2026, 1, 1),
+        catchup=False,
+        max_active_runs=1,
+        tags=["servicenow", "ticketsync", "fso"],
+        default_args={
+            "owner": "data-engineering",
+            "retries": 2,
+            "retry_delay": retry_delay(),
+            "retry_exponential_backoff": True,
+            "max_retry_delay": timedelta(minutes=10),
+            "on_failure_callback": TicketSyncFailureNotifier(),
+        },
+        params=status_params(),
+    ) as dag:
+        CaseStatusOperator(
+            task_id="pull",
+            page_size="{{ params.page_size }}",
+            overlap_seconds="{{ params.overlap_seconds }}",
+            max_pages="{{ params.max_pages }}",
+            verify_batch="{{ params.verify_batch }}",
+            source_conn_id=source.conn_id,
+            source_table=source.table,
+            definition=definition.model_dump(mode="json"),
+            inlets=[cases],
+            outlets=[source_asset(source.conn_id, source.table)],
+        )
+    return dag
+
+
 def definition_files(extra_folder: str | None = None) -> list[Path | Traversable]:
     """The shipped definition files, and the ``*.yaml`` files of ``extra_folder`` (default: the folder named by
     ``TICKETSYNC_DEFINITIONS_DIR``, if set)."""
@@ -242,9 +323,28 @@ def definition_files(extra_folder: str | None = None) -> list[Path | Traversable
     return files
 
 
-def sync_dags(extra_folder: str | None = None) -> Mapping[str, DAG]:
-    """One sync DAG per definition, by DAG id (the shipped ones, then the extra folder's)."""
-    named = load_named_definitions(definition_files(extra_folder), by_name=False)  # the shipped ones first
+def definitions(extra_folder: str | None = None) -> list[SyncDefinition]:
+    """The definitions (the shipped ones first, then the extra folder's), checked: their source columns, and no DAG
+    id (sync or status) given twice."""
+    named = load_named_definitions(definition_files(extra_folder), by_name=False)
+    taken: dict[str, str] = {}
     for name, definition in named:
         check_source_columns(definition, name)
-    return {definition.dag_id: sync_dag(definition) for _, definition in named}
+        for where, dag_id in (("dag_id", definition.dag_id), ("status_dag_id", definition.status_id())):
+            if dag_id in taken:
+                raise DefinitionError(
+                    f"invalid sync definition: {name}: {where}: {dag_id!r} is also the {taken[dag_id]}; give "
+                    "status_dag_id another DAG id"
+                )
+            taken[dag_id] = f"{where} of {name}"
+    return [definition for _, definition in named]
+
+
+def sync_dags(extra_folder: str | None = None) -> Mapping[str, DAG]:
+    """One sync DAG per definition, by DAG id (the shipped ones, then the extra folder's)."""
+    return {definition.dag_id: sync_dag(definition) for definition in definitions(extra_folder)}
+
+
+def status_dags(extra_folder: str | None = None) -> Mapping[str, DAG]:
+    """One status DAG per definition, by DAG id: the loan's is ``servicenow_case_status``."""
+    return {definition.status_id(): status_dag(definition) for definition in definitions(extra_folder)}

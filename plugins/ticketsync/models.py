@@ -18,7 +18,7 @@ import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, PlainValidator
 
@@ -273,6 +273,20 @@ class CaseBody(BaseModel):
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
+    # The case fields an update may change (:mod:`ticketsync.updates`): every body field but the correlation id (the
+    # case's identity, never rewritten) and work_notes (a journal input, compared as the note). A definition's body
+    # (:class:`ticketsync.definitions.transform.DefinitionTransform`) has its own: the definition's mapped fields.
+    updatable_fields: ClassVar[tuple[str, ...]] = (
+        "correlation_display",
+        "short_description",
+        "consumer",
+        "sold_product",
+        "assignment_group",
+        "contact_type",
+        "product",
+        "service_definition",
+        "category",
+    )
 
     correlation_id: RequestId
     correlation_display: Correlation = None

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -20,6 +20,7 @@ from ticketsync.hooks.servicenow import (
     in_doubt,
 )
 from ticketsync.models import CaseBody, PreparedCase, Rejection, SourceRow
+from ticketsync.references import ReferenceResolver
 from ticketsync.source.updates import UpdateOutcome, UpdateRow, UpdateRows
 from ticketsync.throttle import backoff_delay
 from ticketsync.transform import prepare
@@ -32,12 +33,18 @@ from ticketsync.updates import (
     is_closed,
     plan_update,
     still_missing,
+    updatable_fields,
 )
 
 LOST_PREFIX = "update answer lost"
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
-CASE_FIELDS: tuple[str, ...] = ("sys_id", "number", "state", "active", *UPDATABLE_FIELDS)
+CASE_FIELDS: tuple[str, ...] = ("sys_id", "number", "state", "active", *UPDATABLE_FIELDS)  # of a loan case
+
+
+def case_fields(updatable: Iterable[str]) -> tuple[str, ...]:
+    """The fields an update reads of a case: its identity, state, and the fields the update may change."""
+    return ("sys_id", "number", "state", "active", *updatable)
 
 
 @dataclass(frozen=True)
@@ -132,6 +139,7 @@ class CaseUpdater:
         self.hook, self.source, self.token, self.settings = hook, source, token, settings
         self._transform = transform
         self._sleep, self._now = sleep, now
+        self.references = ReferenceResolver(self._find_keys)
         self.counts = UpdateCounts()
 
     def run(self) -> UpdateCounts:
@@ -148,27 +156,53 @@ class CaseUpdater:
             self.source.release_updates(self.token)
         return self.counts
 
-    def _chunk(self, chunk: Sequence[UpdateRow]) -> None:
-        cases: dict[str, dict[str, Any]] = {}
-        by_table: dict[str, list[str]] = {}
+    def _prepare(self, chunk: Sequence[UpdateRow]) -> dict[int, PreparedCase]:
+        """Each row's case as it wants it now, by row id: transformed, its business keys resolved (one look-up per
+        reference table per chunk, cached for the run, as the load does: a key-given reference is compared as the
+        sys_id it names, never as empty). A row that fails either goes back to ``created`` with the reason."""
         prepared: dict[int, PreparedCase] = {}
+        by_id = {update.row.id: update for update in chunk}
         for update in chunk:
             case = self._transform(update.row)
             if isinstance(case, Rejection):
-                self._finish(update, "created", f"update not applied: {case.reason}; fix the row and set status "
-                             "update_pending again")
-                self.counts.refused += 1
+                self._refuse(update, case.reason)
             elif update.sys_id is None:
                 self._finish(update, "failed", "status update_pending without a case (sys_id is NULL): set status "
                              "pending to create one")
                 self.counts.refused += 1
             else:
                 prepared[update.row.id] = case
+        for resolved in self.references.resolve(list(prepared.values())):
+            if isinstance(resolved, Rejection):
+                del prepared[resolved.row_id]
+                self._refuse(by_id[resolved.row_id], resolved.reason)
+            else:
+                prepared[resolved.row_id] = resolved
+        return prepared
+
+    def _refuse(self, update: UpdateRow, reason: str) -> None:
+        self._finish(update, "created", f"update not applied: {reason}; fix the row and set status update_pending "
+                     "again")
+        self.counts.refused += 1
+
+    def _find_keys(self, table: str, key_field: str, keys: list[str]) -> dict[str, list[str]]:
+        return self._read(f"look up {key_field} in {table}", lambda: self.hook.find_by_keys(table, key_field, keys))
+
+    def _chunk(self, chunk: Sequence[UpdateRow]) -> None:
+        cases: dict[str, dict[str, Any]] = {}
+        by_table: dict[str, list[str]] = {}
+        fields: dict[str, tuple[str, ...]] = {}  # what to read of each table's cases (the definition's fields)
+        prepared = self._prepare(chunk)
+        for update in chunk:
+            case = prepared.get(update.row.id)
+            if case is not None and update.sys_id is not None:
                 by_table.setdefault(case.table, []).append(update.sys_id)
+                known = fields.get(case.table, ())
+                fields[case.table] = (*known, *(f for f in updatable_fields(case.body) if f not in known))
         for table, sys_ids in by_table.items():  # one sys_idIN read per chunk and table: state, active, fields
             query = "sys_idIN" + ",".join(sys_ids)
             found = self._read(f"read {len(sys_ids)} cases of {table}", partial(
-                self.hook.list_records, table, query=query, fields=CASE_FIELDS, limit=len(sys_ids)))
+                self.hook.list_records, table, query=query, fields=case_fields(fields[table]), limit=len(sys_ids)))
             for record in found:
                 cases[str(record.get("sys_id"))] = {key: str(value or "") for key, value in record.items()}
         for update in chunk:
@@ -191,7 +225,7 @@ class CaseUpdater:
             sys_id = update.sys_id
             entries = self._read(f"read the journal of {sys_id}", lambda: self.hook.journal_entries(table, sys_id))
             journal = [e["value"] for e in entries]
-            sent = sent or baseline(case, journal, None)
+            sent = sent or baseline(case, journal, None, updatable_fields(body))
             plan = plan_update(update.row.id, update.sys_id, table, body, sent)
             plan = still_missing(plan, case, journal)  # what an earlier run's lost answer applied is not sent
         else:
@@ -260,7 +294,7 @@ class CaseUpdater:
         since = (started - timedelta(seconds=self.settings.clock_skew_seconds)).strftime("%Y-%m-%d %H:%M:%S")
         try:
             case = self._read(f"read case {plan.sys_id}", lambda: self.hook.get_record(
-                plan.table, plan.sys_id, CASE_FIELDS))
+                plan.table, plan.sys_id, case_fields(plan.desired.fields)))
             journal = self._read(f"read the journal of {plan.sys_id}", lambda: self.hook.journal_entries(
                 plan.table, plan.sys_id, since=since)) if plan.note else []
         except ServiceNowTransientError:

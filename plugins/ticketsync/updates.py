@@ -9,19 +9,9 @@ from dataclasses import dataclass, field, replace
 
 from ticketsync.models import CaseBody
 
-# The case fields an update may change: every body field but the correlation id (the case's identity, never
-# rewritten) and work_notes (a journal input, compared as the note).
-UPDATABLE_FIELDS: tuple[str, ...] = (
-    "correlation_display",
-    "short_description",
-    "consumer",
-    "sold_product",
-    "assignment_group",
-    "contact_type",
-    "product",
-    "service_definition",
-    "category",
-)
+# The loan's updatable fields (the ``ticket_requests`` contract); a definition's body type carries its own
+# (:attr:`ticketsync.models.CaseBody.updatable_fields`, :meth:`ticketsync.definitions.SyncDefinition.updatable_fields`).
+UPDATABLE_FIELDS: tuple[str, ...] = CaseBody.updatable_fields
 CLOSED_STATES: tuple[str, ...] = ("3", "7")  # CSM Closed, Cancelled
 _JSON = json.JSONEncoder(ensure_ascii=False)  # json.dumps(..., ensure_ascii=False) without a new encoder each time
 
@@ -51,10 +41,15 @@ class Snapshot:
         return cls(fields=fields, note=None if note is None else str(note))
 
 
+def updatable_fields(body: CaseBody) -> tuple[str, ...]:
+    """The fields an update of this body's case may change: its type's (the loan's, or its definition's)."""
+    return type(body).updatable_fields
+
+
 def desired_fields(body: CaseBody) -> dict[str, str]:
     """The updatable fields as the row wants them; a field the row left empty is wanted empty ("")."""
     sent = body.to_json()
-    return {name: sent.get(name, "") for name in UPDATABLE_FIELDS}
+    return {name: sent.get(name, "") for name in updatable_fields(body)}
 
 
 def created_snapshot(body: CaseBody) -> Snapshot:
@@ -67,10 +62,14 @@ def same_note(a: str | None, b: str | None) -> bool:
     return (a or "").strip() == (b or "").strip()
 
 
-def baseline(case_fields: Mapping[str, str], journal_values: Iterable[str], note: str | None) -> Snapshot:
-    """The snapshot of a row synced before snapshots existed: the case's current fields, and the row's note counted
-    as sent when the case's journal already holds it (it was posted as the create's ``work_notes``)."""
-    fields = {name: str(case_fields.get(name) or "") for name in UPDATABLE_FIELDS}
+def baseline(
+    case_fields: Mapping[str, str], journal_values: Iterable[str], note: str | None,
+    updatable: Iterable[str] = UPDATABLE_FIELDS,
+) -> Snapshot:
+    """The snapshot of a row synced before snapshots existed: the case's current ``updatable`` fields (the loan's
+    by default), and the row's note counted as sent when the case's journal already holds it (it was posted as the
+    create's ``work_notes``)."""
+    fields = {name: str(case_fields.get(name) or "") for name in updatable}
     held = note is not None and any(same_note(note, value) for value in journal_values)
     return Snapshot(fields=fields, note=note if held else None)
 

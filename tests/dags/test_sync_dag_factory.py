@@ -34,11 +34,35 @@ def dagbag() -> Iterator[Any]:
         yield parse(monkeypatch)
 
 
-def test_each_shipped_definition_is_a_dag_of_its_own(dagbag: Any) -> None:
+def test_each_shipped_definition_is_a_sync_dag_and_a_status_dag_of_its_own(dagbag: Any) -> None:
     assert dagbag.import_errors == {}
-    sync = {dag_id for dag_id in dagbag.dags if dag_id != "servicenow_case_status"}
-    assert sync == {"servicenow_ticket_sync", "servicenow_credit_card_sync"}
-    assert {Path(dagbag.dags[dag_id].fileloc).name for dag_id in sync} == {"servicenow_ticket_sync.py"}
+    files = {dag_id: Path(dag.fileloc).name for dag_id, dag in dagbag.dags.items()}
+    assert files == {
+        "servicenow_ticket_sync": "servicenow_ticket_sync.py",
+        "servicenow_credit_card_sync": "servicenow_ticket_sync.py",
+        "servicenow_case_status": "servicenow_case_status.py",  # the loan's, named in its definition
+        "servicenow_credit_card_status": "servicenow_case_status.py",  # derived: _sync -> _status
+    }
+
+
+def test_the_credit_card_status_dag_follows_its_own_tables(dagbag: Any) -> None:
+    from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable
+
+    loan, card = dagbag.dags["servicenow_case_status"], dagbag.dags["servicenow_credit_card_status"]
+    timetable = card.timetable
+    assert isinstance(timetable, AssetOrTimeSchedule)
+    assert isinstance(timetable.timetable, CronTriggerTimetable)
+    assert timetable.timetable.expression == "*/5 * * * *"
+    assert timetable.asset_condition.uri == "servicenow://servicenow_default/sn_bom_credit_card_service"
+    pull = card.get_task("pull")
+    assert [asset.uri for asset in pull.inlets] == ["servicenow://servicenow_default/sn_bom_credit_card_service"]
+    assert [asset.uri for asset in pull.outlets] == ["ticketsync://ticket_source/card_service_requests"]
+    assert (pull.source_conn_id, pull.source_table) == ("ticket_source", "card_service_requests")
+    assert pull.target_table() == "sn_bom_credit_card_service"  # every card row's case is in the card table
+    assert loan.get_task("pull").target_table() is None  # a loan row names its table (target_table)
+    assert list(card.params) == list(loan.params)
+    assert "`card_service_requests`" in card.doc_md
+    assert "`servicenow_credit_card_sync`" in card.doc_md
 
 
 def test_the_credit_card_dag_has_its_own_source_assets_and_params(dagbag: Any) -> None:
@@ -76,6 +100,9 @@ def test_a_definition_in_the_extra_folder_becomes_a_dag(monkeypatch: pytest.Monk
     assert [asset.uri for asset in load.inlets] == ["ticketsync://disputes_source/card_disputes"]
     assert [outlet.name for outlet in load.outlets] == ["servicenow_default.sn_bom_credit_card_dispute.cases"]
     assert {"servicenow_ticket_sync", "servicenow_credit_card_sync"} <= set(bag.dags)
+    status = bag.dags["servicenow_card_dispute_status"].get_task("pull")
+    assert [asset.uri for asset in status.inlets] == ["servicenow://servicenow_default/sn_bom_credit_card_dispute"]
+    assert [asset.uri for asset in status.outlets] == ["ticketsync://disputes_source/card_disputes"]
 
 
 @pytest.mark.parametrize(
@@ -89,6 +116,12 @@ def test_a_definition_in_the_extra_folder_becomes_a_dag(monkeypatch: pytest.Monk
          "disputes.yaml: fields.priority.column: 'urgency' is not a column of the source table's schema"),
         (("dag_id: servicenow_card_dispute_sync", "dag_id: servicenow_ticket_sync"),
          "disputes.yaml: dag_id: 'servicenow_ticket_sync' is also the dag_id of"),
+        (("dag_id: servicenow_card_dispute_sync", "dag_id: servicenow_card_dispute_sync\nstatus_dag_id: "
+          "servicenow_case_status"),
+         "disputes.yaml: status_dag_id: 'servicenow_case_status' is also the status_dag_id of "),
+        (("dag_id: servicenow_card_dispute_sync", "dag_id: servicenow_card_dispute_sync\nstatus_dag_id: "
+          "servicenow_card_dispute_sync"),
+         "disputes.yaml: status_dag_id: 'servicenow_card_dispute_sync' is the dag_id of the sync DAG"),
     ],
 )
 def test_an_invalid_definition_fails_the_import_naming_file_field_and_rule(
@@ -98,8 +131,10 @@ def test_an_invalid_definition_fails_the_import_naming_file_field_and_rule(
     assert change[0] in text
     (tmp_path / "disputes.yaml").write_text(text.replace(*change), encoding="utf-8")
     bag = parse(monkeypatch, tmp_path)
-    [(path, error)] = bag.import_errors.items()
-    assert Path(path).name == "servicenow_ticket_sync.py"
-    assert "invalid sync definition: " in error
-    assert message in error, error
+    # both DAG files are built from the definitions: both fail, with the same message
+    assert {Path(path).name for path in bag.import_errors} == {"servicenow_ticket_sync.py", "servicenow_case_status.py"}
+    for error in bag.import_errors.values():
+        assert "invalid sync definition: " in error
+        assert message in error, error
     assert "servicenow_card_dispute_sync" not in bag.dags
+    assert "servicenow_card_dispute_status" not in bag.dags

@@ -6,8 +6,9 @@ from pathlib import Path
 
 from ticketsync.definitions import load_definition, packaged_definition
 from ticketsync.definitions.transform import DefinitionTransform, transform_for
-from ticketsync.models import PreparedCase, Rejection, SourceRow
+from ticketsync.models import CaseBody, PreparedCase, Rejection, SourceRow
 from ticketsync.transform import prepare
+from ticketsync.updates import UPDATABLE_FIELDS, desired_fields
 
 REPO = Path(__file__).resolve().parents[2]
 CARD = packaged_definition("sn_bom_credit_card_service")
@@ -77,3 +78,23 @@ def test_the_loan_definition_keeps_its_own_transform() -> None:
     assert transform_for(packaged_definition("sn_bom_loan_service")) is prepare
     assert transform_for(None) is prepare
     assert transform_for(CARD) is not prepare
+
+
+def test_an_update_may_change_the_definitions_mapped_fields_and_the_loans_stay_as_they_were() -> None:
+    card = DefinitionTransform(CARD).prepare(card_row())
+    assert isinstance(card, PreparedCase)
+    assert type(card.body).updatable_fields == CARD.updatable_fields() == (
+        "correlation_display", "short_description", "description", "consumer", "sold_product", "assignment_group",
+        "service_definition", "contact_type", "priority")  # not category (a constant), not work_notes (the note)
+    assert desired_fields(card.body)["description"] == "Declined abroad"
+    assert "category" not in desired_fields(card.body)
+    # the rule gives the loan definition exactly the fields the loan's updates always changed
+    assert set(packaged_definition("sn_bom_loan_service").updatable_fields()) == set(UPDATABLE_FIELDS)
+    assert CaseBody.updatable_fields == UPDATABLE_FIELDS
+    assert "description" not in UPDATABLE_FIELDS  # control: the loan's own list does not have the card's fields
+
+
+def test_the_status_dag_id_is_named_or_derived() -> None:
+    assert packaged_definition("sn_bom_loan_service").status_id() == "servicenow_case_status"
+    assert CARD.status_id() == "servicenow_credit_card_status"
+    assert CARD.model_copy(update={"dag_id": "cards"}).status_id() == "cards_status"

@@ -4,6 +4,7 @@ factory), through the real DAG run (`airflow dags test`) on PostgreSQL, against 
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import uuid
 from collections import Counter
@@ -160,3 +161,58 @@ def test_the_credit_card_definition_syncs_end_to_end_through_its_own_dag(
         assert asset_events(airflow_home, CARD_ASSET_URI, before) == []
     print(f"\ncredit card sync end to end: {len(good)} cases created in {TABLE}, {len(bad)} rejected, "
           f"Asset event {event['extra']}")
+
+
+STATUS_DAG_ID = "servicenow_credit_card_status"
+
+
+def case_states(source: SourceTable) -> dict[str, tuple[Any, ...]]:
+    with source._transaction() as cursor:
+        cursor.execute(f"SELECT request_id, status, case_state, case_state_label, error FROM {SOURCE_TABLE}")
+        return {row[0]: row[1:] for row in cursor.fetchall()}
+
+
+def test_the_card_status_dag_brings_a_worked_case_back_and_an_update_patches_only_the_changed_field(
+    airflow_home: Path, card_source: tuple[SourceTable, str], tmp_path: Path
+) -> None:
+    """The card definition's own status DAG writes its cases' states into card_service_requests, and its sync DAG's
+    update task PATCHes a card row's changed description alone (the definition's fields and transform)."""
+    source, conn = card_source
+    source.insert_requests(card_requests()[:3])
+    with EmulatorProcess(tmp_path / "emulator") as emulator:
+        connections = {"ticket_source": conn, "servicenow_default": emulator.connection()}
+        sync = LocalAirflow(home=airflow_home, dag_id=DAG_ID, connections=connections)
+        status = LocalAirflow(home=airflow_home, dag_id=STATUS_DAG_ID, connections=connections)
+        assert sync.run_dag(tmp_path / "sync1.log") == 0, (tmp_path / "sync1.log").read_text()[-5000:]
+        sys_ids = {request_id: row["sys_id"] for request_id, row in state(source).items()}
+        assert len(sys_ids) == 3
+        assert all(sys_ids.values())
+
+        # an agent works one case; the card status DAG brings every case's state back into the card rows
+        emulator.work(TABLE, sys_ids["CARD-001"], state="10")
+        assert status.run_dag(tmp_path / "status.log") == 0, (tmp_path / "status.log").read_text()[-5000:]
+        states = case_states(source)
+        assert states["CARD-001"] == ("created", "10", "Open", None)
+        assert states["CARD-002"] == states["CARD-003"] == ("created", "1", "New", None)
+        assert re.search(r"^rows changed\s+3$", (tmp_path / "status.log").read_text(), re.MULTILINE)
+
+        # the producer changes a card row's description: one PATCH with that field alone, no POST
+        before = {record["sys_id"]: record for record in emulator.records(TABLE)}[sys_ids["CARD-002"]]
+        with source._transaction() as cursor:
+            cursor.execute(
+                f"UPDATE {SOURCE_TABLE} SET description = %s, status = 'update_pending' WHERE request_id = %s",
+                ("The card was declined abroad; the customer is home again", "CARD-002"),
+            )
+        methods = dict(emulator.stats()["by_method"])
+        assert sync.run_dag(tmp_path / "sync2.log") == 0, (tmp_path / "sync2.log").read_text()[-5000:]
+        by_method = emulator.stats()["by_method"]
+        assert by_method.get("PATCH", 0) == methods.get("PATCH", 0) + 1
+        assert by_method.get("POST", 0) == methods.get("POST", 0)
+        after = {record["sys_id"]: record for record in emulator.records(TABLE)}[sys_ids["CARD-002"]]
+    assert after["description"] == "The card was declined abroad; the customer is home again"
+    kept = [key for key in before if key == "sys_id" or not key.startswith("sys_")]  # sys_ fields: the instance's
+    assert {"consumer", "sold_product", "assignment_group", "priority", "short_description"} <= set(kept)
+    assert {key: after[key] for key in kept if key != "description"} == {
+        key: before[key] for key in kept if key != "description"}
+    assert case_states(source)["CARD-002"] == ("created", "1", "New", None)
+    print(f"\ncard status and update end to end: states {states}; one PATCH, {by_method}")

@@ -98,6 +98,8 @@ class CaseStatusPuller:
     :param source: the source table, with the case status columns (schema version 3 or later)
     :param instance: names the instance in the watermark key (the ServiceNow connection id)
     :param settings: paging, overlap and existence-check sizes
+    :param target_table: the one instance table of the source's definition (its rows do not name their table);
+        None for the loan contract, whose rows each name theirs in ``target_table``
     """
 
     def __init__(
@@ -108,8 +110,10 @@ class CaseStatusPuller:
         settings: StatusSettings,
         *,
         sleep: Callable[[float], None] = time.sleep,
+        target_table: str | None = None,
     ) -> None:
         self.client = client
+        self.target_table = target_table
         self.source = source
         self.instance = instance
         self.settings = settings
@@ -132,8 +136,12 @@ class CaseStatusPuller:
                 self._sleep(wait)
         raise AssertionError("unreachable")
 
+    def tables(self) -> list[str]:
+        """The instance tables that hold cases of the source table's rows."""
+        return [self.target_table] if self.target_table is not None else self.source.case_status_targets()
+
     def run(self) -> StatusCounts:
-        for table in self.source.case_status_targets():
+        for table in self.tables():
             self.counts.tables += 1
             key = f"{self.instance}/{table}"
             state = self.source.status_pull(key)
@@ -147,8 +155,12 @@ class CaseStatusPuller:
     def _start(self, table: str, watermark: str | None) -> str | None:
         if watermark is not None:
             return window_start(watermark, self.settings.overlap_seconds)
-        oldest = self.source.first_case_requested_at(table)
+        oldest = self.source.first_case_requested_at(self._rows_of(table))
         return None if oldest is None else format_sn_timestamp(oldest - FIRST_PULL_MARGIN)
+
+    def _rows_of(self, table: str) -> str | None:
+        """Which rows' cases are in ``table``: those naming it (the loan contract), or all (a definition's one)."""
+        return None if self.target_table is not None else table
 
     def _pull(self, table: str, key: str, watermark: str | None) -> bool:
         """Read pages until one is short; True when the pull read to its end within max_pages."""
@@ -181,7 +193,7 @@ class CaseStatusPuller:
         """Check a slice of the stored cases still exists; returns where the next check starts (0: from the top)."""
         if self.settings.verify_batch == 0:
             return after_id
-        rows = self.source.cases_to_verify(table, after_id, self.settings.verify_batch)
+        rows = self.source.cases_to_verify(self._rows_of(table), after_id, self.settings.verify_batch)
         for start in range(0, len(rows), VERIFY_CHUNK):
             self._verify_chunk(table, rows[start : start + VERIFY_CHUNK])
         return rows[-1][0] if len(rows) == self.settings.verify_batch else 0

@@ -11,7 +11,16 @@ from __future__ import annotations
 import re
 from typing import Annotated, Literal, Self
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PositiveInt, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveInt,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 _IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]{0,79}")
 _DAG_ID = re.compile(r"[A-Za-z0-9_.\-]{1,250}")
@@ -117,11 +126,21 @@ class SyncDefinition(BaseModel):
     model_config = _STRICT
 
     dag_id: DagId
+    status_dag_id: DagId | None = Field(
+        None, description="the DAG id of its status DAG; default: dag_id with _sync replaced by _status"
+    )
     target_table: Name
     description: str = ""
     source: SourceSpec
     correlation: CorrelationSpec
     fields: dict[TargetField, FieldSpec]
+
+    @field_validator("status_dag_id")
+    @classmethod
+    def _other_than_dag_id(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None and value == info.data.get("dag_id"):
+            raise ValueError(f"{value!r} is the dag_id of the sync DAG; give another")
+        return value
 
     @model_validator(mode="after")
     def _fields(self) -> Self:
@@ -146,3 +165,19 @@ class SyncDefinition(BaseModel):
         for spec in self.fields.values():
             found += [c for c in (spec.column, spec.key.column if spec.key else None) if c and c not in found]
         return tuple(found)
+
+    def status_id(self) -> str:
+        """The DAG id of the definition's status DAG: ``status_dag_id``, or ``dag_id`` with its ``_sync`` ending
+        replaced by ``_status`` (``_status`` appended when it has none)."""
+        if self.status_dag_id:
+            return self.status_dag_id
+        stem = self.dag_id.removesuffix("_sync")
+        return f"{stem}_status"
+
+    def updatable_fields(self) -> tuple[str, ...]:
+        """The case fields an update may change: ``correlation_display`` (when mapped) and every field read from a
+        column or a business key. Not the correlation id (the case's identity), not a constant (the same in every
+        record, it never changes), not ``work_notes`` (a journal input: a new note is appended, never replaced)."""
+        display = ("correlation_display",) if self.correlation.display else ()
+        return (*display, *(name for name, spec in self.fields.items()
+                             if spec.value is None and name != "work_notes"))

@@ -107,6 +107,7 @@ class DefinitionTransform:
         )
         own = {name: (str | None, None) for name in definition.fields if name not in CaseBody.model_fields}
         self.body_model: type[CaseBody] = create_model(f"{self.table}_body", __base__=CaseBody, **own)  # type: ignore[call-overload]
+        self.body_model.updatable_fields = definition.updatable_fields()  # what an update of its cases may change
 
     def prepare(self, row: SourceRow) -> PreparedCase | Rejection:
         """Validate the row by the definition's rules, then build the body; every broken rule is named."""
@@ -168,9 +169,15 @@ class DefinitionTransform:
         )
 
 
+def is_loan(definition: SyncDefinition | None) -> bool:
+    """The loan definition (or none): its rows keep the ``ticket_requests`` contract, each naming its
+    ``target_table``; every other definition's cases are all in its own target table."""
+    return definition is None or definition == packaged_definition(DEFAULT_TARGET_TABLE)
+
+
 def transform_for(definition: SyncDefinition | None) -> Prepare:
     """The transform of a definition's rows: the loan's own for the loan definition (or none), else a
     :class:`DefinitionTransform`."""
-    if definition is None or definition == packaged_definition(DEFAULT_TARGET_TABLE):
+    if definition is None or is_loan(definition):
         return prepare
     return DefinitionTransform(definition).prepare

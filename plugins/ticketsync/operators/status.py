@@ -11,6 +11,7 @@ from pydantic import Field, TypeAdapter
 from ticketsync import alerts
 from ticketsync.casestatus.models import UnexpectedAnswer
 from ticketsync.casestatus.puller import CaseStatusPuller, StatusCounts, StatusSettings
+from ticketsync.definitions.transform import is_loan
 from ticketsync.hooks.servicenow import (
     ServiceNowConfigurationError,
     ServiceNowHook,
@@ -38,6 +39,9 @@ class CaseStatusOperator(SourceTaskOperator):
     * alerts when a pull has not read to its end for longer than Variable
       ``ticketsync_alert_max_status_age_minutes``;
     * returns the counts (pages, list requests, rows changed / unchanged, cases not found…).
+
+    The instance tables read: those the rows name in ``target_table`` (the loan contract, ``ticket_requests``), or
+    the one target table of the task's ``definition`` (every other definition: its source rows do not name one).
 
     :param servicenow_conn_id: the instance (templated)
     :param page_size: cases per list request (templated)
@@ -89,6 +93,14 @@ class CaseStatusOperator(SourceTaskOperator):
             ),
         )
 
+    def target_table(self) -> str | None:
+        """The definition's instance table, which holds the cases of all its rows; None for the loan contract
+        (``ticket_requests``), whose rows each name their table in ``target_table``."""
+        definition = self.sync_definition()
+        if definition is None or is_loan(definition):
+            return None
+        return definition.target_table
+
     def execute(self, context: Context) -> dict[str, Any]:
         try:
             settings = self.settings()
@@ -98,13 +110,16 @@ class CaseStatusOperator(SourceTaskOperator):
         try:
             with self.open_source() as source:
                 self.ensure_schema(source)
-                self._lineage_tables = tuple(source.case_status_targets())
-                counts = CaseStatusPuller(hook, source, self.servicenow_conn_id, settings).run()
+                puller = CaseStatusPuller(
+                    hook, source, self.servicenow_conn_id, settings, target_table=self.target_table()
+                )
+                self._lineage_tables = tuple(puller.tables())
+                counts = puller.run()
                 self._lineage_counts = counts.as_dict()
                 self._lineage_base_url = str(hook.base_url)
                 pulls = {
                     f"{self.servicenow_conn_id}/{table}": source.status_pull(f"{self.servicenow_conn_id}/{table}")
-                    for table in source.case_status_targets()
+                    for table in puller.tables()
                 }
         except ServiceNowConfigurationError as exc:
             raise AirflowFailException(str(exc)) from exc

@@ -91,12 +91,20 @@ class CaseStatusRows(SourceConnection):
             keys = [str(row[0]) for row in cursor.fetchall()]
         return {key: self.status_pull(key) for key in keys}
 
+    @staticmethod
+    def _in_table(target_table: str | None) -> tuple[str, tuple[str, ...]]:
+        """The condition "the row's case is in ``target_table``"; None: every row's case is in the one table of the
+        source's definition (its rows' ``target_table`` column is the loan contract's, not theirs)."""
+        return ("target_table = ? AND ", (target_table,)) if target_table is not None else ("", ())
+
     @reconnecting
-    def first_case_requested_at(self, target_table: str) -> datetime | None:
-        """When the oldest row with a case in ``target_table`` was written: no case of ours is older."""
-        statement = self._q(f"SELECT MIN(created_at) FROM {self.table} WHERE sys_id IS NOT NULL AND target_table = ?")
+    def first_case_requested_at(self, target_table: str | None) -> datetime | None:
+        """When the oldest row with a case in ``target_table`` (None: with a case) was written: no case of ours is
+        older."""
+        condition, args = self._in_table(target_table)
+        statement = self._q(f"SELECT MIN(created_at) FROM {self.table} WHERE {condition}sys_id IS NOT NULL")
         with self._transaction() as cursor:
-            cursor.execute(statement, (target_table,))
+            cursor.execute(statement, args)
             row = cursor.fetchone()
         return None if row is None else self._as_datetime(row[0])
 
@@ -176,14 +184,17 @@ class CaseStatusRows(SourceConnection):
                 )
 
     @reconnecting
-    def cases_to_verify(self, target_table: str, after_id: int, limit: int) -> list[tuple[int, str, str | None]]:
-        """(id, sys_id, number) of the next rows with a case in ``target_table``, by id."""
+    def cases_to_verify(
+        self, target_table: str | None, after_id: int, limit: int
+    ) -> list[tuple[int, str, str | None]]:
+        """(id, sys_id, number) of the next rows with a case in ``target_table`` (None: with a case), by id."""
+        condition, args = self._in_table(target_table)
         statement = self._q(
-            f"SELECT id, sys_id, number FROM {self.table} WHERE target_table = ? AND sys_id IS NOT NULL AND id > ? "
+            f"SELECT id, sys_id, number FROM {self.table} WHERE {condition}sys_id IS NOT NULL AND id > ? "
             "ORDER BY id LIMIT ?"
         )
         with self._transaction() as cursor:
-            cursor.execute(statement, (target_table, after_id, limit))
+            cursor.execute(statement, (*args, after_id, limit))
             return [(int(r[0]), str(r[1]), None if r[2] is None else str(r[2])) for r in cursor.fetchall()]
 
     @reconnecting
