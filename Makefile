@@ -12,7 +12,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 help:
 	@echo "make demo      run the whole sync end to end on the embedded defaults (SQLite + local emulator)"
 	@echo "make ui        the Airflow UI on 127.0.0.1 with the DAG, the emulator and sample requests (UI_ARGS=--help)"
-	@echo "make test      install and run every test, in 2 processes (PostgreSQL and Redis on 127.0.0.1 are needed)"
+	@echo "make test      install and run every test, in 3 processes (PostgreSQL and Redis on 127.0.0.1 are needed)"
 	@echo "make lint      ruff and mypy"
 	@echo "make emulator  run the ServiceNow emulator in the foreground on 127.0.0.1:8765"
 	@echo "make scaleout  one DAG run on the real CeleryExecutor, mapped loaders on two workers (PostgreSQL + Redis)"
@@ -43,11 +43,11 @@ browser: $(CHROMIUM)
 ui: $(STAMP)
 	PYTHONPATH=plugins:dev $(PY) scripts/ui.py $(UI_ARGS)
 
-# Every test, in PYTEST_WORKERS pytest-xdist processes (default 2; 0 runs them in this one). A test file stays on one
+# Every test, in PYTEST_WORKERS pytest-xdist processes (default 3; 0 runs them in this one). A test file stays on one
 # worker (--dist loadfile: its module fixtures and its order hold); the slowest files start first (tests/conftest.py;
 # --no-loadscope-reorder keeps that order: xdist would otherwise start the files with the most tests first).
 # PYTEST_ARGS adds options, e.g. PYTEST_ARGS="-k soak --durations=20".
-PYTEST_WORKERS ?= 2
+PYTEST_WORKERS ?= 3
 test: $(STAMP) $(CHROMIUM)
 	$(PY) -m pytest $(if $(filter-out 0,$(PYTEST_WORKERS)),-n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder) $(PYTEST_ARGS)
 
