@@ -140,6 +140,25 @@ def sync_params(definition: SyncDefinition) -> dict[str, Param]:
     }
 
 
+def dag_defaults() -> dict[str, Any]:
+    """What every DAG the factory builds shares: start, catch-up, one run at a time, tags, and the task defaults
+    (two retries with exponential backoff, the failure alert)."""
+    return {
+        "start_date": datetime(2026, 1, 1),
+        "catchup": False,
+        "max_active_runs": 1,
+        "tags": ["servicenow", "ticketsync", "fso"],
+        "default_args": {
+            "owner": "data-engineering",
+            "retries": 2,
+            "retry_delay": retry_delay(),
+            "retry_exponential_backoff": True,
+            "max_retry_delay": timedelta(minutes=10),
+            "on_failure_callback": TicketSyncFailureNotifier(),
+        },
+    }
+
+
 def check_source_columns(definition: SyncDefinition, name: str) -> None:
     """Refuse a definition that reads a column the source schema does not have (it would fail every run)."""
     for field, spec in definition.fields.items():
@@ -178,19 +197,8 @@ def sync_dag(definition: SyncDefinition) -> DAG:
             dag_id=definition.dag_id, correlation_id=definition.correlation.id, cases_asset=cases.uri,
         ),
         schedule=timedelta(minutes=5),
-        start_date=datetime(2026, 1, 1),
-        catchup=False,
-        max_active_runs=1,
-        tags=["servicenow", "ticketsync", "fso"],
+        **dag_defaults(),
         render_template_as_native_obj=True,
-        default_args={
-            "owner": "data-engineering",
-            "retries": 2,
-            "retry_delay": retry_delay(),
-            "retry_exponential_backoff": True,
-            "max_retry_delay": timedelta(minutes=10),
-            "on_failure_callback": TicketSyncFailureNotifier(),
-        },
         params=sync_params(definition),
     ) as dag:
         extract = ClaimRequestsOperator(
@@ -281,18 +289,7 @@ def status_dag(definition: SyncDefinition) -> DAG:
         schedule=AssetOrTimeSchedule(
             timetable=CronTriggerTimetable("*/5 * * * *", timezone="UTC"), assets=cases
         ),
-        start_date=datetime(2026, 1, 1),
-        catchup=False,
-        max_active_runs=1,
-        tags=["servicenow", "ticketsync", "fso"],
-        default_args={
-            "owner": "data-engineering",
-            "retries": 2,
-            "retry_delay": retry_delay(),
-            "retry_exponential_backoff": True,
-            "max_retry_delay": timedelta(minutes=10),
-            "on_failure_callback": TicketSyncFailureNotifier(),
-        },
+        **dag_defaults(),
         params=status_params(),
     ) as dag:
         CaseStatusOperator(
