@@ -26,7 +26,6 @@ from ticketsync.throttle import backoff_delay
 from ticketsync.transform import prepare
 from ticketsync.updates import (
     CLOSED_STATES,
-    UPDATABLE_FIELDS,
     Snapshot,
     UpdatePlan,
     baseline,
@@ -39,7 +38,6 @@ from ticketsync.updates import (
 LOST_PREFIX = "update answer lost"
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
-CASE_FIELDS: tuple[str, ...] = ("sys_id", "number", "state", "active", *UPDATABLE_FIELDS)  # of a loan case
 
 
 def case_fields(updatable: Iterable[str]) -> tuple[str, ...]:
@@ -323,11 +321,8 @@ class CaseUpdater:
             except ServiceNowRateLimited as exc:
                 self.counts.read_retries += 1
                 limited += 1
-                wait = exc.retry_after if exc.retry_after is not None else backoff_delay(
-                    limited, base=s.backoff_base, cap=s.backoff_cap)
-                if wait > s.max_rate_limited_wait or limited > 10 * s.max_attempts:
+                if limited > 10 * s.max_attempts or not self._waited(exc, limited):
                     raise
-                self._sleep(wait)
             except ServiceNowTransientError as exc:
                 failures += 1
                 if failures >= s.max_attempts:

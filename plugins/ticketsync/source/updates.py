@@ -49,6 +49,11 @@ class UpdateOutcome:
 
 
 class UpdateRows(Claims):
+    @property
+    def producer_columns(self) -> tuple[str, ...]:
+        """The row's columns the producer writes (what an update reads, and its write-back's guard compares)."""
+        return tuple(name for name in self.row_columns if name not in NOT_PRODUCERS)
+
     @reconnecting
     def claim_updates(self, token: str, *, limit: int, lease_seconds: float) -> int:
         """Stamp up to ``limit`` claimable ``update_pending`` rows with ``token`` (a free claim, or a lease run out)."""
@@ -85,7 +90,7 @@ class UpdateRows(Claims):
             )
         found = []
         width = len(self.row_columns)
-        producer = [index for index, name in enumerate(self.row_columns) if name not in NOT_PRODUCERS]
+        producer = [self.row_columns.index(name) for name in self.producer_columns]
         for values in rows:
             sys_id, number, sent = values[width:]
             found.append(UpdateRow(source_row(values[:width], self.row_columns), _text(sys_id), _text(number),
@@ -121,7 +126,7 @@ class UpdateRows(Claims):
         done = (f"sent_fields = COALESCE(?, sent_fields), synced_at = {now}, updated_at = {now}, "
                 f"lease_expires_at = {now}")
         held = "WHERE id = ? AND claim_token = ? AND status = 'update_pending'"
-        producers = [name for name in self.row_columns if name not in NOT_PRODUCERS]
+        producers = self.producer_columns
         assert not read or len(read) == len(producers), "read must hold the producer's columns as take_updates read"
         same = "".join(f" AND {_SAME[self.dialect].format(column=name)}" for name in producers[:len(read)])
         with self._transaction() as cursor:
