@@ -276,17 +276,7 @@ class CaseBody(BaseModel):
     # The case fields an update may change (:mod:`ticketsync.updates`): every body field but the correlation id (the
     # case's identity, never rewritten) and work_notes (a journal input, compared as the note). A definition's body
     # (:class:`ticketsync.definitions.transform.DefinitionTransform`) has its own: the definition's mapped fields.
-    updatable_fields: ClassVar[tuple[str, ...]] = (
-        "correlation_display",
-        "short_description",
-        "consumer",
-        "sold_product",
-        "assignment_group",
-        "contact_type",
-        "product",
-        "service_definition",
-        "category",
-    )
+    updatable_fields: ClassVar[tuple[str, ...]] = ()  # derived from the fields below, after the class
 
     correlation_id: RequestId
     correlation_display: Correlation = None
@@ -307,6 +297,11 @@ class CaseBody(BaseModel):
         straight from the fields (a test holds them equal), at a tenth of its cost: it runs three times per row.
         """
         return {key: value for key, value in self.__dict__.items() if value is not None}
+
+
+CaseBody.updatable_fields = tuple(
+    name for name in CaseBody.model_fields if name not in ("correlation_id", "work_notes")
+)
 
 
 @dataclass(frozen=True)
