@@ -26,6 +26,11 @@ TABLE = "sn_bom_loan_service"
 ROWS = 16
 WINDOW = {"rate_limit_per_window": 12, "rate_limit_window_seconds": 7.0, "latency_ms": 400}
 # One look-up and 11 POSTs fit in the first window; the 12th POST is refused with a wait of about 5 s.
+DEFER_ROWS = 6
+DEFER_WINDOW = {"rate_limit_per_window": 4, "rate_limit_window_seconds": 7.0, "latency_ms": 400}
+# The deferral test's window: one look-up and 3 POSTs fit. The 4 lanes send their first POSTs together, so the
+# refused one (answered at once) is refused while the other three are still on the wire (400 ms each): whatever the
+# box's load, the deferral happens with POSTs in flight. Its next leg (one look-up, 3 POSTs) fits the next window.
 SETTINGS = LoadSettings(chunk_size=20, max_in_flight=4, backoff_base=0.05, backoff_cap=0.2, defer_after=2.0)
 
 
@@ -65,9 +70,9 @@ def _records(emulator: RunningEmulator) -> list[dict[str, str]]:
 def test_a_long_wait_defers_after_the_posts_on_the_wire_and_keeps_the_claim_past_it(
     source: SourceTable, hook: ServiceNowHook, emulator: RunningEmulator, caplog: pytest.LogCaptureFixture
 ) -> None:
-    source.insert_requests(sample_requests(ROWS))
+    source.insert_requests(sample_requests(DEFER_ROWS))
     source.claim("run-d", limit=1000, chunk_size=500, lease_seconds=600)
-    emulator.set_faults(**WINDOW)
+    emulator.set_faults(**DEFER_WINDOW)
     caplog.set_level(logging.INFO, logger="ticketsync.loader")
     caplog.set_level(logging.INFO, logger="ticketsync.progress")
 
@@ -87,12 +92,12 @@ def test_a_long_wait_defers_after_the_posts_on_the_wire_and_keeps_the_claim_past
     assert any(entry["at"] > first_429 and entry["status"] == 201 for entry in log), log
     created = check_written_back(source, emulator)
     assert created == first.created == sum(entry["status"] == 201 for entry in log) > 0
-    assert deferral.held == ROWS - created == source.held("run-d")
+    assert deferral.held == DEFER_ROWS - created == source.held("run-d")
     assert (first.taken, first.still_pending) == (created, 0)
     lines = [record.getMessage() for record in caplog.records]
     assert any("stopping here to defer (no POST was cut short)" in line for line in lines), lines
-    assert any(line.startswith(f"load deferred: {created}/{ROWS} rows done") and
-               line.endswith(f"{ROWS - created} rows left for the next leg") for line in lines), lines
+    assert any(line.startswith(f"load deferred: {created}/{DEFER_ROWS} rows done") and
+               line.endswith(f"{DEFER_ROWS - created} rows left for the next leg") for line in lines), lines
 
     # The claim outlives the wait: past the resume moment the rows are still leased, and no other run takes them.
     time.sleep(max(0.0, stopped + deferral.resume_in - time.time()) + 0.2)
@@ -103,8 +108,8 @@ def test_a_long_wait_defers_after_the_posts_on_the_wire_and_keeps_the_claim_past
     second_loader = CaseLoader(hook, source, "run-d", SETTINGS, counts=first)
     second = second_loader.run()
     assert second_loader.deferral is None
-    assert check_written_back(source, emulator) == ROWS
-    assert (second.created, second.taken, second.still_pending, second.failed) == (ROWS, ROWS, 0, 0)
+    assert check_written_back(source, emulator) == DEFER_ROWS
+    assert (second.created, second.taken, second.still_pending, second.failed) == (DEFER_ROWS, DEFER_ROWS, 0, 0)
     assert second.lookups >= first.lookups + 1
     assert second.rate_limited >= first.rate_limited >= 1
     assert source.unreleased("run-d") == 0
