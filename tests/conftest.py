@@ -34,9 +34,14 @@ REQUIRE_MARIADB = os.environ.get("TICKETSYNC_REQUIRE_MARIADB") == "1" or os.envi
 def pytest_configure(config: pytest.Config) -> None:
     """The DAG runs of the tests wait less between tries: the load backs off from 0.1 s instead of 1 s after a
     transient failure (doubling, full jitter, as in production) and task retries come 1 s apart, then 2 s, instead of
-    the 2 s, then 4 s of ``LocalAirflow`` (docs/configuration.md, Environment). The faults they inject are the same."""
+    the 2 s, then 4 s of ``LocalAirflow`` (docs/configuration.md, Environment). The faults they inject are the same.
+
+    And their ``airflow dags test`` runs are forked from one warm Airflow process per test process
+    (``ticketsync_dev.warm_airflow``): the same CLI without its 15 s start-up; ``TICKETSYNC_WARM_AIRFLOW=0`` runs
+    each one cold."""
     os.environ.setdefault("TICKETSYNC_BACKOFF_BASE_SECONDS", "0.1")
     os.environ.setdefault("TICKETSYNC_RETRY_DELAY_SECONDS", "1")
+    os.environ.setdefault("TICKETSYNC_WARM_AIRFLOW", "1")
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:

@@ -20,6 +20,8 @@ from typing import Any
 
 import requests
 
+from ticketsync_dev import warm_airflow
+
 REPO = Path(__file__).resolve().parents[2]
 DAG_ID = "servicenow_ticket_sync"
 BIN = Path(sys.executable).parent
@@ -85,7 +87,16 @@ class LocalAirflow:
         )
 
     def run_dag(self, log: Path, conf: dict[str, Any] | None = None, timeout: float = 900) -> int:
-        """Run the DAG to the end; returns the exit code (0 when the run succeeded)."""
+        """Run the DAG to the end; returns the exit code (0 when the run succeeded).
+
+        With ``TICKETSYNC_WARM_AIRFLOW=1`` (the test suite) the run is forked from a warm Airflow process instead of
+        started cold (``warm_airflow``: the same CLI, 15 s less start-up), when its environment allows."""
+        if os.environ.get("TICKETSYNC_WARM_AIRFLOW") == "1":
+            env = self.env()
+            warm = warm_airflow.shared(env)
+            if warm.can_run(env):
+                self.migrate()
+                return warm.run(self.dags_test_command(conf), env, log, timeout)
         process = self.start_dag_run(log, conf)
         try:
             return process.wait(timeout=timeout)
