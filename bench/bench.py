@@ -10,10 +10,12 @@ session synchroniser on (one transaction at a time per session, as on a real ins
 3. the naive DAG (``bench/dags/naive_http_mapped.py``: one mapped ``HttpOperator`` task per row), on a few rows;
 4. the peak RSS of the DAG run at N and at 10 x N rows: ``ru_maxrss`` of the rusage ``wait4`` returns for the
    ``airflow dags test`` process (the largest single process of its tree; ``dags test`` runs the tasks in it);
-5. the DAG again with the emulator's rate limit set below the ceiling: the 429s it answered and the rate it served;
+5. the DAG again with the emulator's rate limit set below what this box can serve (``--rate-limit``, 200/s: about
+   half of what the bare client below reaches at L = 20 ms, so the run measures the pacing, not the box), for a
+   minute at that limit: the 429s it answered and the rate it served over the load task;
 6. a bare C-lane client (C threads, each its own session, POST only, no database): the physical limit of this box;
    and the same C threads sharing one session cookie: the control, which the session synchroniser serialises;
-7. the DAG again at ``--slow-latency-ms`` (100 ms): its rate against that ceiling.
+7. the DAG again at ``--slow-latency-ms`` (100 ms): its rate against that ceiling, and the bare client's there.
 The main run also reports the ServiceNow sessions the loader made the instance create.
 
 It prints one table and writes it, with the date and the commit measured, between the markers of docs/performance.md.
@@ -286,6 +288,14 @@ class Bench:
         sessions = _delta(before, self.emulator.stats())["sessions_created"]
         return {"rows_per_second": len(bodies) / seconds, "sessions_created": sessions, "refused_429": len(refused)}
 
+    def bare_slow(self, rows: int) -> dict[str, float]:
+        """The bare C-lane client at the slow latency: the physical limit of this box there."""
+        self.emulator.set_faults(latency_ms=self.args.slow_latency_ms)
+        try:
+            return self.bare(rows, shared_session=False)
+        finally:
+            self.emulator.set_faults(latency_ms=self.args.latency_ms)
+
     def slow(self, rows: int) -> RunResult:
         """The DAG at the slow latency (the emulator's latency changed for this run only)."""
         self.emulator.set_faults(latency_ms=self.args.slow_latency_ms)
@@ -360,6 +370,13 @@ def build_table(args: argparse.Namespace, ceiling: float, results: dict[str, Any
         rows.append(Row(f"DAG at L = {args.slow_latency_ms:g} ms, {slow.rows:,} rows, excluding start-up",
                         f"{slow_rate:.0f} rows/s = {slow_rate / slow_ceiling:.2f} of its ceiling "
                         f"({slow_ceiling:.0f}/s)", "≥ 0.93", slow_rate / slow_ceiling >= 0.93))
+        bare_slow = results.get("bare_slow")
+        if bare_slow:
+            bare_slow_rate = bare_slow["rows_per_second"]
+            rows.append(Row(f"bare {args.concurrency}-lane client at L = {args.slow_latency_ms:g} ms "
+                            f"({args.bare_slow_rows} rows)",
+                            f"{bare_slow_rate:.0f} rows/s = {bare_slow_rate / slow_ceiling:.2f} of its ceiling; "
+                            f"DAG is {slow_rate / bare_slow_rate:.2f} of it"))
     seq = results["sequential"]
     rows.append(Row(f"sequential `requests` loop ({args.seq_rows} rows)", f"{seq:.1f} rows/s; DAG is {rate / seq:.0f}x",
                     "≥ 15x", rate / seq >= 15))
@@ -438,8 +455,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--big-rows", type=int, help="rows of the second RSS run (10 x N)")
     parser.add_argument("--seq-rows", type=int, default=500, help="rows of the sequential loop (500)")
     parser.add_argument("--naive-rows", type=int, default=60, help="rows of the naive mapped DAG (60)")
-    parser.add_argument("--rate-limit", type=float, default=400.0, help="the emulator's rate limit, req/s (400)")
-    parser.add_argument("--rate-rows", type=int, help="rows of the rate-limited run (20 s at the limit)")
+    parser.add_argument("--rate-limit", type=float, default=200.0,
+                        help="the emulator's rate limit, req/s (200: well under what the box serves at L)")
+    parser.add_argument("--rate-rows", type=int, help="rows of the rate-limited run (60 s at the limit)")
     parser.add_argument("--bare-rows", type=int, default=4000, help="rows of the bare C-lane client (4,000)")
     parser.add_argument("--slow-latency-ms", type=float, default=100.0, help="latency of the slow DAG run (100)")
     parser.add_argument("--slow-rows", type=int, help="rows of the slow DAG run (30 s at its ceiling)")
@@ -459,7 +477,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         args.bare_rows, args.slow_rows = min(args.bare_rows, 800), args.slow_rows or 400
     args.slow_rows = args.slow_rows or int(30 * args.concurrency / (args.slow_latency_ms / 1000))
     args.big_rows = args.big_rows or 10 * args.rows
-    args.rate_rows = args.rate_rows or int(20 * args.rate_limit)
+    args.rate_rows = args.rate_rows or int(60 * args.rate_limit)
+    args.bare_slow_rows = int(10 * args.concurrency / (args.slow_latency_ms / 1000)) if not args.quick else 160
     return args
 
 
@@ -517,6 +536,8 @@ def main(argv: list[str]) -> int:
             bench.log(f"shared-cookie control: {results['shared_cookie']}")
             results["slow"] = bench.slow(args.slow_rows)
             bench.log(f"L={args.slow_latency_ms:g} ms: {results['slow'].seconds:.1f} s for {args.slow_rows} rows")
+            results["bare_slow"] = bench.bare_slow(args.bare_slow_rows)
+            bench.log(f"bare client at L={args.slow_latency_ms:g} ms: {results['bare_slow']}")
             results["naive_seconds"], results["naive_span"] = bench.naive(args.naive_rows)
             bench.log(f"naive mapped DAG: {results['naive_seconds']:.1f} s for {args.naive_rows} rows")
             results["limited"] = bench.rate_limited(args.rate_rows)

@@ -54,24 +54,26 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 # first, so that with pytest-xdist (`make test`, --dist loadfile) the two workers end close together instead of one
 # starting a long file last. Every file that runs the DAG through Airflow belongs here (each run starts Airflow, 15 s
 # or more).
-SLOWEST_FIRST = (
-    "tests/ui/test_browser.py",
-    "tests/e2e/test_case_status_run.py",
-    "tests/faults/test_poison_rows.py",
-    "tests/e2e/test_dag_run.py",
-    "tests/e2e/test_operations.py",
-    "tests/faults/test_soak.py",
-    "tests/e2e/test_upgrade.py",
-    "tests/faults/test_kill_loop.py",
+SLOWEST_FIRST = (  # by each file's total time in a full run (--durations=0, three workers, 2026-12-01)
     "tests/faults/test_fault_matrix.py",
-    "tests/e2e/test_business_keys.py",
-    "tests/e2e/test_credit_card_sync.py",
+    "tests/ui/test_browser.py",
+    "tests/e2e/test_upgrade.py",
+    "tests/faults/test_soak.py",
+    "tests/faults/test_poison_rows.py",
+    "tests/faults/test_kill_loop.py",
+    "tests/e2e/test_case_status_run.py",
     "tests/e2e/test_scaleout.py",
+    "tests/e2e/test_operations.py",
+    "tests/e2e/test_dag_run.py",
+    "tests/test_warm_airflow.py",
+    "tests/test_loader_defer.py",
     "tests/e2e/test_secrets.py",
-    "tests/e2e/test_mapped_load.py",
-    "tests/e2e/test_deferred_load.py",
-    "tests/faults/test_source_connection_loss.py",
     "tests/operators/test_load_scale_out.py",
+    "tests/faults/test_source_connection_loss.py",
+    "tests/e2e/test_mapped_load.py",
+    "tests/e2e/test_credit_card_sync.py",
+    "tests/e2e/test_deferred_load.py",
+    "tests/e2e/test_business_keys.py",
 )
 
 
