@@ -374,7 +374,7 @@ def build_table(args: argparse.Namespace, ceiling: float, results: dict[str, Any
         if bare_slow:
             bare_slow_rate = bare_slow["rows_per_second"]
             rows.append(Row(f"bare {args.concurrency}-lane client at L = {args.slow_latency_ms:g} ms "
-                            f"({args.bare_slow_rows} rows)",
+                            f"({args.bare_slow_rows:,} rows)",
                             f"{bare_slow_rate:.0f} rows/s = {bare_slow_rate / slow_ceiling:.2f} of its ceiling; "
                             f"DAG is {slow_rate / bare_slow_rate:.2f} of it"))
     seq = results["sequential"]
@@ -390,7 +390,7 @@ def build_table(args: argparse.Namespace, ceiling: float, results: dict[str, Any
                     "≥ 100x", rate / naive_rate >= 100))
     growth = big.max_rss_mb - main.max_rss_mb
     rows.append(Row(f"peak RSS of the DAG run: {main.rows:,} / {big.rows:,} rows",
-                    f"{main.max_rss_mb:.0f} MB / {big.max_rss_mb:.0f} MB (+{growth:.0f} MB)", "≤ +50 MB", growth <= 50))
+                    f"{main.max_rss_mb:.0f} MB / {big.max_rss_mb:.0f} MB ({growth:+.0f} MB)", "≤ +50 MB", growth <= 50))
     rows.append(Row(f"DAG, {big.rows:,} rows, excluding start-up",
                     f"{big.rows / (big.seconds - empty.seconds):.0f} rows/s ({big.seconds:.0f} s)"))
     served = limited.emulator["by_status"]
