@@ -175,8 +175,30 @@ def test_the_cert_extra_presents_a_client_certificate_for_mutual_tls(
         created = hook.create_record(TABLE, BODY)
         assert emulator.store.get(TABLE, created.sys_id) is not None
         without = connect(monkeypatch, "sn_no_client_cert", emulator.port, verify=str(certs.ca_bundle))
-        # the control: without a client certificate the handshake is refused, which reaches the client as a
-        # dropped connection (so the hook sees a transient error)
-        with pytest.raises(ServiceNowTransientError, match="SSL"):
+        # the control: without a client certificate the server refuses the handshake (the TLS 1.3 alert
+        # "certificate required"); that is configuration, not a dropped connection to retry and settle
+        with pytest.raises(ServiceNowTLSError, match=r"refused this worker's TLS client certificate: it requires one "
+                           r"and none was presented .*the extra 'cert'.*not retried"):
             without.create_record(TABLE, {**BODY, "correlation_id": "REQ-2"})
         assert [r["correlation_id"] for r in emulator.store.records(TABLE)] == ["REQ-1"]
+
+
+def test_a_load_without_the_client_certificate_mutual_tls_needs_stops_at_once(
+    certs: ServerCert, sqlite_source: tuple[SourceTable, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The whole load, not one request: the first look-up is refused in the handshake, and the loader stops with the
+    certificate error at once (no backoff, no settle wait), every row still pending and nothing created."""
+    config = EmulatorConfig(password=PASSWORD, tls_cert=str(certs.cert), tls_key=str(certs.key),
+                            tls_client_ca=str(certs.ca_bundle))
+    source, _ = sqlite_source
+    with start_emulator(config) as emulator:
+        hook = connect(monkeypatch, "sn_mtls_missing", emulator.port, verify=str(certs.ca_bundle))
+        source.claim("run-m", limit=100, chunk_size=50, lease_seconds=60)
+        slept: list[float] = []
+        loader = CaseLoader(hook, source, "run-m", LoadSettings(chunk_size=10), sleep=slept.append)
+        with pytest.raises(ServiceNowTLSError, match="client certificate"):
+            loader.run()
+        assert loader.counts.lookups == 1
+        assert slept == []  # neither a backoff nor a settle wait: not an instance that is down or a lost answer
+        assert emulator.store.records(TABLE) == []
+        assert source.token_summary("run-m") == {"pending": 30}

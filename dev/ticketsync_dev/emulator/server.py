@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hmac
 import json
 import socket
@@ -212,6 +213,17 @@ class EmulatorServer(ThreadingHTTPServer):
         super().handle_error(request, client_address)
 
 
+
+def _linger(sock: ssl.SSLSocket) -> None:
+    """After a refused TLS handshake (its alert already sent): stop writing, then read what the client had sent
+    meanwhile, so that closing does not reset the connection. A reset can drop the alert before the client reads it,
+    and the client would see a bare EOF instead of why it was refused; TLS terminators close lingering like this."""
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_WR)
+        sock.settimeout(1.0)
+        while socket.socket.recv(sock, 65536):  # the raw socket: the TLS session is gone
+            pass
+
 class EmulatorHandler(BaseHTTPRequestHandler):
     """One connection: any number of keep-alive requests, each answered with a single write."""
 
@@ -224,7 +236,11 @@ class EmulatorHandler(BaseHTTPRequestHandler):
     def setup(self) -> None:
         self.request.settimeout(self.timeout)
         if isinstance(self.request, ssl.SSLSocket):
-            self.request.do_handshake()
+            try:
+                self.request.do_handshake()
+            except ssl.SSLError:
+                _linger(self.request)
+                raise
         self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         super().setup()
         self.server.track(self.request)

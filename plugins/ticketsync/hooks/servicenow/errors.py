@@ -26,7 +26,8 @@ class ServiceNowAuthError(ServiceNowConfigurationError):
 
 
 class ServiceNowTLSError(ServiceNowConfigurationError):
-    """The server's TLS certificate failed verification (untrusted CA, wrong host name, expired).
+    """The server's TLS certificate failed verification (untrusted CA, wrong host name, expired), or the server
+    refused the client's certificate in the handshake (none given for mutual TLS, an untrusted or expired one).
 
     Not transient: an instance that is down does not present a bad certificate, so this fails the task at once.
     """

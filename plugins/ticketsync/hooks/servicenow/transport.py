@@ -226,6 +226,13 @@ class PooledTransport:
                 f"the instance uses a private CA, give connection {self.conn_id!r} its CA bundle (the extra "
                 f"'ca_bundle', or the extra 'verify' set to the bundle's path) {NOT_RETRIED}"
             )
+        refusal = client_certificate_refusal(exc)
+        if refusal is not None:  # refused in the handshake, before the request was read: nothing was done
+            return ServiceNowTLSError(
+                f"{urlparse(self.base_url).hostname} refused this worker's TLS client certificate: {refusal} "
+                f"({short(exc)}). Give connection {self.conn_id!r} the extra 'cert' (a PEM file with the client "
+                f"certificate and its key) that the instance's mutual-TLS profile trusts {NOT_RETRIED}"
+            )
         reason = exc.reason if isinstance(exc, urllib3.exceptions.MaxRetryError) else exc
         timed_out = isinstance(reason, urllib3.exceptions.TimeoutError | TimeoutError)
         if isinstance(reason, urllib3.exceptions.NewConnectionError):  # no connection: nothing was sent
@@ -314,6 +321,41 @@ def is_certificate_error(exc: BaseException) -> bool:
         pending += [e for e in (current.__cause__, current.__context__, getattr(current, "reason", None)) if
                     isinstance(e, BaseException)]
     return False
+
+
+# TLS alerts a server sends when it does not accept the client's certificate (OpenSSL's names for alerts received).
+CLIENT_CERTIFICATE_ALERTS = {
+    "TLSV13_ALERT_CERTIFICATE_REQUIRED": "it requires one and none was presented",
+    "SSLV3_ALERT_BAD_CERTIFICATE": "it found the certificate bad",
+    "SSLV3_ALERT_CERTIFICATE_EXPIRED": "the certificate has expired",
+    "SSLV3_ALERT_CERTIFICATE_REVOKED": "the certificate was revoked",
+    "SSLV3_ALERT_CERTIFICATE_UNKNOWN": "it could not accept the certificate",
+    "SSLV3_ALERT_UNSUPPORTED_CERTIFICATE": "the certificate is of a type it does not support",
+    "TLSV1_ALERT_UNKNOWN_CA": "it does not trust the CA that signed the certificate",
+    "TLSV1_ALERT_ACCESS_DENIED": "the certificate is not allowed access",
+}
+
+
+def client_certificate_refusal(exc: BaseException) -> str | None:
+    """What the server said of the client's certificate, if the error is a TLS alert refusing it; else None.
+
+    :param exc: the error, with its causes and reasons searched too.
+    """
+    seen: set[int] = set()
+    pending: list[BaseException] = [exc]
+    while pending:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        text = str(current)
+        for alert, meaning in CLIENT_CERTIFICATE_ALERTS.items():
+            if alert in text:
+                return meaning
+        pending += [arg for arg in current.args if isinstance(arg, BaseException)]
+        pending += [e for e in (current.__cause__, current.__context__, getattr(current, "reason", None)) if
+                    isinstance(e, BaseException)]
+    return None
 
 
 def short(exc: BaseException) -> str:
