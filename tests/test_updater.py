@@ -201,7 +201,7 @@ def test_a_dry_run_plans_updates_from_the_source_and_sends_nothing(
     fields = plan.pop("fields")
     # row 3 has no snapshot: its plan is an upper bound (every non-empty field; the case is read before sending)
     assert plan == {"update_pending": 3, "would_update": 2, "unchanged": 1, "invalid": 0, "without_snapshot": 1,
-                    "notes": 2}
+                    "keys_to_resolve": 0, "notes": 2}
     assert fields["short_description"] == 1
     assert set(fields) <= set(UPDATABLE)
     assert emulator.stats()["requests_total"] == requests
@@ -386,3 +386,31 @@ def test_a_card_rows_changed_description_is_patched_alone_with_its_definitions_f
     request_update(card_source, row_id, priority="low")
     assert CaseUpdater(hook, card_source, "u2:update", QUICK, transform=transform).run().as_dict()["updated"] == 1
     assert hook.get_record(CARD.target_table, sys_id)["priority"] == "4"
+
+
+def test_a_dry_run_does_not_count_key_given_references_as_changed(
+    card_source: SourceTable, hook: ServiceNowHook, emulator: RunningEmulator
+) -> None:
+    """Rows given by business keys: the dry run cannot resolve their keys (it asks the instance nothing), so their
+    references are not counted as changed fields (before, every such row planned a PATCH of consumer, sold_product and
+    assignment_group); it counts them in keys_to_resolve instead. The run that sends resolves them and PATCHes only
+    the description."""
+    transform = transform_for(CARD)
+    card_source.insert_requests([card_request(1), card_request(2)])
+    card_source.claim("t1", limit=2, chunk_size=500, lease_seconds=600)
+    assert CaseLoader(hook, card_source, "t1", FAST, sleep=lambda _: None, transform=transform).run().as_dict()[
+        "created"] == 2
+    ids = {str(r[0]): int(r[1]) for r in execute(card_source, f"SELECT request_id, id FROM {card_source.table}")}
+    request_update(card_source, ids["CARD-1"], description="Declined abroad; the card is now blocked")
+    request_update(card_source, ids["CARD-2"])  # nothing changed
+    requests = emulator.stats()["requests_total"]
+
+    plan = plan_updates(card_source.pending_updates(limit=100), transform)
+
+    assert emulator.stats()["requests_total"] == requests
+    assert plan == {"update_pending": 2, "would_update": 1, "unchanged": 1, "invalid": 0, "without_snapshot": 0,
+                    "keys_to_resolve": 2, "notes": 0, "fields": {"description": 1}}
+    methods = dict(emulator.stats()["by_method"])
+    counts = CaseUpdater(hook, card_source, "u1:update", QUICK, transform=transform).run().as_dict()
+    assert (counts["updated"], counts["unchanged"], counts["patches"]) == (1, 1, 1), counts
+    assert emulator.stats()["by_method"].get("PATCH", 0) == methods.get("PATCH", 0) + 1

@@ -95,9 +95,13 @@ def plan_updates(
 ) -> dict[str, Any]:
     """A dry run's plan of updates, from the source alone (no request): how many rows would be PATCHed with which
     fields and notes, how many change nothing or are invalid, and how many have no snapshot (their case would be
-    read first, so their plan is an upper bound). Closed cases are only known once the case is read."""
+    read first, so their plan is an upper bound). Closed cases are only known once the case is read.
+
+    A reference given by a business key is known only once the key is resolved on the instance, which a dry run
+    does not ask: such fields are not counted as changed; ``keys_to_resolve`` counts the rows that have them (a key
+    that now names another record adds that field to their PATCH when sent)."""
     plan: dict[str, Any] = {"update_pending": len(rows), "would_update": 0, "unchanged": 0, "invalid": 0,
-                            "without_snapshot": 0, "notes": 0, "fields": {}}
+                            "without_snapshot": 0, "keys_to_resolve": 0, "notes": 0, "fields": {}}
     for update in rows:
         case = transform(update.row)
         try:
@@ -112,6 +116,10 @@ def plan_updates(
             plan["without_snapshot"] += 1
             sent = Snapshot(fields={})
         planned = plan_update(update.row.id, update.sys_id, case.table, case.body, sent)
+        by_key = {lookup.key.field for lookup in case.keys}
+        if by_key:
+            plan["keys_to_resolve"] += 1
+            planned = replace(planned, fields={k: v for k, v in planned.fields.items() if k not in by_key})
         plan["would_update" if not planned.empty else "unchanged"] += 1
         plan["notes"] += planned.note is not None
         for name in planned.fields:
