@@ -18,7 +18,7 @@ import json
 import os
 import ssl
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 from urllib.parse import urlparse
 
@@ -303,11 +303,8 @@ def _text_header(value: str | bytes) -> str:
     return value.decode("latin-1") if isinstance(value, bytes) else value
 
 
-def is_certificate_error(exc: BaseException) -> bool:
-    """Whether a transport error is a failed certificate verification (and not, say, a cut handshake).
-
-    :param exc: the error, with its causes and reasons searched too.
-    """
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    """The error and every error behind it: its arguments, cause, context and (urllib3's) reason, each once."""
     seen: set[int] = set()
     pending: list[BaseException] = [exc]
     while pending:
@@ -315,12 +312,19 @@ def is_certificate_error(exc: BaseException) -> bool:
         if id(current) in seen:
             continue
         seen.add(id(current))
-        if isinstance(current, ssl.SSLCertVerificationError) or "CERTIFICATE_VERIFY_FAILED" in str(current):
-            return True
+        yield current
         pending += [arg for arg in current.args if isinstance(arg, BaseException)]
         pending += [e for e in (current.__cause__, current.__context__, getattr(current, "reason", None)) if
                     isinstance(e, BaseException)]
-    return False
+
+
+def is_certificate_error(exc: BaseException) -> bool:
+    """Whether a transport error is a failed certificate verification (and not, say, a cut handshake).
+
+    :param exc: the error, with its causes and reasons searched too.
+    """
+    return any(isinstance(current, ssl.SSLCertVerificationError) or "CERTIFICATE_VERIFY_FAILED" in str(current)
+               for current in _chain(exc))
 
 
 # TLS alerts a server sends when it does not accept the client's certificate (OpenSSL's names for alerts received).
@@ -341,20 +345,11 @@ def client_certificate_refusal(exc: BaseException) -> str | None:
 
     :param exc: the error, with its causes and reasons searched too.
     """
-    seen: set[int] = set()
-    pending: list[BaseException] = [exc]
-    while pending:
-        current = pending.pop()
-        if id(current) in seen:
-            continue
-        seen.add(id(current))
+    for current in _chain(exc):
         text = str(current)
         for alert, meaning in CLIENT_CERTIFICATE_ALERTS.items():
             if alert in text:
                 return meaning
-        pending += [arg for arg in current.args if isinstance(arg, BaseException)]
-        pending += [e for e in (current.__cause__, current.__context__, getattr(current, "reason", None)) if
-                    isinstance(e, BaseException)]
     return None
 
 
