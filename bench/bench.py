@@ -410,7 +410,9 @@ def render(rows: list[Row], args: argparse.Namespace, ceiling: float, total_seco
     lines = ["| " + " | ".join(head) + " |", "| " + " | ".join("---" for _ in head) + " |"]
     lines += ["| " + " | ".join(row.cells()) + " |" for row in rows]
     load = [args.load_average] if getattr(args, "load_average", None) else os.getloadavg()
-    command = "make bench" if args.table_from or not args.argv else "bench/bench.py " + " ".join(args.argv)
+    measured_with = getattr(args, "measured_with", None)  # the arguments of the run a --table-from table comes from
+    argv = measured_with if args.table_from else args.argv
+    command = "bench/bench.py " + " ".join(argv) if argv else "make bench"
     note = (f"Emulator latency {args.latency_ms:g} ms, concurrency limit {args.concurrency} (ceiling "
             f"{ceiling:.0f} requests/s), max_in_flight {args.concurrency}; PostgreSQL source; "
             f"{os.cpu_count()} CPUs, load average {load[0]:.1f} at the end; the whole bench took "
@@ -494,6 +496,8 @@ def _with_load(args: argparse.Namespace, results: dict[str, Any]) -> None:
     args.load_average = results.pop("load_average", None)
     args.commit = results.pop("commit", "unknown")
     args.measured_on = results.pop("measured_on", "date unknown")
+    # raw JSON from before this field: the arguments are unknown, and the footer says `make bench`
+    args.measured_with = results.pop("measured_with", None)
 
 
 def publish(args: argparse.Namespace, ceiling: float, results: dict[str, Any], total_seconds: float) -> None:
@@ -548,7 +552,8 @@ def main(argv: list[str]) -> int:
         total_seconds = time.perf_counter() - started
         raw = {k: (v.__dict__ if isinstance(v, RunResult) else v) for k, v in results.items()}
         print("raw: " + json.dumps({**raw, "total_seconds": total_seconds, "load_average": os.getloadavg()[0],
-                                    "commit": args.commit, "measured_on": args.measured_on}))
+                                    "commit": args.commit, "measured_on": args.measured_on,
+                                    "measured_with": args.argv}))
         publish(args, bench.ceiling, results, total_seconds)
     finally:
         if args.keep:
