@@ -244,7 +244,10 @@ def test_a_database_that_stays_away_fails_the_load_with_the_original_error_and_t
     """The database refuses new connections after the kill, so reconnecting fails: the load raises the connection
     error (not a secondary error from its clean-up, which is logged); the next attempt finds every row."""
     seed = server.seed
-    backlog = Backlog(200, invalid_every=20)
+    # 570 valid rows, the kill at 60 created: the load must notice that the database is gone and stop sending well
+    # before the end. The runway is wide (about 2.5 s of POSTs here) because a loaded box can take half a second to
+    # lock the account and kill the connections; with 200 rows a CI run once sent 167 of 190 before it stopped.
+    backlog = Backlog(600, invalid_every=20)
     seed.insert_requests(backlog.requests())
     seed.close()
     killer = Killer(server, [60], before=server.refuse_connections)
