@@ -288,21 +288,24 @@ class Bench:
         sessions = _delta(before, self.emulator.stats())["sessions_created"]
         return {"rows_per_second": len(bodies) / seconds, "sessions_created": sessions, "refused_429": len(refused)}
 
-    def bare_slow(self, rows: int) -> dict[str, float]:
-        """The bare C-lane client at the slow latency: the physical limit of this box there."""
+    @contextmanager
+    def _slow_latency(self) -> Iterator[None]:
+        """The emulator at ``--slow-latency-ms`` for what runs inside, then back at L."""
         self.emulator.set_faults(latency_ms=self.args.slow_latency_ms)
         try:
-            return self.bare(rows, shared_session=False)
+            yield
         finally:
             self.emulator.set_faults(latency_ms=self.args.latency_ms)
 
+    def bare_slow(self, rows: int) -> dict[str, float]:
+        """The bare C-lane client at the slow latency: the physical limit of this box there."""
+        with self._slow_latency():
+            return self.bare(rows, shared_session=False)
+
     def slow(self, rows: int) -> RunResult:
         """The DAG at the slow latency (the emulator's latency changed for this run only)."""
-        self.emulator.set_faults(latency_ms=self.args.slow_latency_ms)
-        try:
+        with self._slow_latency():
             return self.dag_run(rows, prefix="SLOW")
-        finally:
-            self.emulator.set_faults(latency_ms=self.args.latency_ms)
 
     def rate_limited(self, rows: int) -> RunResult:
         """The DAG with the emulator's rate limit below the ceiling (burst: one window of C requests)."""

@@ -128,7 +128,7 @@ def _warm_up() -> None:
     # first request of every run.
     in_process_api_server().app._cadwyn_initialize()
     settings.dispose_orm(do_log=False)
-    leaked = sorted(name for name in sys.modules if name.split(".")[0] in ("ticketsync", "ticketsync_dev_dags"))
+    leaked = sorted(name for name in sys.modules if name.split(".")[0] in ("ticketsync", "ticketsync_dev"))
     if leaked:
         raise RuntimeError(f"the warm process imported ticketsync modules ({leaked}); runs would share them")
     if threading.active_count() != 1:

@@ -213,7 +213,6 @@ class EmulatorServer(ThreadingHTTPServer):
         super().handle_error(request, client_address)
 
 
-
 def _linger(sock: ssl.SSLSocket) -> None:
     """After a refused TLS handshake (its alert already sent): stop writing, then read what the client had sent
     meanwhile, so that closing does not reset the connection. A reset can drop the alert before the client reads it,
@@ -223,6 +222,7 @@ def _linger(sock: ssl.SSLSocket) -> None:
         sock.settimeout(1.0)
         while socket.socket.recv(sock, 65536):  # the raw socket: the TLS session is gone
             pass
+
 
 class EmulatorHandler(BaseHTTPRequestHandler):
     """One connection: any number of keep-alive requests, each answered with a single write."""
