@@ -191,7 +191,9 @@ def test_without_settling_a_write_slower_than_the_client_timeout_duplicates(
     source = SourceTable(lambda: sqlite3.connect(tmp_path / "control.db"), Dialect.SQLITE)
     source.ensure_schema()
     source.insert_requests(BACKLOG.requests())
-    emulator.set_faults(seed=3, slow_before_commit=0.15, slow_before_commit_ms=700, methods=["POST"])
+    # The write commits 2 s after the POST began, the client gives up at 0.3 s: the retry's look-up has 1.7 s to come
+    # before the commit (with 0.7 s a loaded CI box once retried too late every time, and no duplicate appeared).
+    emulator.set_faults(seed=3, slow_before_commit=0.15, slow_before_commit_ms=2000, methods=["POST"])
     hook = make_hook(emulator, monkeypatch, 0.3)
     case = Case("control", {}, (), settings=replace(SETTINGS, settle_seconds=0.0))
     try:
@@ -199,7 +201,7 @@ def test_without_settling_a_write_slower_than_the_client_timeout_duplicates(
     finally:
         hook.close()
         source.close()
-    time.sleep(1.0)  # let the slow writes finish
+    time.sleep(2.5)  # let the slow writes finish
     records = emulator.store.records(TABLE)
     assert len(records) > len(BACKLOG.valid_ids), "no duplicate: the control no longer shows the race"
 
